@@ -1,0 +1,82 @@
+"""Image grids for samples and reconstructions, torch-free (numpy + pillow)."""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import uuid
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from genrun.errors import UserError
+
+
+def make_grid(
+    images: np.ndarray, nrow: int | None = None, padding: int = 2, pad_value: int = 0
+) -> np.ndarray:
+    """Tile uint8 (N, C, H, W) images into one picture, `nrow` images per row
+    (default ceil(sqrt(N)), as torchvision counts it), with `padding` pixels of
+    `pad_value` around every tile. Returns (H', W') for grey, (H', W', 3) for RGB."""
+    _check_images(images)
+    n, c, h, w = images.shape
+    if nrow is not None and nrow < 1:
+        raise UserError(f"nrow must be at least 1, got {nrow}")
+    if padding < 0 or not 0 <= pad_value <= 255:
+        raise UserError(f"padding must be >= 0 and pad_value 0..255, got {padding}, {pad_value}")
+    cols = min(nrow or math.ceil(math.sqrt(n)), n)
+    rows = math.ceil(n / cols)
+    step_h, step_w = h + padding, w + padding
+    grid = np.full((padding + rows * step_h, padding + cols * step_w, c), pad_value, np.uint8)
+    for i, image in enumerate(images):
+        top, left = padding + (i // cols) * step_h, padding + (i % cols) * step_w
+        grid[top : top + h, left : left + w] = image.transpose(1, 2, 0)
+    return grid[..., 0] if c == 1 else grid
+
+
+def save_grid(
+    images: np.ndarray,
+    path: str | Path,
+    nrow: int | None = None,
+    padding: int = 2,
+    scale: int = 1,
+) -> Path:
+    """Write `make_grid(images, nrow, padding)` as a PNG, each pixel blown up
+    to scale x scale (nearest neighbour, so 8x8 digits stay crisp). The file
+    appears atomically: a crash never leaves a half-written PNG at `path`."""
+    if not isinstance(scale, int) or scale < 1:
+        raise UserError(f"scale must be a whole number >= 1, got {scale!r}")
+    grid = make_grid(images, nrow=nrow, padding=padding)
+    if scale > 1:
+        grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
+    buffer = io.BytesIO()
+    Image.fromarray(grid).save(buffer, format="PNG")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_atomic(path, buffer.getvalue())
+    return path
+
+
+def _check_images(images: np.ndarray) -> None:
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        kind = getattr(images, "dtype", type(images).__name__)
+        raise UserError(f"images must be a uint8 numpy array, got {kind}; convert to uint8 first")
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or 0 in images.shape:
+        raise UserError(
+            f"images must have shape (N, C, H, W) with N >= 1 and C = 1 or 3, "
+            f"got {images.shape}; add the channel axis"
+        )
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    # A unique name beside the target (same filesystem, so os.replace is atomic);
+    # open() rather than mkstemp so the file gets the umask's mode, not 0600.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        with open(tmp, "xb") as out:
+            out.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,309 @@
+"""`gentrain`: train, evaluate and sample image generative models.
+
+gentrain fit glow                      # Glow on the embedded digits
+gentrain fit vae --data mnist:DIR      # a VAE on local MNIST files
+gentrain eval runs/glow/checkpoint.pt
+gentrain sample runs/glow/checkpoint.pt --n 64 --temperature 0.7
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+
+from genrun.errors import UserError, run_cli
+from genrun.images import save_grid
+from genrun.readers import DATA_SPECS_HELP, load_data
+
+from .checkpoint import load_checkpoint, model_from_checkpoint
+from .evaluate import evaluate_images
+from .models import TRAIN_DEFAULTS, build_model
+from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+fit_app = typer.Typer(no_args_is_help=True, help="Train a model: `gentrain fit glow|vae`.")
+app.add_typer(fit_app, name="fit")
+
+# Options every `fit` command shares; None means "the family's default".
+Data = Annotated[str, typer.Option(help=f"Training data: {DATA_SPECS_HELP}")]
+Size = Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")]
+Epochs = Annotated[int, typer.Option(help="Passes over the training split.")]
+Steps = Annotated[int | None, typer.Option(help="Optimiser steps in all (overrides --epochs).")]
+BatchSize = Annotated[int | None, typer.Option(help="Images per step.")]
+Lr = Annotated[float | None, typer.Option(help="Peak learning rate.")]
+Optimizer = Annotated[str | None, typer.Option(help="adam or adamax.")]
+Warmup = Annotated[int | None, typer.Option(help="Steps of linear learning-rate warm-up.")]
+Schedule = Annotated[str | None, typer.Option(help="constant or cosine (decay to 0 at the end).")]
+Ema = Annotated[
+    float | None,
+    typer.Option(help="Decay of the weight average that is evaluated and saved (0: off)."),
+]
+Clip = Annotated[float | None, typer.Option(help="Max gradient norm (0: no clipping).")]
+EvalEvery = Annotated[int, typer.Option(help="Steps between test evaluations.")]
+CkptEvery = Annotated[int, typer.Option(help="Steps between checkpoints.")]
+Seed = Annotated[int, typer.Option(help="Seed of weights, batches and noise.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+Out = Annotated[Path | None, typer.Option(help="Run folder (default runs/FAMILY).")]
+Resume = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
+Overwrite = Annotated[bool, typer.Option(help="Replace a finished or stopped run in --out.")]
+
+
+def _fit(
+    family: str,
+    model_options: dict,
+    train_options: dict,
+    out: Path | None,
+    resume: bool,
+    overwrite: bool,
+) -> None:
+    out = out or Path("runs") / family
+    checkpoint_path = out / CHECKPOINT_NAME
+    if resume:
+        payload = load_checkpoint(checkpoint_path)
+        if payload["family"] != family:
+            raise UserError(
+                f"{checkpoint_path} holds a {payload['family']} run; "
+                f"resume it with `gentrain fit {payload['family']} --resume`"
+            )
+        stored = payload["train_config"]
+        # Only a longer run may be asked for on resume; everything else is the run's own.
+        for key in ("epochs", "steps"):
+            if (
+                train_options.get(key) is not None
+                and train_options[key] != TrainConfig.__dataclass_fields__[key].default
+            ):
+                stored[key] = train_options[key]
+        config = TrainConfig.from_dict(stored)
+        data = load_data(config.data, size=config.size, seed=config.seed)
+        model = build_model(family, payload["model_config"])
+    else:
+        if checkpoint_path.exists() and not overwrite:
+            raise UserError(
+                f"{out} already holds a run; pass --resume to continue it, "
+                "--overwrite to replace it, or another --out"
+            )
+        if overwrite:
+            (out / "metrics.jsonl").unlink(missing_ok=True)
+        defaults = {k: v for k, v in train_options.items() if v is not None}
+        config = TrainConfig(**{**TRAIN_DEFAULTS[family], **defaults})
+        data = load_data(config.data, size=config.size, seed=config.seed)
+        torch.manual_seed(config.seed)
+        model = build_model(family, {"data_shape": data.shape, **model_options})
+        payload = None
+    n_params = sum(p.numel() for p in model.parameters())
+    trainer = Trainer(model, data, config, out, resume=payload)
+    typer.echo(
+        f"{family}: {n_params:,} parameters, {len(data.train.images)} train / "
+        f"{len(data.test.images)} test images of {data.shape}, {trainer.total_steps} steps "
+        f"on {trainer.device}" + (f", resuming at step {trainer.step}" if payload else ""),
+        err=True,
+    )
+    try:
+        metrics = trainer.fit()
+    except KeyboardInterrupt:
+        raise UserError(
+            f"stopped at step {trainer.step}; saved {checkpoint_path}; "
+            f"continue with --resume --out {out}"
+        ) from None
+    grid = save_grid(
+        trainer.final_model.sample(64, 0.7 if family == "glow" else 1.0).cpu().numpy(),
+        out / "samples.png",
+        scale=_scale(data.shape),
+    )
+    summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+    typer.echo(f"done: test {summary}; skipped {trainer.skipped} non-finite steps")
+    typer.echo(f"checkpoint: {checkpoint_path}\nsamples: {grid}")
+
+
+def _scale(shape: tuple[int, ...]) -> int:
+    """Upscale small images in grids so 8x8 digits are visible."""
+    return max(1, 64 // shape[-1])
+
+
+@fit_app.command("glow")
+def fit_glow(
+    levels: Annotated[int, typer.Option(help="L: scales (each squeezes 2x2).")] = 2,
+    depth: Annotated[int, typer.Option(help="K: flow steps per level.")] = 8,
+    hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 64,
+    coupling: Annotated[str, typer.Option(help="affine or additive.")] = "affine",
+    lu: Annotated[bool, typer.Option(help="LU-decomposed 1x1 convolutions.")] = True,
+    n_bits: Annotated[int, typer.Option(help="Pixel depth of the modelled density.")] = 8,
+    data: Data = "digits",
+    size: Size = None,
+    epochs: Epochs = 10,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    optimizer: Optimizer = None,
+    warmup: Warmup = None,
+    schedule: Schedule = None,
+    clip: Clip = None,
+    ema: Ema = None,
+    eval_every: EvalEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train Glow (Kingma & Dhariwal 2018); reports test bits/dim."""
+    model = dict(levels=levels, depth=depth, hidden=hidden, coupling=coupling, lu=lu, n_bits=n_bits)
+    train = dict(
+        data=data,
+        size=size,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        warmup=warmup,
+        schedule=schedule,
+        clip=clip,
+        ema=ema,
+        eval_every=eval_every,
+        ckpt_every=ckpt_every,
+        seed=seed,
+        device=device,
+    )
+    _fit("glow", model, train, out, resume, overwrite)
+
+
+@fit_app.command("vae")
+def fit_vae(
+    latent: Annotated[int, typer.Option(help="k: size of the latent code.")] = 20,
+    arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
+    hidden: Annotated[int, typer.Option(help="MLP width or conv base channels.")] = 400,
+    depth: Annotated[int, typer.Option(help="Hidden layers of the MLP.")] = 1,
+    likelihood: Annotated[
+        str, typer.Option(help="bernoulli, gaussian or gaussian-learned.")
+    ] = "bernoulli",
+    sigma: Annotated[
+        float, typer.Option(help="Noise level s of the fixed Gaussian decoder.")
+    ] = 0.1,
+    pixels: Annotated[str, typer.Option(help="grey ([0,1]) or binary (x >= 128).")] = "grey",
+    kl: Annotated[str, typer.Option(help="closed (analytic) or mc (Monte Carlo).")] = "closed",
+    data: Data = "digits",
+    size: Size = None,
+    epochs: Epochs = 10,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    optimizer: Optimizer = None,
+    warmup: Warmup = None,
+    schedule: Schedule = None,
+    clip: Clip = None,
+    ema: Ema = None,
+    eval_every: EvalEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a VAE (Kingma & Welling 2014); reports the test negative ELBO in nats."""
+    model = dict(
+        latent_dim=latent,
+        arch=arch,
+        hidden=hidden,
+        depth=depth,
+        likelihood=likelihood,
+        sigma=sigma,
+        pixels=pixels,
+        kl=kl,
+    )
+    train = dict(
+        data=data,
+        size=size,
+        epochs=epochs,
+        steps=steps,
+        batch_size=batch_size,
+        lr=lr,
+        optimizer=optimizer,
+        warmup=warmup,
+        schedule=schedule,
+        clip=clip,
+        ema=ema,
+        eval_every=eval_every,
+        ckpt_every=ckpt_every,
+        seed=seed,
+        device=device,
+    )
+    _fit("vae", model, train, out, resume, overwrite)
+
+
+@app.command("eval")
+def eval_command(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `gentrain fit`.")],
+    data: Annotated[
+        str | None, typer.Option(help=f"Test data (default: the run's own). {DATA_SPECS_HELP}")
+    ] = None,
+    iw_samples: Annotated[
+        int, typer.Option(help="VAE: importance samples K of the NLL bound.")
+    ] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation noise.")] = 0,
+    device: Device = "auto",
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the figures as JSON.")
+    ] = None,
+) -> None:
+    """Test-split figures: flows bits/dim; VAEs negative ELBO and importance-sampled NLL."""
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload)
+    spec = data or payload["data"]["spec"]
+    train_config = payload["train_config"]
+    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
+    if split.shape != tuple(payload["data"]["shape"]):
+        raise UserError(
+            f"{spec} has images of shape {split.shape} but the model was trained on "
+            f"{tuple(payload['data']['shape'])}; pass --data with matching images"
+        )
+    options = {"iw_samples": iw_samples} if model.family == "vae" else {}
+    if model.family == "vae" and iw_samples < 1:
+        raise UserError("--iw-samples must be at least 1")
+    torch.manual_seed(seed)
+    figures = evaluate_images(model, split.test.images, batch_size, pick_device(device), **options)
+    typer.echo(
+        f"{model.family} on {spec} test split ({len(split.test.images)} images), "
+        f"step {payload['step']}:"
+    )
+    for key, value in figures.items():
+        typer.echo(f"  {key:<12} {value['mean']:10.4f} +- {value['stderr']:.4f}")
+    if json_out:
+        json_out.write_text(
+            json.dumps({"checkpoint": str(checkpoint), "data": spec, "figures": figures}, indent=2)
+        )
+
+
+@app.command("sample")
+def sample_command(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `gentrain fit`.")],
+    n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
+    temperature: Annotated[
+        float, typer.Option(help="Scale of the latent noise (0 = the mode).")
+    ] = 0.7,
+    seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
+    out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    device: Device = "auto",
+) -> None:
+    """Draw samples and write them as a PNG grid."""
+    if n < 1:
+        raise UserError(f"--n must be at least 1, got {n}")
+    if temperature < 0:
+        raise UserError(f"--temperature must be >= 0, got {temperature}")
+    payload = load_checkpoint(checkpoint)
+    model = model_from_checkpoint(payload).to(pick_device(device))
+    torch.manual_seed(seed)
+    images = model.sample(n, temperature).cpu().numpy()
+    save_grid(images, out, scale=_scale(images.shape))
+    typer.echo(f"wrote {n} samples at temperature {temperature} to {out}")
+
+
+def main() -> None:
+    run_cli(app, "gentrain")

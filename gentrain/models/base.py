@@ -1,0 +1,54 @@
+"""The contract every model family implements, so that training, evaluation,
+sampling and checkpoints are written once.
+
+Images cross this boundary as uint8 tensors of shape (N, C, H, W); each model
+owns its mapping to floats (declared in its config) and back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Objective:
+    """What one training step minimises, plus numbers worth logging.
+
+    `loss` is a scalar (mean over the batch) to call backward on. `metrics`
+    holds detached floats, e.g. {"bpd": 1.31} or {"nelbo": 98.2, "kl": 24.1}.
+    """
+
+    loss: torch.Tensor
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class GenerativeModel(nn.Module):
+    """Base class of every family. Subclasses set `family` and `config_class`."""
+
+    family: str = ""
+    config_class: type = object
+    # The metric that `train` shows in its progress bar and evaluation picks
+    # for "lower is better" comparisons.
+    headline_metric: str = ""
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        self.config = config
+
+    def objective(self, x: torch.Tensor) -> Objective:
+        """Training loss on a uint8 batch (uses fresh noise: dequantisation,
+        reparameterisation)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def evaluate(self, x: torch.Tensor, **options) -> dict[str, torch.Tensor]:
+        """Per-image test figures on a uint8 batch, each a float tensor (N,)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """n images as uint8 (n, C, H, W), drawn with the global torch RNG."""
+        raise NotImplementedError

@@ -1,0 +1,4 @@
+from .config import GlowConfig
+from .model import Glow
+
+__all__ = ["Glow", "GlowConfig"]

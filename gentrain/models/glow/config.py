@@ -1,0 +1,68 @@
+"""Glow's configuration: everything needed to rebuild the model from a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from genrun.errors import UserError
+
+COUPLINGS = ("affine", "additive")
+
+
+@dataclass
+class GlowConfig:
+    data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
+    levels: int = 2  # L: scales, each squeezes 2x2 and (but the last) factors out half
+    depth: int = 8  # K: flow steps per level
+    hidden: int = 128  # channels of the coupling networks
+    coupling: str = "affine"
+    lu: bool = True  # LU-decomposed 1x1 convolutions
+    n_bits: int = 8  # pixel depth the density is defined over
+
+    def __post_init__(self) -> None:
+        self.data_shape = tuple(int(v) for v in self.data_shape)
+        if self.coupling not in COUPLINGS:
+            raise UserError(
+                f"unknown coupling '{self.coupling}'; use one of: {', '.join(COUPLINGS)}"
+            )
+        if not 1 <= self.n_bits <= 8:
+            raise UserError(f"--n-bits must be in 1..8, got {self.n_bits}")
+        if self.levels < 1 or self.depth < 1 or self.hidden < 1:
+            raise UserError("--levels, --depth and --hidden must all be at least 1")
+        _, height, width = self.data_shape
+        factor = 2**self.levels
+        if height % factor or width % factor:
+            fits = max(
+                lvl for lvl in range(0, self.levels) if height % 2**lvl == width % 2**lvl == 0
+            )
+            size = -(-max(height, width) // factor) * factor
+            hint = f"--levels {fits} or " if fits >= 1 else ""
+            raise UserError(
+                f"images of {height}x{width} cannot be squeezed {self.levels} times "
+                f"(sides must divide by {factor}); use {hint}--size {size}"
+            )
+
+    @property
+    def num_dims(self) -> int:
+        c, h, w = self.data_shape
+        return c * h * w
+
+    def latent_shapes(self) -> list[tuple[int, int, int]]:
+        """Shape (C, H, W) of the standard-normal latent each level hands out."""
+        c, h, w = self.data_shape
+        shapes = []
+        for level in range(self.levels):
+            c, h, w = c * 4, h // 2, w // 2
+            if level < self.levels - 1:
+                shapes.append((c // 2, h, w))
+                c -= c // 2
+            else:
+                shapes.append((c, h, w))
+        return shapes
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> GlowConfig:
+        return cls(**values)

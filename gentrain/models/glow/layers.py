@@ -1,0 +1,243 @@
+"""Glow's invertible layers, one class each, one contract (as in
+y0ast/Glow-PyTorch `modules.py`):
+
+    forward(x, logdet, reverse=False) -> (y, logdet)
+
+Going forward (data -> latent) each layer adds log|det J| to `logdet`; with
+`reverse=True` it inverts itself and subtracts it, so a round trip returns the
+`logdet` it was given.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class ActNorm(nn.Module):
+    """Per-channel affine y = (x + bias) * exp(logs), initialised from the first
+    batch it sees so that the output has zero mean and unit variance per channel.
+
+    `initialized` is a buffer, so a loaded checkpoint does not re-initialise.
+    """
+
+    def __init__(self, channels: int, scale: float = 1.0) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.logs = nn.Parameter(torch.zeros(1, channels, 1, 1))
+        self.scale = scale
+        self.register_buffer("initialized", torch.tensor(False))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True).sqrt()
+        self.bias.copy_(-mean)
+        self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
+        self.initialized.fill_(True)
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        if not self.initialized and self.training and not reverse:
+            self.initialize(x)
+        dlogdet = x.shape[2] * x.shape[3] * self.logs.sum()
+        if reverse:
+            y = x * torch.exp(-self.logs) - self.bias
+            return y, None if logdet is None else logdet - dlogdet
+        y = (x + self.bias) * torch.exp(self.logs)
+        return y, None if logdet is None else logdet + dlogdet
+
+
+class InvConv1x1(nn.Module):
+    """Invertible 1x1 convolution: y[:, :, i, j] = W x[:, :, i, j].
+
+    With `lu=True` (the default, as in the Glow paper) W = P L (U + diag(s))
+    is kept in LU form so log|det W| = sum(log|s|) costs O(C) instead of O(C^3).
+    """
+
+    def __init__(self, channels: int, lu: bool = True) -> None:
+        super().__init__()
+        q, _ = torch.linalg.qr(torch.randn(channels, channels))
+        self.lu = lu
+        if not lu:
+            self.weight = nn.Parameter(q)
+            return
+        p, lower, upper = torch.linalg.lu(q)
+        s = torch.diagonal(upper)
+        self.register_buffer("p", p)
+        self.register_buffer("sign_s", torch.sign(s))
+        self.register_buffer("lower_mask", torch.tril(torch.ones(channels, channels), -1))
+        self.register_buffer("eye", torch.eye(channels))
+        self.lower = nn.Parameter(lower)
+        self.upper = nn.Parameter(torch.triu(upper, 1))
+        self.log_s = nn.Parameter(torch.log(torch.abs(s)))
+
+    def weight_and_logabsdet(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The matrix W and log|det W| (used here and baked in by the exporter)."""
+        if not self.lu:
+            return self.weight, torch.linalg.slogdet(self.weight)[1]
+        lower = self.lower * self.lower_mask + self.eye
+        upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
+        return self.p @ lower @ upper, self.log_s.sum()
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight, logabsdet = self.weight_and_logabsdet()
+        dlogdet = x.shape[2] * x.shape[3] * logabsdet
+        if reverse:
+            weight = torch.inverse(weight.double()).float()
+            y = F.conv2d(x, weight.unsqueeze(-1).unsqueeze(-1))
+            return y, None if logdet is None else logdet - dlogdet
+        y = F.conv2d(x, weight.unsqueeze(-1).unsqueeze(-1))
+        return y, None if logdet is None else logdet + dlogdet
+
+
+class ZeroConv2d(nn.Module):
+    """3x3 convolution initialised to zero, with a learned per-channel output
+    scale exp(3 * logs): the last layer of every coupling network and prior, so
+    each flow step starts as the identity (Glow, section 3.3)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv.weight.data.zero_()
+        self.conv.bias.data.zero_()
+        self.logs = nn.Parameter(torch.zeros(1, out_channels, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x) * torch.exp(self.logs * 3)
+
+
+class CouplingNet(nn.Module):
+    """The coupling's network NN(x_a): conv3x3 -> ActNorm -> ReLU -> conv1x1 ->
+    ActNorm -> ReLU -> ZeroConv3x3. ActNorm replaces batch norm (Glow)."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False)
+        self.norm1 = ActNorm(hidden)
+        self.conv2 = nn.Conv2d(hidden, hidden, 1, bias=False)
+        self.norm2 = ActNorm(hidden)
+        self.out = ZeroConv2d(hidden, out_channels)
+        nn.init.normal_(self.conv1.weight, std=0.05)
+        nn.init.normal_(self.conv2.weight, std=0.05)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.norm1(self.conv1(x))[0])
+        h = F.relu(self.norm2(self.conv2(h))[0])
+        return self.out(h)
+
+
+class AffineCoupling(nn.Module):
+    """Split channels (x_a, x_b); x_a passes through, x_b -> (x_b + t) * s with
+    (log s, t) = NN(x_a) and s = sigmoid(h + 2): starts near the identity and
+    keeps the forward map contracting, which keeps training stable.
+    `additive=True` drops s (NICE-style, volume preserving)."""
+
+    def __init__(self, channels: int, hidden: int, additive: bool = False) -> None:
+        super().__init__()
+        self.additive = additive
+        self.split = channels // 2
+        out = channels - self.split
+        self.net = CouplingNet(self.split, out if additive else 2 * out, hidden)
+
+    def _shift_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.net(x_a)
+        if self.additive:
+            return h, None
+        # Interleaved channels (shift = even, raw scale = odd), as in openai/glow.
+        return h[:, 0::2], torch.sigmoid(h[:, 1::2] + 2.0)
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        x_a, x_b = x[:, : self.split], x[:, self.split :]
+        shift, scale = self._shift_scale(x_a)
+        if scale is None:
+            y_b = x_b - shift if reverse else x_b + shift
+            return torch.cat([x_a, y_b], 1), logdet
+        dlogdet = torch.log(scale).flatten(1).sum(1)
+        if reverse:
+            y_b = x_b / scale - shift
+            return torch.cat([x_a, y_b], 1), None if logdet is None else logdet - dlogdet
+        y_b = (x_b + shift) * scale
+        return torch.cat([x_a, y_b], 1), None if logdet is None else logdet + dlogdet
+
+
+class FlowStep(nn.Module):
+    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling."""
+
+    def __init__(self, channels: int, hidden: int, lu: bool = True, additive: bool = False):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            [
+                ActNorm(channels),
+                InvConv1x1(channels, lu),
+                AffineCoupling(channels, hidden, additive),
+            ]
+        )
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        layers = reversed(self.layers) if reverse else self.layers
+        for layer in layers:
+            x, logdet = layer(x, logdet, reverse)
+        return x, logdet
+
+
+class Squeeze(nn.Module):
+    """(C, H, W) -> (4C, H/2, W/2), stacking each 2x2 neighbourhood in channels
+    so the next 1x1 convolution mixes former spatial neighbours."""
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        n, c, h, w = x.shape
+        if reverse:
+            x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+            return x.reshape(n, c // 4, h * 2, w * 2), logdet
+        x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
+        return x.reshape(n, c * 4, h // 2, w // 2), logdet
+
+
+class GaussianStandardize(nn.Module):
+    """The prior of a latent z as an invertible layer: z -> eps = (z - mu) / sigma
+    with (mu, log sigma) predicted from the conditioning `h` (split priors) or
+    learned outright (the top prior). log p(z) = log N(eps; 0, I) + log|d eps/dz|,
+    so every level's latent is standard normal noise: generation takes noise in,
+    density hands noise out, and a round trip through both is exact.
+    """
+
+    def __init__(self, channels: int, cond_channels: int | None, shape: tuple[int, int]):
+        super().__init__()
+        if cond_channels is None:
+            self.prior = None
+            self.mean = nn.Parameter(torch.zeros(1, channels, *shape))
+            self.logs = nn.Parameter(torch.zeros(1, channels, *shape))
+        else:
+            self.prior = ZeroConv2d(cond_channels, 2 * channels)
+
+    def _mean_logs(self, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.prior is None:
+            return self.mean, self.logs
+        out = self.prior(h)
+        return out[:, 0::2], out[:, 1::2]
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        logdet: torch.Tensor | None = None,
+        reverse: bool = False,
+        h: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        mean, logs = self._mean_logs(h)
+        dlogdet = -logs.expand_as(z).flatten(1).sum(1)
+        if reverse:
+            y = mean + torch.exp(logs) * z
+            return y, None if logdet is None else logdet - dlogdet
+        y = (z - mean) * torch.exp(-logs)
+        return y, None if logdet is None else logdet + dlogdet

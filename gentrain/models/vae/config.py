@@ -1,0 +1,64 @@
+"""The VAE's configuration: everything needed to rebuild the model from a checkpoint.
+
+All fields are plain Python values so `asdict` survives
+`torch.save` / `torch.load(weights_only=True)`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+from genrun.errors import UserError
+
+from .likelihoods import LIKELIHOODS
+
+ARCHS = ("mlp", "conv")
+PIXELS = ("grey", "binary")
+KL_ESTIMATORS = ("closed", "mc")
+
+
+def _check_choice(option: str, value: str, valid) -> None:
+    if value not in valid:
+        raise UserError(f"unknown {option} {value!r}; use one of: {', '.join(valid)}")
+
+
+@dataclass
+class VAEConfig:
+    data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
+    latent_dim: int = 20
+    arch: str = "mlp"
+    hidden: int = 400  # mlp: units per hidden layer; conv: channels of the first stage
+    depth: int = 1  # mlp: hidden layers; conv: convolutions per resolution stage
+    likelihood: str = "bernoulli"  # p(x|z), a key of likelihoods.LIKELIHOODS
+    sigma: float = 0.1  # the lecture's fixed decoder std s (initial s for gaussian-learned)
+    pixels: str = "grey"  # grey: x / 255 in [0, 1]; binary: x >= 128 -> {0, 1}
+    kl: str = "closed"  # training KL: closed form, or "mc" = log q(z|x) - log p(z) at the draw
+
+    def __post_init__(self) -> None:
+        self.data_shape = tuple(int(v) for v in self.data_shape)
+        if len(self.data_shape) != 3 or min(self.data_shape) < 1:
+            raise UserError(f"data_shape must be (C, H, W), all positive; got {self.data_shape}")
+        _check_choice("arch", self.arch, ARCHS)
+        _check_choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
+        _check_choice("pixels", self.pixels, PIXELS)
+        _check_choice("kl", self.kl, KL_ESTIMATORS)
+        if self.latent_dim < 1 or self.hidden < 1 or self.depth < 1:
+            raise UserError("latent_dim, hidden and depth must all be at least 1")
+        if not (math.isfinite(self.sigma) and self.sigma > 0):
+            raise UserError(f"sigma must be a positive number, got {self.sigma}")
+
+    @property
+    def num_dims(self) -> int:
+        c, h, w = self.data_shape
+        return c * h * w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> VAEConfig:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"unknown VAE config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)

@@ -1,0 +1,204 @@
+"""Variational autoencoder (Kingma & Welling 2014) with a Gaussian encoder
+q(z|x) = N(mu(x), diag sigma^2(x)), a standard-normal prior p(z) and a
+decoder likelihood p(x|z) chosen in the config.
+
+Encoder, prior and decoder each expose `log_prob` and `sample`, so the bounds
+read like the lecture's formulas. With z = mu + sigma * eps:
+
+    log w(x, eps) = log p(x|z) + log p(z) - log q(z|x)
+    ELBO(x)       = E_eps[log w] = E[log p(x|z)] - KL(q(z|x) || p(z))
+    IWAE_K(x)     = E[logsumexp_k log w_k] - log K  <=  log p(x)
+
+All noise is drawn outside `log_weight` with the global torch RNG, so that
+function is deterministic and exportable.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from genrun.errors import UserError
+
+from ..base import GenerativeModel, Objective
+from ..quantization import discretization_nats
+from .config import KL_ESTIMATORS, VAEConfig
+from .likelihoods import LOG_2PI, Likelihood, build_likelihood
+from .networks import build_networks
+
+
+class GaussianEncoder(nn.Module):
+    """q(z|x) = N(z; mu(x), diag exp(logvar(x)))."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, C, H, W) in [0, 1] -> (mu, log sigma^2), each (N, k)."""
+        return self.net(x).chunk(2, dim=1)
+
+    @staticmethod
+    def sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """The reparameterisation z = mu + sigma * eps; eps may carry leading
+        dimensions (e.g. K samples) in front of (N, k)."""
+        return mu + torch.exp(0.5 * logvar) * eps
+
+    @staticmethod
+    def log_prob(z: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (LOG_2PI + logvar + (z - mu) ** 2 * torch.exp(-logvar)).sum(-1)
+
+    @staticmethod
+    def kl_to_standard_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """KL(q(z|x) || N(0, I)) = 1/2 sum_j (mu_j^2 + sigma_j^2 - 1 - log sigma_j^2)."""
+        return 0.5 * (mu**2 + torch.exp(logvar) - 1 - logvar).sum(-1)
+
+
+class StandardNormalPrior(nn.Module):
+    """p(z) = N(0, I), nothing to learn."""
+
+    def __init__(self, latent_dim: int) -> None:
+        super().__init__()
+        self.latent_dim = latent_dim
+
+    def log_prob(self, z: torch.Tensor) -> torch.Tensor:
+        return -0.5 * (LOG_2PI + z**2).sum(-1)
+
+    def sample(self, n: int, temperature: float = 1.0, device=None) -> torch.Tensor:
+        return temperature * torch.randn(n, self.latent_dim, device=device)
+
+
+class Decoder(nn.Module):
+    """p(x|z): the network gives per-pixel parameters, the likelihood reads them."""
+
+    def __init__(self, net: nn.Module, likelihood: Likelihood, latent_dim: int) -> None:
+        super().__init__()
+        self.net = net
+        self.likelihood = likelihood
+        self.latent_dim = latent_dim
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., k) -> likelihood parameters (..., C, H, W)."""
+        params = self.net(z.reshape(-1, self.latent_dim))
+        return params.reshape(*z.shape[:-1], *params.shape[1:])
+
+    def log_prob(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.log_prob(x, self(z))
+
+    def sample(self, z: torch.Tensor) -> torch.Tensor:
+        return self.likelihood.sample(self(z))
+
+
+class VAE(GenerativeModel):
+    family = "vae"
+    config_class = VAEConfig
+    headline_metric = "nelbo"
+
+    def __init__(self, config: VAEConfig) -> None:
+        super().__init__(config)
+        encoder_net, decoder_net = build_networks(config)
+        self.encoder = GaussianEncoder(encoder_net)
+        self.decoder = Decoder(decoder_net, build_likelihood(config), config.latent_dim)
+        self.prior = StandardNormalPrior(config.latent_dim)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def to_float(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the pixels the likelihood models (config.pixels)."""
+        if self.config.pixels == "binary":
+            return (x >= 128).float()
+        return x.float() / 255
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float images -> (mu, log sigma^2) of q(z|x), each (N, latent_dim)."""
+        return self.encoder(x)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """z (..., latent_dim) -> raw likelihood parameters (..., C, H, W);
+        `self.decoder.likelihood.mean` turns them into images in [0, 1]."""
+        return self.decoder(z)
+
+    def _elbo_terms(
+        self, x: torch.Tensor, eps: torch.Tensor, kl: str
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(-log p(x|z), KL term) per image at z = mu + sigma * eps. The KL term
+        is the closed form, or its one-sample estimate log q(z|x) - log p(z)."""
+        mu, logvar = self.encode(x)
+        z = self.encoder.sample(mu, logvar, eps)
+        rec = -self.decoder.log_prob(x, z)
+        if kl == "closed":
+            return rec, self.encoder.kl_to_standard_normal(mu, logvar)
+        return rec, self.encoder.log_prob(z, mu, logvar) - self.prior.log_prob(z)
+
+    def log_weight(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        """log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps, no random
+        ops inside. x (N, C, H, W) float, eps (..., N, latent_dim) -> (..., N)."""
+        rec, kl = self._elbo_terms(x, eps, kl="mc")
+        return -(rec + kl)
+
+    def _noise(self, *shape: int) -> torch.Tensor:
+        return torch.randn(*shape, self.config.latent_dim, device=self.device)
+
+    def elbo(self, x: torch.Tensor, kl: str | None = None) -> torch.Tensor:
+        """Single-sample ELBO per image (N,) of uint8 images; `kl` defaults to
+        the config's estimator ("closed" or "mc")."""
+        kl = kl or self.config.kl
+        if kl not in KL_ESTIMATORS:
+            raise UserError(f"unknown kl {kl!r}; use one of: {', '.join(KL_ESTIMATORS)}")
+        x = self.to_float(x)
+        rec, kl_term = self._elbo_terms(x, self._noise(len(x)), kl)
+        return -(rec + kl_term)
+
+    def iwae_bound(self, x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+        """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
+        uint8 images (Burda et al. 2016); K = 1 is the MC ELBO. Each decoder
+        pass holds at most `chunk` images (samples x batch), so memory is
+        bounded whatever K."""
+        x = self.to_float(x)
+        per_pass = max(1, chunk // len(x))
+        partial = [
+            torch.logsumexp(self.log_weight(x, self._noise(min(per_pass, k - start), len(x))), 0)
+            for start in range(0, k, per_pass)
+        ]
+        return torch.logsumexp(torch.stack(partial), 0) - math.log(k)
+
+    def objective(self, x: torch.Tensor) -> Objective:
+        """Mean negative ELBO in nats per image, with a fresh reparameterisation draw."""
+        x = self.to_float(x)
+        rec, kl = self._elbo_terms(x, self._noise(len(x)), self.config.kl)
+        loss = (rec + kl).mean()
+        metrics = {"nelbo": loss.item(), "rec": rec.mean().item(), "kl": kl.mean().item()}
+        return Objective(loss=loss, metrics=metrics)
+
+    def discretization_term(self) -> float:
+        """Nats that turn a density of the float pixels into a probability of
+        the discrete image: D ln 256 for Gaussians on grey pixels x / 255 (the
+        flows' convention; their spacing is really 1/255), 0 for binary pixels
+        (spacing 1) and for Bernoulli, already a mass (a pseudo-one on grey pixels)."""
+        if self.decoder.likelihood.discrete or self.config.pixels == "binary":
+            return 0.0
+        return discretization_nats(self.config.num_dims, 8)
+
+    @torch.no_grad()
+    def evaluate(
+        self, x: torch.Tensor, iw_samples: int = 100, chunk: int = 4096
+    ) -> dict[str, torch.Tensor]:
+        """Per-image test figures (N,) of uint8 images, all in nats but bpd:
+        nelbo = rec + kl with the closed-form KL (one draw for rec), and the
+        importance-sampled nll with K = iw_samples (an upper bound on -log p(x))."""
+        x_float = self.to_float(x)
+        rec, kl = self._elbo_terms(x_float, self._noise(len(x)), kl="closed")
+        nll = -self.iwae_bound(x, iw_samples, chunk)
+        bpd = (nll + self.discretization_term()) / (self.config.num_dims * math.log(2))
+        return {"nelbo": rec + kl, "rec": rec, "kl": kl, "nll": nll, "bpd": bpd}
+
+    @torch.no_grad()
+    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+        """n decoder means at z ~ N(0, T^2 I) (probabilities for Bernoulli), as uint8."""
+        z = self.prior.sample(n, temperature, device=self.device)
+        mean = self.decoder.likelihood.mean(self.decode(z))
+        return (mean.clamp(0, 1) * 255).round().to(torch.uint8)
