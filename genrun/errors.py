@@ -11,23 +11,13 @@ class UserError(Exception):
 
 
 def run_cli(app, prog_name: str) -> None:
-    """Run a typer app so that a UserError is one line on stderr and exit
-    status 2, Ctrl-C is exit 130, and usage errors read as click prints them.
-    Anything else is a bug and keeps its traceback."""
+    """Run a typer app so that a UserError prints as one line on stderr with
+    exit status 2. Usage errors and Ctrl-C are typer's own (exit 2 and 1);
+    anything else is a bug and keeps its traceback."""
     import sys
 
-    import click
-
     try:
-        app(prog_name=prog_name, standalone_mode=False)
+        app(prog_name=prog_name)
     except UserError as err:
-        click.echo(f"{prog_name}: error: {err}", err=True)
+        print(f"{prog_name}: error: {err}", file=sys.stderr)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo(f"{prog_name}: interrupted", err=True)
-        sys.exit(130)
-    except click.ClickException as err:
-        err.show()
-        sys.exit(err.exit_code)
-    except click.exceptions.Exit as err:
-        sys.exit(err.exit_code)

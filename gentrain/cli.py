@@ -31,7 +31,8 @@ app.add_typer(fit_app, name="fit")
 # Options every `fit` command shares; None means "the family's default".
 Data = Annotated[str, typer.Option(help=f"Training data: {DATA_SPECS_HELP}")]
 Size = Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")]
-Epochs = Annotated[int, typer.Option(help="Passes over the training split.")]
+Epochs = Annotated[int | None, typer.Option(help="Passes over the training split.")]
+Minutes = Annotated[float | None, typer.Option(help="Stop after this much training time.")]
 Steps = Annotated[int | None, typer.Option(help="Optimiser steps in all (overrides --epochs).")]
 BatchSize = Annotated[int | None, typer.Option(help="Images per step.")]
 Lr = Annotated[float | None, typer.Option(help="Peak learning rate.")]
@@ -70,12 +71,11 @@ def _fit(
                 f"resume it with `gentrain fit {payload['family']} --resume`"
             )
         stored = payload["train_config"]
-        # Only a longer run may be asked for on resume; everything else is the run's own.
-        for key in ("epochs", "steps"):
-            if (
-                train_options.get(key) is not None
-                and train_options[key] != TrainConfig.__dataclass_fields__[key].default
-            ):
+        # On resume only the length may change; every other setting is the run's own.
+        if train_options["epochs"] is not None:
+            stored.update(epochs=train_options["epochs"], steps=None)
+        for key in ("steps", "minutes"):
+            if train_options[key] is not None:
                 stored[key] = train_options[key]
         config = TrainConfig.from_dict(stored)
         data = load_data(config.data, size=config.size, seed=config.seed)
@@ -105,12 +105,15 @@ def _fit(
     try:
         metrics = trainer.fit()
     except KeyboardInterrupt:
-        raise UserError(
-            f"stopped at step {trainer.step}; saved {checkpoint_path}; "
-            f"continue with --resume --out {out}"
-        ) from None
+        typer.echo(
+            f"gentrain: stopped at step {trainer.step}; saved {checkpoint_path}; "
+            f"continue with `gentrain fit {family} --resume --out {out}`",
+            err=True,
+        )
+        raise typer.Exit(130) from None
+    model = trainer.final_model
     grid = save_grid(
-        trainer.final_model.sample(64, 0.7 if family == "glow" else 1.0).cpu().numpy(),
+        model.sample(64, model.default_temperature).cpu().numpy(),
         out / "samples.png",
         scale=_scale(data.shape),
     )
@@ -134,8 +137,9 @@ def fit_glow(
     n_bits: Annotated[int, typer.Option(help="Pixel depth of the modelled density.")] = 8,
     data: Data = "digits",
     size: Size = None,
-    epochs: Epochs = 10,
+    epochs: Epochs = None,
     steps: Steps = None,
+    minutes: Minutes = None,
     batch_size: BatchSize = None,
     lr: Lr = None,
     optimizer: Optimizer = None,
@@ -158,6 +162,7 @@ def fit_glow(
         size=size,
         epochs=epochs,
         steps=steps,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer,
@@ -189,8 +194,9 @@ def fit_vae(
     kl: Annotated[str, typer.Option(help="closed (analytic) or mc (Monte Carlo).")] = "closed",
     data: Data = "digits",
     size: Size = None,
-    epochs: Epochs = 10,
+    epochs: Epochs = None,
     steps: Steps = None,
+    minutes: Minutes = None,
     batch_size: BatchSize = None,
     lr: Lr = None,
     optimizer: Optimizer = None,
@@ -222,6 +228,7 @@ def fit_vae(
         size=size,
         epochs=epochs,
         steps=steps,
+        minutes=minutes,
         batch_size=batch_size,
         lr=lr,
         optimizer=optimizer,
@@ -286,8 +293,9 @@ def sample_command(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `gentrain fit`.")],
     n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
     temperature: Annotated[
-        float, typer.Option(help="Scale of the latent noise (0 = the mode).")
-    ] = 0.7,
+        float | None,
+        typer.Option(help="Scale of the latent noise (0: the mode; default 0.7 flows, 1 VAEs)."),
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
     device: Device = "auto",
@@ -295,10 +303,11 @@ def sample_command(
     """Draw samples and write them as a PNG grid."""
     if n < 1:
         raise UserError(f"--n must be at least 1, got {n}")
-    if temperature < 0:
+    if temperature is not None and temperature < 0:
         raise UserError(f"--temperature must be >= 0, got {temperature}")
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload).to(pick_device(device))
+    temperature = model.default_temperature if temperature is None else temperature
     torch.manual_seed(seed)
     images = model.sample(n, temperature).cpu().numpy()
     save_grid(images, out, scale=_scale(images.shape))

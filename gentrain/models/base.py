@@ -33,6 +33,8 @@ class GenerativeModel(nn.Module):
     # The metric that `train` shows in its progress bar and evaluation picks
     # for "lower is better" comparisons.
     headline_metric: str = ""
+    # The sampling temperature pictures use unless told otherwise.
+    default_temperature: float = 1.0
 
     def __init__(self, config) -> None:
         super().__init__()

@@ -65,6 +65,7 @@ class Glow(GenerativeModel):
     family = "glow"
     config_class = GlowConfig
     headline_metric = "bpd"
+    default_temperature = 0.7  # as in the Glow paper's samples
 
     def __init__(self, config: GlowConfig) -> None:
         super().__init__(config)
@@ -102,7 +103,11 @@ class Glow(GenerativeModel):
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:
         """log p(y) in nats per image, for continuous y in [-0.5, 0.5)."""
-        latents, logdet = self(y)
+        return self.log_prob_of(*self(y))
+
+    @staticmethod
+    def log_prob_of(latents: list[torch.Tensor], logdet: torch.Tensor) -> torch.Tensor:
+        """log p(y) from what `forward(y)` returned: the change of variables."""
         log_normal = sum(
             (-0.5 * (eps**2 + math.log(2 * math.pi))).flatten(1).sum(1) for eps in latents
         )

@@ -200,5 +200,9 @@ class VAE(GenerativeModel):
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n decoder means at z ~ N(0, T^2 I) (probabilities for Bernoulli), as uint8."""
         z = self.prior.sample(n, temperature, device=self.device)
-        mean = self.decoder.likelihood.mean(self.decode(z))
-        return (mean.clamp(0, 1) * 255).round().to(torch.uint8)
+        return means_to_uint8(self.decoder.likelihood.mean(self.decode(z)))
+
+
+def means_to_uint8(mean: torch.Tensor) -> torch.Tensor:
+    """Pixel means in [0, 1] -> uint8 images (samples and exported decoders)."""
+    return (mean.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -1,0 +1,250 @@
+"""Checkpoint -> verified engine files, and re-verification of an engine.
+
+Every graph of one call is exported, checked and verified in memory first;
+only when all of them (and, for a flow, the round trip through both) meet
+their bounds are the files written, each atomically. A failure leaves no file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+from genrun.errors import UserError
+from genrun.manifest import (
+    CheckpointInfo,
+    ExportInfo,
+    Manifest,
+    Parity,
+    read_from_onnx,
+    write_to_onnx,
+)
+from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
+from gentrain.models import GenerativeModel
+
+from .fp16 import to_float16
+from .graphs import ROLES, Graph, build_graph, check_actnorm_initialized, pixel_mapping
+from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
+from .verify import merge, parity, round_trip
+
+PRECISIONS = ("fp32", "fp16")
+TEMPERATURE = (
+    "every noise_i is multiplied by the sample's temperature before the reverse flow: "
+    "1 samples the model, 0 gives its mode, about 0.7 trades diversity for quality"
+)
+
+
+@dataclass
+class Engine:
+    """One verified graph, in memory until written to `path`."""
+
+    graph: Graph
+    model: onnx.ModelProto
+    precision: str
+    exporter: str
+    nodes_folding: tuple[int, int] | None  # glow, float32: (unfolded, folded)
+    parity: list[Parity]
+    seconds: float
+    path: Path
+
+    @property
+    def nodes(self) -> int:
+        return len(self.model.graph.node)
+
+    def failures(self) -> list[str]:
+        return [f"{self.graph.role}: {f}" for p in self.parity for f in p.failures()]
+
+
+def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
+    """The checkpoint's payload and its model, or a one-line UserError."""
+    payload = load_checkpoint(checkpoint)
+    family = payload.get("family")
+    if family not in ROLES:
+        raise UserError(
+            f"{checkpoint} holds a model of unknown family {family!r}; genexport exports: "
+            f"{', '.join(ROLES)}"
+        )
+    model = model_from_checkpoint(payload)
+    check_actnorm_initialized(model)
+    return payload, model
+
+
+def parse_roles(family: str, names: str | None) -> list[str]:
+    """'generate,density' -> the roles, checked against the family's."""
+    if names is None:
+        return list(ROLES[family])
+    roles = [name.strip() for name in names.split(",") if name.strip()]
+    for role in roles:
+        if role not in ROLES[family]:
+            raise UserError(
+                f"a {family} model has no '{role}' graph; --graphs takes a comma-separated "
+                f"list of: {', '.join(ROLES[family])}"
+            )
+    return list(dict.fromkeys(roles))
+
+
+def default_name(checkpoint: Path) -> str:
+    """runs/demo/checkpoint.pt -> 'demo'; model.pt -> 'model'."""
+    return checkpoint.parent.resolve().name if checkpoint.stem == "checkpoint" else checkpoint.stem
+
+
+def export_checkpoint(
+    checkpoint: Path,
+    out: Path | None = None,
+    roles: str | None = None,
+    opset: int = OPSETS[0],
+    precision: str = "fp32",
+    name: str | None = None,
+) -> list[Engine]:
+    """Export, verify and write the engines of a checkpoint; returns them."""
+    if opset not in OPSETS:
+        raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
+    if precision not in PRECISIONS:
+        raise UserError(f"unknown --precision {precision!r}; use one of: {_join(PRECISIONS)}")
+    payload, model = load_trained(checkpoint)
+    out = out or checkpoint.parent
+    name = name or default_name(checkpoint)
+    suffix = "" if precision == "fp32" else f".{precision}"
+    engines = [
+        _export_role(model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx")
+        for role in parse_roles(model.family, roles)
+    ]
+    by_role = {engine.graph.role: engine for engine in engines}
+    if {"generate", "density"} <= by_role.keys():
+        generate, density = by_role["generate"], by_role["density"]
+        trip = round_trip(
+            density.graph,
+            session(density.model),
+            generate.graph,
+            session(generate.model),
+            precision,
+        )
+        for engine in (generate, density):
+            engine.parity[-1] = merge(engine.parity[-1], trip)
+    failures = [failure for engine in engines for failure in engine.failures()]
+    if failures:
+        raise UserError(f"parity check failed, no engine written: {'; '.join(failures)}")
+    info = checkpoint_info(checkpoint, payload)
+    for engine in engines:
+        write_to_onnx(engine.model, manifest(model, engine, info))
+    write_atomically({engine.path: engine.model.SerializeToString() for engine in engines})
+    return engines
+
+
+def _export_role(
+    model: GenerativeModel, role: str, opset: int, precision: str, path: Path
+) -> Engine:
+    started = time.perf_counter()
+    graph = build_graph(model, role)
+    exported, exporter = to_onnx(graph, opset)
+    check_standard(exported)
+    nodes_folding = None
+    if model.family == "glow":
+        unfolded, _ = to_onnx(build_graph(model, role, fold=False), opset)
+        nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
+    float32 = session(exported)
+    checks = [parity(graph, float32, "fp32")]
+    if precision == "fp16":
+        exported = to_float16(exported)
+        check_standard(exported)
+        checks.append(parity(graph, session(exported), "fp16", reference=float32))
+    seconds = time.perf_counter() - started
+    return Engine(graph, exported, precision, exporter, nodes_folding, checks, seconds, path)
+
+
+def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
+    return CheckpointInfo(
+        file=checkpoint.name,
+        sha256=sha256(checkpoint),
+        step=int(payload.get("step", 0)),
+        metrics={k: float(v) for k, v in payload.get("metrics", {}).items()},
+        model_config=dict(payload["model_config"]),
+        data=dict(payload.get("data", {})),
+    )
+
+
+def manifest(model: GenerativeModel, engine: Engine, info: CheckpointInfo) -> Manifest:
+    config = model.config
+    latent_shapes = (
+        [list(shape) for shape in config.latent_shapes()]
+        if model.family == "glow"
+        else [[config.latent_dim]]
+    )
+    return Manifest(
+        family=model.family,
+        role=engine.graph.role,
+        precision=engine.precision,
+        inputs=engine.graph.inputs,
+        outputs=engine.graph.outputs,
+        data_shape=list(config.data_shape),
+        latent_shapes=latent_shapes,
+        pixels=pixel_mapping(model),
+        temperature=TEMPERATURE if engine.graph.role == "generate" else None,
+        checkpoint=info,
+        parity=engine.parity,
+        export=ExportInfo(
+            exporter=engine.exporter,
+            opset=opset_of(engine.model),
+            nodes=engine.nodes,
+            nodes_unfolded=engine.nodes_folding[0] if engine.nodes_folding else None,
+            nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
+            versions=library_versions(engine.exporter),
+        ),
+    )
+
+
+def verify_engine(engine: Path, checkpoint: Path) -> tuple[Manifest, Parity]:
+    """Re-run an engine's parity check against the checkpoint it came from;
+    a miss is a UserError naming every value over its bound."""
+    recorded = read_from_onnx(engine)
+    _, model = load_trained(checkpoint)
+    if sha256(checkpoint) != recorded.checkpoint.sha256:
+        raise UserError(
+            f"{engine} was exported from another checkpoint (sha256 "
+            f"{recorded.checkpoint.sha256[:12]}..., {recorded.checkpoint.file}); pass that "
+            "checkpoint with --ckpt"
+        )
+    result = parity(build_graph(model, recorded.role), session(engine), recorded.precision)
+    if result.failures():
+        raise UserError(f"{engine} fails its parity check: {'; '.join(result.failures())}")
+    return recorded, result
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions(exporter: str) -> dict[str, str]:
+    versions = {
+        "vaeflow": _version("vaeflow"),
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "python": platform.python_version(),
+    }
+    if exporter == DYNAMO:
+        versions["onnxscript"] = _version("onnxscript")
+    return versions
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _join(values) -> str:
+    return ", ".join(str(v) for v in values)

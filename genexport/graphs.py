@@ -1,0 +1,377 @@
+"""Export-only modules, one per engine role, and the frozen Glow they run on.
+
+Every role is a plain `nn.Module` whose inputs and outputs are exactly the
+engine's: noise and temperatures come in as inputs (never drawn inside a
+graph), images cross as uint8. The modules only call the gentrain models'
+own methods (`reverse`, `log_prob`, `dequantize`, `bits_per_dim`,
+`log_weight`, ...), so a formula lives in one place.
+
+The same role module runs on the trained model (the PyTorch reference) and,
+for Glow, on `freeze_glow(model)` (what is exported): there the LU-decomposed
+1x1 convolutions, whose matrix ops (inverse, slogdet, lu) have no ONNX form,
+become constant matrices computed once in float64, folded together with the
+ActNorm before them into a single 1x1 convolution with bias in each direction.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrun.errors import UserError
+from genrun.manifest import PixelMapping, TensorSpec
+from gentrain.models import VAE, GenerativeModel, Glow
+from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
+from gentrain.models.quantization import (
+    bits_per_dim,
+    dequantize,
+    discretization_nats,
+    quantize,
+)
+from gentrain.models.vae import means_to_uint8
+
+ROLES: dict[str, tuple[str, ...]] = {
+    "glow": ("generate", "density"),
+    "vae": ("decode", "encode", "elbo"),
+}
+BATCH = "N"  # the name of the dynamic batch axis in every graph and manifest
+
+
+# -- the frozen Glow -----------------------------------------------------------
+class Baked1x1(nn.Module):
+    """y = W x + b per pixel with W, W^-1 and log|det W| fixed at export time
+    (computed in float64), under the layers' contract
+    forward(x, logdet, reverse) -> (y, logdet)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, logdet_per_pixel: float):
+        super().__init__()
+        inverse = torch.linalg.inv(weight)
+        self.register_buffer("weight", weight.float()[:, :, None, None])
+        self.register_buffer("inverse", inverse.float()[:, :, None, None])
+        # x = W^-1 (y - b) = W^-1 y - W^-1 b: the reverse is a conv with bias too.
+        self.register_buffer("bias", None if bias is None else bias.float())
+        self.register_buffer("inverse_bias", None if bias is None else (-inverse @ bias).float())
+        self.logdet_per_pixel = logdet_per_pixel
+
+    @classmethod
+    def from_conv(cls, conv: InvConv1x1) -> Baked1x1:
+        """The 1x1 convolution alone (ActNorm stays a layer of its own)."""
+        weight, logabsdet = copy.deepcopy(conv).double().weight_and_logabsdet()
+        return cls(weight.detach(), None, logabsdet.item())
+
+    @classmethod
+    def fold(cls, norm: ActNorm, conv: InvConv1x1) -> Baked1x1:
+        """ActNorm then the 1x1 convolution as one affine map:
+        W diag(e^s) (x + b) = W' x + W' b with W' = W diag(e^s)."""
+        weight, logabsdet = copy.deepcopy(conv).double().weight_and_logabsdet()
+        logs, shift = norm.logs.detach().double().flatten(), norm.bias.detach().double().flatten()
+        folded = weight.detach() * torch.exp(logs)[None, :]
+        return cls(folded, folded @ shift, (logs.sum() + logabsdet).item())
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dlogdet = x.shape[2] * x.shape[3] * self.logdet_per_pixel
+        if reverse:
+            y = F.conv2d(x, self.inverse, self.inverse_bias)
+            return y, None if logdet is None else logdet - dlogdet
+        y = F.conv2d(x, self.weight, self.bias)
+        return y, None if logdet is None else logdet + dlogdet
+
+
+def check_actnorm_initialized(model: GenerativeModel) -> None:
+    """An ActNorm that never saw data is the identity: the checkpoint is untrained."""
+    if not all(m.initialized for m in model.modules() if isinstance(m, ActNorm)):
+        raise UserError(
+            "the checkpoint's ActNorm layers were never initialised from data (no training "
+            "step ran); train it with `gentrain fit glow` before exporting"
+        )
+
+
+def freeze_glow(model: Glow, fold: bool = True) -> Glow:
+    """A copy of `model` whose flow steps export: each 1x1 convolution baked
+    as constants and, with `fold`, merged with the ActNorm before it. The
+    couplings and priors are the trained modules themselves."""
+    check_actnorm_initialized(model)
+    frozen = copy.deepcopy(model).eval()
+    for norm in frozen.modules():
+        if isinstance(norm, ActNorm):
+            # A buffer is a graph input to torch.export, so `if not initialized`
+            # would be a data-dependent branch; as a constant it folds away.
+            del norm._buffers["initialized"]
+            norm.initialized = True
+    for step in frozen.modules():
+        if isinstance(step, FlowStep):
+            norm, conv, coupling = step.layers
+            linear = [Baked1x1.fold(norm, conv)] if fold else [norm, Baked1x1.from_conv(conv)]
+            step.layers = nn.ModuleList([*linear, coupling])
+    return frozen
+
+
+# -- the roles -------------------------------------------------------------------
+class GlowGenerate(nn.Module):
+    """(noise per level, temperature (N,)) -> (images y, uint8 pixels)."""
+
+    def __init__(self, flow: Glow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(
+        self, noise: list[torch.Tensor], temperature: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.flow.reverse(noise, temperature)
+        return y, quantize(y, self.flow.config.n_bits)
+
+
+class GlowDensity(nn.Module):
+    """(uint8 images, dequantisation offset) -> (bits/dim, log P(x) in nats,
+    latents per level)."""
+
+    def __init__(self, flow: Glow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, images: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        config = self.flow.config
+        y = dequantize(images, config.n_bits, offset)
+        latents, logdet = self.flow(y)
+        log_py = self.flow.log_prob_of(latents, logdet)
+        log_px = log_py - discretization_nats(config.num_dims, config.n_bits)
+        return bits_per_dim(log_py, config.num_dims, config.n_bits), log_px, *latents
+
+
+class VAEDecode(nn.Module):
+    """z (N, k) -> (images: pixel means or probabilities in [0, 1], uint8 pixels)."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.model.decoder.likelihood.mean(self.model.decode(z))
+        return mean, means_to_uint8(mean)
+
+
+class VAEEncode(nn.Module):
+    """uint8 images -> (mu, log sigma^2) of q(z|x)."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(self.model.to_float(images))
+
+
+class VAEElbo(nn.Module):
+    """(uint8 images, eps (N, k)) -> log w = log p(x|z) + log p(z) - log q(z|x)
+    at z = mu + sigma * eps, per image."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.model.log_weight(self.model.to_float(images), eps)
+
+
+# -- what each role declares -----------------------------------------------------------
+@dataclass
+class Graph:
+    """One role of one model: the module to export, the reference module
+    (the trained model itself), its tensors, how to draw seeded inputs, and
+    which kind of tolerance each output is checked with."""
+
+    role: str
+    module: nn.Module
+    reference: nn.Module
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    sample_inputs: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]]
+    checks: dict[str, str]  # output name -> "image", "bpd", "nats", "latent" or "pixels"
+    num_dims: int  # D, pixels per image
+    pixel_bits: int  # the uint8 outputs take 2^pixel_bits levels
+
+
+def build_graph(model: GenerativeModel, role: str, fold: bool = True) -> Graph:
+    """The export module and reference of `role` for a trained model."""
+    roles = ROLES[model.family]
+    if role not in roles:
+        raise UserError(
+            f"a {model.family} model has no '{role}' graph; choose from: {', '.join(roles)}"
+        )
+    if model.family == "glow":
+        return _glow_graph(model, role, fold)
+    return _vae_graph(model, role)
+
+
+def pixel_mapping(model: GenerativeModel) -> PixelMapping:
+    """How the model's float images relate to uint8 pixels, for the manifest."""
+    config = model.config
+    if model.family == "glow":
+        bins = 2**config.n_bits
+        return PixelMapping(
+            n_bits=config.n_bits,
+            value_range=[-0.5, 0.5],
+            from_uint8=(
+                f"y = (floor(x / {2 ** (8 - config.n_bits)}) + offset) / {bins} - 0.5, "
+                "offset in [0, 1) (0.5: bin centres)"
+            ),
+            to_uint8=f"x = round(clip(floor((y + 0.5) * {bins}), 0, {bins - 1}) "
+            f"* {255 / (bins - 1):g})",
+            discretization_nats=discretization_nats(config.num_dims, config.n_bits),
+        )
+    binary = config.pixels == "binary"
+    likelihood = model.decoder.likelihood
+    return PixelMapping(
+        n_bits=1 if binary else 8,
+        value_range=[0.0, 1.0],
+        from_uint8="x01 = (x >= 128)" if binary else "x01 = x / 255",
+        to_uint8="x = round(clip(mean, 0, 1) * 255)",
+        discretization_nats=model.discretization_term(),
+        likelihood=f"{config.likelihood} ({'probabilities' if likelihood.discrete else 'means'})",
+    )
+
+
+def _glow_graph(model: Glow, role: str, fold: bool) -> Graph:
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    latents = [
+        TensorSpec(f"latent_{i}", "float32", [BATCH, *s], f"standard-normal latent of level {i}")
+        for i, s in enumerate(config.latent_shapes())
+    ]
+    frozen = freeze_glow(model, fold)
+    if role == "generate":
+        noise = [
+            TensorSpec(f"noise_{i}", "float32", spec.shape, f"N(0, I) noise of level {i}")
+            for i, spec in enumerate(latents)
+        ]
+
+        def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
+            return drawn, torch.rand(n, generator=generator)
+
+        return Graph(
+            role=role,
+            module=GlowGenerate(frozen),
+            reference=GlowGenerate(model),
+            inputs=[
+                *noise,
+                TensorSpec("temperature", "float32", [BATCH], "per-sample scale of the noise"),
+            ],
+            outputs=[
+                TensorSpec("images", "float32", shape, "continuous images y, see pixels"),
+                TensorSpec("pixels", "uint8", shape, "images quantised to uint8"),
+            ],
+            sample_inputs=generate_inputs,
+            checks={"images": "image", "pixels": "pixels"},
+            num_dims=config.num_dims,
+            pixel_bits=config.n_bits,
+        )
+
+    def density_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        noise = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
+        with torch.no_grad():
+            _, pixels = GlowGenerate(model)(noise, torch.full((n,), model.default_temperature))
+        return pixels, torch.rand(n, *config.data_shape, generator=generator)
+
+    return Graph(
+        role=role,
+        module=GlowDensity(frozen),
+        reference=GlowDensity(model),
+        inputs=[
+            TensorSpec("images", "uint8", shape, "images to score"),
+            TensorSpec(
+                "offset",
+                "float32",
+                shape,
+                "dequantisation offset in [0, 1) per pixel; uniform noise gives the "
+                "variational bound, 0.5 the deterministic bpd_center of `gentrain eval`",
+                default=0.5,
+            ),
+        ],
+        outputs=[
+            TensorSpec("bits_per_dim", "float32", [BATCH], "bits/dim incl. discretisation"),
+            TensorSpec("log_likelihood", "float32", [BATCH], "log P(x) in nats of the uint8 image"),
+            *latents,
+        ],
+        sample_inputs=density_inputs,
+        checks={
+            "bits_per_dim": "bpd",
+            "log_likelihood": "nats",
+            **{spec.name: "latent" for spec in latents},
+        },
+        num_dims=config.num_dims,
+        pixel_bits=config.n_bits,
+    )
+
+
+def _vae_graph(model: VAE, role: str) -> Graph:
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    code = [BATCH, config.latent_dim]
+    module = {"decode": VAEDecode, "encode": VAEEncode, "elbo": VAEElbo}[role](model)
+
+    def images(n: int, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return VAEDecode(model)(torch.randn(n, config.latent_dim, generator=generator))[1]
+
+    if role == "decode":
+        inputs = [TensorSpec("z", "float32", code, "latent code; N(0, T^2 I) samples")]
+        outputs = [
+            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+        ]
+        checks = {"images": "image", "pixels": "pixels"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(n, config.latent_dim, generator=generator),)
+
+    elif role == "encode":
+        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
+        outputs = [
+            TensorSpec("mu", "float32", code, "mean of q(z|x)"),
+            TensorSpec("logvar", "float32", code, "log variance of q(z|x)"),
+        ]
+        checks = {"mu": "latent", "logvar": "latent"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return (images(n, generator),)
+
+    else:
+        inputs = [
+            TensorSpec("images", "uint8", shape, "images to score"),
+            TensorSpec("eps", "float32", code, "N(0, I) noise of the reparameterisation"),
+        ]
+        outputs = [
+            TensorSpec(
+                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
+            )
+        ]
+        checks = {"log_weight": "nats"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return images(n, generator), torch.randn(n, config.latent_dim, generator=generator)
+
+    return Graph(
+        role=role,
+        module=module,
+        reference=module,
+        inputs=inputs,
+        outputs=outputs,
+        sample_inputs=sample_inputs,
+        checks=checks,
+        num_dims=config.num_dims,
+        pixel_bits=8,
+    )
+
+
+def nats_per_bpd(num_dims: int) -> float:
+    """Nats per image that one bit/dim is: tolerances in nats scale with it."""
+    return num_dims * math.log(2.0)

@@ -1,0 +1,262 @@
+"""The engine manifest: what an exported ONNX graph is, in one JSON value
+stored inside the file, so that a single `.onnx` file is a complete engine.
+
+This module is the contract between `genexport` (writes it) and `genrun`
+(reads it). It needs only the standard library: reading a manifest needs
+`onnx` (`read_from_onnx`) or `onnxruntime` (`read_with_onnxruntime`, the
+route for genrun), each imported only when called.
+
+Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
+(`METADATA_KEY`), a JSON object of the `Manifest` below.
+
+Fields (version 1)
+------------------
+version         int, MANIFEST_VERSION. A reader refuses any other version.
+family          "glow" or "vae".
+role            the graph's job: glow "generate" | "density";
+                vae "decode" | "encode" | "elbo".
+precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
+                outputs; per-image sums such as log-dets and log-likelihoods
+                are reduced and accumulated in float32).
+inputs, outputs list of TensorSpec, in graph order:
+  name          the ONNX input/output name.
+  dtype         numpy dtype name: "float32" or "uint8".
+  shape         list; ints are fixed sizes, the string "N" marks the batch
+                axis (dynamic; every tensor of one call shares it).
+  description   what the tensor holds, in words.
+  default       inputs only: value used when the input is not fed, or null
+                when it must be fed (glow density's "offset": 0.5).
+data_shape      [C, H, W] of the uint8 images the model was trained on.
+latent_shapes   glow: [C, H, W] of the standard-normal latent of each level,
+                in level order (inputs noise_i of generate, outputs latent_i
+                of density); vae: [[k]].
+pixels          PixelMapping, how float images relate to uint8 pixels:
+  n_bits        pixel depth the density is defined over (vae: 8 grey, 1 binary).
+  value_range   [low, high] of the float "images" outputs (glow [-0.5, 0.5],
+                vae [0, 1]).
+  from_uint8    formula the graph applies to uint8 inputs.
+  to_uint8      formula that maps the float "images" to uint8; the graphs'
+                "pixels" outputs are exactly this, so runtimes need not apply it.
+  discretization_nats  D log(2^n_bits) (glow; vae Gaussians: D log 256; 0 for
+                masses): the nats that turn a density of the floats into a
+                probability of the uint8 image. VAE importance-sampled NLL in
+                bits/dim = (-(logsumexp_k log_weight_k - log K) + this) / (D ln 2).
+  likelihood    vae only: the decoder likelihood and what "images" holds.
+temperature     how the sampling temperature acts, or null when the role has
+                none (glow generate: each noise_i is multiplied by the
+                per-sample temperature before the reverse flow; 1 is the model,
+                0 the mode).
+checkpoint      CheckpointInfo: file name, sha256 of the checkpoint file, training
+                step, the last test metrics the checkpoint recorded, model
+                config and data {spec, shape}.
+parity          list of Parity, one per comparison made before the file was
+                written (fp32: against PyTorch; fp16: the float32 graph against
+                PyTorch, then this graph against the float32 graph):
+  precision     precision of the graph that was checked ("fp32" or "fp16").
+  reference     what it was compared with: "pytorch-float32" or "onnx-float32".
+  batch_sizes   batch sizes run.
+  max_abs_error per checked value: output names, plus "round_trip.images" and
+                "round_trip.pixels" for flows exported with both roles (uint8
+                images -> density latents -> generate -> images). "pixels" are
+                in uint8 levels; log-likelihoods in nats.
+  tolerance     the bound each value had to meet (same keys).
+export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
+                torchscript"), opset, nodes (in this file's graph), and for
+                glow the float32 graph's node counts before and after folding
+                ActNorm into the 1x1 convolutions (nodes_unfolded,
+                nodes_folded; null for vae), and library versions {torch,
+                onnx, onnxruntime, vaeflow, ...}.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import UserError
+
+MANIFEST_VERSION = 1
+METADATA_KEY = "vaeflow.manifest"
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str
+    shape: list[int | str]
+    description: str = ""
+    default: float | None = None
+
+
+@dataclass
+class PixelMapping:
+    n_bits: int
+    value_range: list[float]
+    from_uint8: str
+    to_uint8: str
+    discretization_nats: float
+    likelihood: str | None = None
+
+
+@dataclass
+class CheckpointInfo:
+    file: str
+    sha256: str
+    step: int
+    metrics: dict[str, float]
+    model_config: dict[str, Any]
+    data: dict[str, Any]
+
+
+@dataclass
+class Parity:
+    precision: str
+    reference: str
+    batch_sizes: list[int]
+    max_abs_error: dict[str, float]
+    tolerance: dict[str, float]
+
+    def failures(self) -> list[str]:
+        """'name error > tolerance' for every value over its bound."""
+        return [
+            f"{key} {error:.3g} > {self.tolerance[key]:.3g}"
+            for key, error in self.max_abs_error.items()
+            if not error <= self.tolerance[key]  # NaN fails too
+        ]
+
+
+@dataclass
+class ExportInfo:
+    exporter: str
+    opset: int
+    nodes: int
+    nodes_unfolded: int | None
+    nodes_folded: int | None
+    versions: dict[str, str]
+
+
+@dataclass
+class Manifest:
+    family: str
+    role: str
+    precision: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    data_shape: list[int]
+    latent_shapes: list[list[int]]
+    pixels: PixelMapping
+    temperature: str | None
+    checkpoint: CheckpointInfo
+    parity: list[Parity]
+    export: ExportInfo
+    version: int = field(default=MANIFEST_VERSION)
+
+    def input(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.inputs if spec.name == name)
+
+    def output(self, name: str) -> TensorSpec:
+        return next(spec for spec in self.outputs if spec.name == name)
+
+
+def to_json(manifest: Manifest) -> str:
+    return json.dumps(asdict(manifest), indent=1, sort_keys=True)
+
+
+def from_json(text: str, source: str = "the manifest") -> Manifest:
+    """Parse and validate; an unknown version or a malformed value is a UserError."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source} is not valid JSON ({err}); re-export the engine") from None
+    if not isinstance(values, dict):
+        raise UserError(f"{source} is not a vaeflow engine manifest; re-export the engine")
+    version = values.get("version")
+    if version != MANIFEST_VERSION:
+        raise UserError(
+            f"{source} has engine manifest version {version!r}, this vaeflow reads version "
+            f"{MANIFEST_VERSION}; re-export the engine with this vaeflow's `genexport onnx` "
+            "or use the vaeflow release that wrote it"
+        )
+    try:
+        return Manifest(
+            **{
+                **values,
+                "inputs": [TensorSpec(**v) for v in values["inputs"]],
+                "outputs": [TensorSpec(**v) for v in values["outputs"]],
+                "pixels": PixelMapping(**values["pixels"]),
+                "checkpoint": CheckpointInfo(**values["checkpoint"]),
+                "parity": [Parity(**v) for v in values["parity"]],
+                "export": ExportInfo(**values["export"]),
+            }
+        )
+    except (KeyError, TypeError) as err:
+        expected = ", ".join(f.name for f in fields(Manifest))
+        raise UserError(
+            f"{source} is malformed ({type(err).__name__}: {err}); a version "
+            f"{MANIFEST_VERSION} manifest has: {expected}; re-export the engine"
+        ) from None
+
+
+def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
+    """Store `manifest` in an onnx.ModelProto's metadata_props (replacing any)."""
+    props = model_proto.metadata_props
+    kept = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
+    del props[:]
+    for key, value in [*kept, (METADATA_KEY, to_json(manifest))]:
+        entry = props.add()
+        entry.key, entry.value = key, value
+
+
+def read_from_onnx(path: str | Path) -> Manifest:
+    """The manifest of an engine file, read with `onnx` (weights not parsed twice)."""
+    import onnx
+
+    path = Path(path)
+    _check_file(path)
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as err:  # any parse failure of an untrusted file
+        raise UserError(
+            f"{path} is not an ONNX model ({type(err).__name__}); pass an engine "
+            "written by `genexport onnx`"
+        ) from None
+    props = {p.key: p.value for p in model.metadata_props}
+    return _from_props(props, path)
+
+
+def read_with_onnxruntime(session_or_path: Any) -> Manifest:
+    """The manifest through onnxruntime (no `onnx` needed): pass an
+    InferenceSession, or a path to open one."""
+    if isinstance(session_or_path, (str, Path)):
+        import onnxruntime
+
+        path = Path(session_or_path)
+        _check_file(path)
+        try:
+            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as err:
+            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
+            raise UserError(
+                f"{path} cannot be loaded by onnxruntime ({type(err).__name__}: {first}); "
+                "pass an engine written by `genexport onnx`"
+            ) from None
+        source = path
+    else:
+        session, source = session_or_path, Path("the engine")
+    return _from_props(session.get_modelmeta().custom_metadata_map, source)
+
+
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
+
+
+def _from_props(props: dict[str, str], path: Path) -> Manifest:
+    if METADATA_KEY not in props:
+        raise UserError(
+            f"{path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}); "
+            "export the engine with `genexport onnx`"
+        )
+    return from_json(props[METADATA_KEY], source=str(path))

@@ -1,0 +1,303 @@
+"""genexport: checkpoints -> verified ONNX engines. Parity with PyTorch at
+several batch sizes, the flow round trip, engines that run in plain
+onnxruntime, standard operators only, float16 error, the CLI and its errors.
+
+Each graph is exported once per module (the exporter takes seconds a graph)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from genexport import verify
+from genexport.cli import main
+from genexport.engines import export_checkpoint
+from genrun.errors import UserError
+from genrun.manifest import from_json, read_from_onnx
+from genrun.readers import load_data
+from gentrain.checkpoint import save_checkpoint
+from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.models.quantization import dequantize
+from gentrain.train import TrainConfig, Trainer
+
+SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
+
+
+def genexport(*args) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.object(sys, "argv", ["genexport", *map(str, args)]),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(result: tuple[int, str, str], match: str) -> None:
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("genexport: error:"), err
+    assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def glow_checkpoint(digits, tmp_path_factory) -> Path:
+    """A tiny Glow (levels 2, depth 2, hidden 16) trained 4 steps on the 8x8 digits."""
+    out = tmp_path_factory.mktemp("glow")
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=16))
+    config = TrainConfig(optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
+    Trainer(model, digits, config, out).fit()
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def vae_checkpoint(digits, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))
+    Trainer(model, digits, TrainConfig(device="cpu", **SMALL), out).fit()
+    return out / "checkpoint.pt"
+
+
+@pytest.fixture(scope="module")
+def glow_engines(glow_checkpoint, tmp_path_factory) -> tuple[dict[str, Path], str]:
+    """Both Glow graphs through the CLI, as a user runs it; (paths, stdout)."""
+    out = tmp_path_factory.mktemp("glow-engines")
+    code, stdout, err = genexport("onnx", glow_checkpoint, "--out", out, "--name", "tiny")
+    assert code == 0, err
+    return {role: out / f"tiny.{role}.onnx" for role in ("generate", "density")}, stdout
+
+
+@pytest.fixture(scope="module")
+def vae_engines(vae_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("vae-engines")
+    return {engine.graph.role: engine.path for engine in export_checkpoint(vae_checkpoint, out)}
+
+
+@pytest.fixture(scope="module")
+def fp16_engines(glow_checkpoint, vae_checkpoint, tmp_path_factory) -> list[Path]:
+    out = tmp_path_factory.mktemp("fp16")
+    return [
+        engine.path
+        for checkpoint, roles in ((glow_checkpoint, "density"), (vae_checkpoint, "elbo"))
+        for engine in export_checkpoint(checkpoint, out, roles, precision="fp16")
+    ]
+
+
+def test_cli_prints_files_sizes_node_counts_and_parity(glow_engines) -> None:
+    paths, stdout = glow_engines
+    assert all(path.is_file() for path in paths.values())
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in paths.values():
+        assert str(path) in stdout
+        assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
+    assert "->" in stdout and "round_trip.images" in stdout
+    assert "all parity checks passed" in stdout
+
+
+@pytest.mark.parametrize("role", ["generate", "density"])
+def test_glow_parity_at_every_batch_size_is_recorded(glow_engines, role) -> None:
+    manifest = read_from_onnx(glow_engines[0][role])
+    (check,) = manifest.parity
+    assert check.reference == "pytorch-float32" and check.batch_sizes == [1, 7, 64]
+    assert not check.failures()
+    assert check.tolerance["round_trip.images"] == 1e-4
+    expected = {"generate": ["images"], "density": ["bits_per_dim", "latent_0", "latent_1"]}
+    for name in expected[role]:
+        assert check.tolerance[name] == 1e-4 and check.max_abs_error[name] <= 1e-4
+    assert manifest.export.nodes_folded < manifest.export.nodes_unfolded
+    assert manifest.export.nodes == manifest.export.nodes_folded
+
+
+def test_density_engine_matches_gentrain_eval_on_real_images(
+    glow_engines, glow_checkpoint, digits
+) -> None:
+    """Default offset (bin centres) = `gentrain eval`'s bpd_center, at an odd batch size."""
+    from genexport.onnx import session
+    from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
+
+    model = model_from_checkpoint(load_checkpoint(glow_checkpoint))
+    images = digits.test.images[:5]
+    bpd, log_px, *_ = session(glow_engines[0]["density"]).run(None, {"images": images})
+    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    assert np.abs(bpd - expected).max() <= 1e-4
+    assert np.allclose(-log_px / (64 * np.log(2)), bpd, atol=1e-5)
+
+
+def test_engines_run_in_plain_onnxruntime_with_no_project_code(glow_engines, tmp_path) -> None:
+    """Score real images, push their latents back through generate, and read
+    the manifest, importing nothing but onnxruntime and numpy."""
+    script = textwrap.dedent(
+        """
+        import json, sys
+        import numpy as np
+        import onnxruntime as ort
+        density, generate = (ort.InferenceSession(p, providers=["CPUExecutionProvider"])
+                             for p in sys.argv[1:3])
+        manifest = json.loads(density.get_modelmeta().custom_metadata_map["vaeflow.manifest"])
+        c, h, w = manifest["data_shape"]
+        images = np.random.default_rng(0).integers(0, 256, (3, c, h, w), dtype=np.uint8)
+        bpd, _, *latents = density.run(None, {"images": images})
+        feeds = {f"noise_{i}": z for i, z in enumerate(latents)}
+        back, pixels = generate.run(None, {**feeds, "temperature": np.ones(3, np.float32)})
+        assert np.abs(back - ((images + 0.5) / 256 - 0.5)).max() < 1e-3, "round trip"
+        assert (pixels == images).all() and bpd.shape == (3,) and np.isfinite(bpd).all()
+        banned = ("torch", "onnx", "genrun", "gentrain", "genexport")
+        ours = [m for m in sys.modules if m.split(".")[0] in banned]
+        assert not ours, ours
+        print(manifest["role"], manifest["family"])
+        """
+    )
+    paths = glow_engines[0]
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", script, str(paths["density"]), str(paths["generate"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["density", "glow"]
+
+
+def test_vae_graphs_pass_parity(vae_engines) -> None:
+    assert sorted(vae_engines) == ["decode", "elbo", "encode"]
+    for role, path in vae_engines.items():
+        manifest = read_from_onnx(path)
+        assert manifest.role == role and manifest.family == "vae"
+        assert manifest.parity[0].batch_sizes == [1, 7, 64] and not manifest.parity[0].failures()
+        assert manifest.export.nodes_unfolded is None
+    elbo = read_from_onnx(vae_engines["elbo"])
+    assert [spec.name for spec in elbo.inputs] == ["images", "eps"]
+    assert elbo.output("log_weight").shape == ["N"]
+
+
+def test_every_graph_uses_standard_operators_only(glow_engines, vae_engines, fp16_engines) -> None:
+    for path in [*glow_engines[0].values(), *vae_engines.values(), *fp16_engines]:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+        assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}, path
+        assert {entry.domain for entry in model.opset_import} <= {"", "ai.onnx"}, path
+        assert 18 <= read_from_onnx(path).export.opset <= 20
+        external = onnx.TensorProto.EXTERNAL
+        assert not any(i.data_location == external for i in model.graph.initializer), path
+
+
+def test_fp16_graphs_keep_float32_io_and_sums_and_bounded_error(fp16_engines) -> None:
+    assert [path.name.split(".", 1)[1] for path in fp16_engines] == [
+        "density.fp16.onnx",
+        "elbo.fp16.onnx",
+    ]
+    for path in fp16_engines:
+        model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+        types = {v.name: v.type.tensor_type.elem_type for v in model.graph.value_info}
+        for value in [*model.graph.input, *model.graph.output]:
+            assert value.type.tensor_type.elem_type != onnx.TensorProto.FLOAT16
+        weights = [i for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT16]
+        assert weights, "the bulk of the graph is float16"
+        sums = [node for node in model.graph.node if node.op_type == "ReduceSum"]
+        assert sums and all(types[node.input[0]] == onnx.TensorProto.FLOAT for node in sums)
+        manifest = read_from_onnx(path)
+        fp32_check, fp16_check = manifest.parity
+        assert (fp32_check.precision, fp32_check.reference) == ("fp32", "pytorch-float32")
+        assert (fp16_check.precision, fp16_check.reference) == ("fp16", "onnx-float32")
+        assert not fp16_check.failures()
+    density = read_from_onnx(fp16_engines[0]).parity[1].max_abs_error
+    assert 0 < density["bits_per_dim"] <= 1e-2 and density["latent_0"] <= 5e-2
+
+
+def test_failing_parity_leaves_no_file(vae_checkpoint, tmp_path, monkeypatch) -> None:
+    """Bounds tighter than float32 can meet: the export fails and writes nothing."""
+    monkeypatch.setitem(verify.TOLERANCES, "fp32", dict.fromkeys(["image", "bpd", "latent"], 1e-12))
+    with pytest.raises(UserError, match="parity check failed, no engine written: encode: mu"):
+        export_checkpoint(vae_checkpoint, tmp_path, "encode,decode")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_opset_20_is_recorded(vae_checkpoint, tmp_path) -> None:
+    (engine,) = export_checkpoint(vae_checkpoint, tmp_path, "encode", opset=20)
+    assert read_from_onnx(engine.path).export.opset == 20
+    assert engine.path.name == f"{vae_checkpoint.parent.name}.encode.onnx"
+
+
+def test_verify_and_info_commands(glow_engines, glow_checkpoint, vae_checkpoint) -> None:
+    density = glow_engines[0]["density"]
+    code, out, err = genexport("verify", density, "--ckpt", glow_checkpoint)
+    assert code == 0, err
+    assert "ok" in out and "bits_per_dim" in out
+    assert_one_line_error(
+        genexport("verify", density, "--ckpt", vae_checkpoint),
+        "exported from another checkpoint",
+    )
+    code, out, _ = genexport("info", density)
+    assert code == 0
+    for text in ("glow density, fp32", "offset", "(default 0.5)", "latent_1", "sha256", "parity"):
+        assert text in out, text
+    code, out, _ = genexport("info", glow_engines[0]["generate"], "--json")
+    assert code == 0 and from_json(out).temperature
+
+
+def test_bad_inputs_are_one_line_errors(glow_checkpoint, vae_checkpoint, digits, tmp_path) -> None:
+    run = genexport
+    text = tmp_path / "notes.txt"
+    text.write_text("not a checkpoint")
+    assert_one_line_error(run("onnx", text, "--out", tmp_path), "notes.txt")
+    assert_one_line_error(run("onnx", tmp_path / "missing.pt"), "does not exist")
+    foreign = save_checkpoint(
+        tmp_path / "gan.pt", {"family": "gan", "model_config": {}, "model": {}, "step": 0}
+    )
+    assert_one_line_error(run("onnx", foreign), "unknown family 'gan'")
+    untrained = Glow(GlowConfig(digits.shape, levels=2, depth=1, hidden=8))
+    fresh = save_checkpoint(
+        tmp_path / "fresh.pt",
+        {
+            "family": "glow",
+            "model_config": untrained.config.to_dict(),
+            "model": untrained.state_dict(),
+            "step": 0,
+        },
+    )
+    assert_one_line_error(run("onnx", fresh), "ActNorm layers were never initialised")
+    assert_one_line_error(run("onnx", glow_checkpoint, "--graphs", "decode"), "no 'decode' graph")
+    assert_one_line_error(run("onnx", vae_checkpoint, "--graphs", "elbo,bogus"), "no 'bogus'")
+    assert_one_line_error(run("onnx", vae_checkpoint, "--precision", "int8"), "int8")
+    assert_one_line_error(run("onnx", vae_checkpoint, "--opset", 17), "--opset 17")
+    assert_one_line_error(run("info", text), "not an ONNX model")
+    assert list(tmp_path.glob("*.onnx")) == []
+
+
+def test_round_trip_reaches_the_bin_centres(glow_engines) -> None:
+    from genexport.onnx import session
+
+    density, generate = (session(glow_engines[0][role]) for role in ("density", "generate"))
+    images = torch.randint(0, 256, (7, 1, 8, 8), dtype=torch.uint8)
+    _, _, *latents = density.run(None, {"images": images.numpy()})
+    feeds = {f"noise_{i}": z for i, z in enumerate(latents)}
+    back, pixels = generate.run(None, {**feeds, "temperature": np.ones(7, np.float32)})
+    assert np.abs(back - dequantize(images, 8).numpy()).max() <= 1e-4
+    assert (pixels == images.numpy()).all()
