@@ -52,6 +52,10 @@ _GREY_MODES = {"1", "L", "LA"}
 # Converting these to 8 bits in PIL clips instead of rescaling: refuse them.
 _WIDE_MODES = {"I", "F", "I;16", "I;16B", "I;16L", "I;16N"}
 _DEFAULT_FOLDER_SIZE = 64
+# The digits' 17 grey levels, spread over 0..255, fall in 17 distinct 5-bit bins
+# (4 bits would merge two); at 8 bits a flow must squeeze 17 levels into spikes
+# among 256 bins, which it overfits wildly (test bits/dim in the thousands).
+_DIGITS_BITS = 5
 
 
 @dataclass
@@ -69,6 +73,9 @@ class DataSplit:
     train: ImageSet
     test: ImageSet
     spec: str
+    # The fewest bits per pixel that keep every grey level of the source
+    # apart: what a flow should model by default (its `n_bits`).
+    bits: int = 8
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -88,8 +95,10 @@ def load_data(
     """
     _check_options(size, test_fraction)
     kind, _, arg = spec.partition(":")
+    bits = 8
     if spec == "digits":
         train, test = _split(*_read_digits(), test_fraction, seed)
+        bits = _DIGITS_BITS
     elif spec == "mnist":
         train, test = _read_mnist_dir(_fetch_mnist(_cache_dir()))
     elif kind == "mnist" and arg:
@@ -101,9 +110,10 @@ def load_data(
         train, test = _read_npz(Path(arg).expanduser(), test_fraction, seed)
     else:
         raise UserError(f"unknown data spec {spec!r}; use one of: {DATA_SPECS_HELP}")
-    if size is not None:
+    if size is not None and (size, size) != train.images.shape[2:]:
         train, test = _resized(train, size), _resized(test, size)
-    return DataSplit(train=train, test=test, spec=spec)
+        bits = 8  # interpolation makes new grey levels
+    return DataSplit(train=train, test=test, spec=spec, bits=bits)
 
 
 def _check_options(size: int | None, test_fraction: float) -> None:

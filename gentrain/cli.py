@@ -91,6 +91,8 @@ def _fit(
         defaults = {k: v for k, v in train_options.items() if v is not None}
         config = TrainConfig(**{**TRAIN_DEFAULTS[family], **defaults})
         data = load_data(config.data, size=config.size, seed=config.seed)
+        if "n_bits" in model_options and model_options["n_bits"] is None:
+            model_options["n_bits"] = data.bits  # flows model the data's own depth
         torch.manual_seed(config.seed)
         model = build_model(family, {"data_shape": data.shape, **model_options})
         payload = None
@@ -134,7 +136,12 @@ def fit_glow(
     hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 64,
     coupling: Annotated[str, typer.Option(help="affine or additive.")] = "affine",
     lu: Annotated[bool, typer.Option(help="LU-decomposed 1x1 convolutions.")] = True,
-    n_bits: Annotated[int, typer.Option(help="Pixel depth of the modelled density.")] = 8,
+    n_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
+        ),
+    ] = None,
     data: Data = "digits",
     size: Size = None,
     epochs: Epochs = None,

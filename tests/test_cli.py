@@ -49,7 +49,10 @@ def glow_run(tmp_path_factory):
 
 
 def test_fit_writes_checkpoint_log_and_samples(glow_run) -> None:
-    assert (glow_run / "checkpoint.pt").is_file()
+    import torch
+
+    payload = torch.load(glow_run / "checkpoint.pt", weights_only=True)
+    assert payload["model_config"]["n_bits"] == 5  # the digits' own depth
     records = [json.loads(line) for line in (glow_run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["split"] == "test"] == [10, 20]
     # 8 x 8 digits of 8 x 8 pixels, 2-pixel padding, the whole grid upscaled 8x

@@ -483,3 +483,12 @@ def test_readers_do_not_import_torch() -> None:
     repo = Path(__file__).resolve().parents[1]
     result = subprocess.run([sys.executable, "-c", code], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_bits_is_the_depth_that_keeps_every_grey_level_apart():
+    digits = load_data("digits")
+    assert digits.bits == 5
+    levels = np.unique(digits.train.images) >> (8 - digits.bits)
+    assert len(np.unique(levels)) == len(np.unique(digits.train.images)) == 17
+    assert load_data("digits", size=16).bits == 8  # interpolation makes new levels
+    assert load_data("digits", size=8).bits == 5  # native size: nothing resized
