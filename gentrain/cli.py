@@ -9,8 +9,9 @@ gentrain sample runs/glow/checkpoint.pt --n 64 --temperature 0.7
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import torch
 import typer
@@ -53,14 +54,15 @@ Resume = Annotated[bool, typer.Option(help="Continue the run in --out where it s
 Overwrite = Annotated[bool, typer.Option(help="Replace a finished or stopped run in --out.")]
 
 
-def _fit(
-    family: str,
-    model_options: dict,
-    train_options: dict,
-    out: Path | None,
-    resume: bool,
-    overwrite: bool,
-) -> None:
+def _fit(family: str, arguments: dict[str, Any]) -> None:
+    """Train from a `fit` command's arguments: TrainConfig's fields are
+    training options, out/resume/overwrite say where, the rest configure the
+    model (named as the family's config fields)."""
+    arguments = dict(arguments)
+    out, resume, overwrite = (arguments.pop(k) for k in ("out", "resume", "overwrite"))
+    train_fields = {f.name for f in fields(TrainConfig)}
+    train_options = {k: v for k, v in arguments.items() if k in train_fields}
+    model_options = {k: v for k, v in arguments.items() if k not in train_fields}
     out = out or Path("runs") / family
     checkpoint_path = out / CHECKPOINT_NAME
     if resume:
@@ -163,31 +165,12 @@ def fit_glow(
     overwrite: Overwrite = False,
 ) -> None:
     """Train Glow (Kingma & Dhariwal 2018); reports test bits/dim."""
-    model = dict(levels=levels, depth=depth, hidden=hidden, coupling=coupling, lu=lu, n_bits=n_bits)
-    train = dict(
-        data=data,
-        size=size,
-        epochs=epochs,
-        steps=steps,
-        minutes=minutes,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        warmup=warmup,
-        schedule=schedule,
-        clip=clip,
-        ema=ema,
-        eval_every=eval_every,
-        ckpt_every=ckpt_every,
-        seed=seed,
-        device=device,
-    )
-    _fit("glow", model, train, out, resume, overwrite)
+    _fit("glow", locals())
 
 
 @fit_app.command("vae")
 def fit_vae(
-    latent: Annotated[int, typer.Option(help="k: size of the latent code.")] = 20,
+    latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the latent code.")] = 20,
     arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
     hidden: Annotated[int, typer.Option(help="MLP width or conv base channels.")] = 400,
     depth: Annotated[int, typer.Option(help="Hidden layers of the MLP.")] = 1,
@@ -220,35 +203,7 @@ def fit_vae(
     overwrite: Overwrite = False,
 ) -> None:
     """Train a VAE (Kingma & Welling 2014); reports the test negative ELBO in nats."""
-    model = dict(
-        latent_dim=latent,
-        arch=arch,
-        hidden=hidden,
-        depth=depth,
-        likelihood=likelihood,
-        sigma=sigma,
-        pixels=pixels,
-        kl=kl,
-    )
-    train = dict(
-        data=data,
-        size=size,
-        epochs=epochs,
-        steps=steps,
-        minutes=minutes,
-        batch_size=batch_size,
-        lr=lr,
-        optimizer=optimizer,
-        warmup=warmup,
-        schedule=schedule,
-        clip=clip,
-        ema=ema,
-        eval_every=eval_every,
-        ckpt_every=ckpt_every,
-        seed=seed,
-        device=device,
-    )
-    _fit("vae", model, train, out, resume, overwrite)
+    _fit("vae", locals())
 
 
 @app.command("eval")
