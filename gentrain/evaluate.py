@@ -18,13 +18,13 @@ def evaluate_images(
     images: np.ndarray,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
-    **options,
+    iw_samples: int = 1,
 ) -> dict[str, dict[str, float]]:
     """{metric: {"mean": m, "stderr": s}} over `images` (uint8 N,C,H,W)."""
     model.eval().to(device)
     per_image: dict[str, list[torch.Tensor]] = {}
     for x in chunks(images, batch_size):
-        for key, values in model.evaluate(x.to(device), **options).items():
+        for key, values in model.evaluate(x.to(device), iw_samples).items():
             per_image.setdefault(key, []).append(values.double().cpu())
     summary = {}
     for key, parts in per_image.items():

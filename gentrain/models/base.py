@@ -46,8 +46,9 @@ class GenerativeModel(nn.Module):
         raise NotImplementedError
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, **options) -> dict[str, torch.Tensor]:
-        """Per-image test figures on a uint8 batch, each a float tensor (N,)."""
+    def evaluate(self, x: torch.Tensor, iw_samples: int = 1) -> dict[str, torch.Tensor]:
+        """Per-image test figures on a uint8 batch, each a float tensor (N,);
+        `iw_samples` importance samples tighten the family's likelihood bound."""
         raise NotImplementedError
 
     @torch.no_grad()
