@@ -55,7 +55,7 @@ def save_grid(
     Image.fromarray(grid).save(buffer, format="PNG")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    _write_atomic(path, buffer.getvalue())
+    write_atomic(path, buffer.getvalue())
     return path
 
 
@@ -70,7 +70,8 @@ def _check_images(images: np.ndarray) -> None:
         )
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write `data` to `path` so that a crash never leaves a partial file there."""
     # A unique name beside the target (same filesystem, so os.replace is atomic);
     # open() rather than mkstemp so the file gets the umask's mode, not 0600.
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")

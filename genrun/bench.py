@@ -1,0 +1,70 @@
+"""Throughput and latency of one engine at several batch sizes."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from .engine import Engine
+from .errors import UserError
+
+WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed
+MIN_CALLS = 5  # enough for a median even when one call takes the whole budget
+
+
+@dataclass
+class BenchRow:
+    batch_size: int
+    calls: int
+    samples_per_s: float
+    latency_ms: dict[str, float]  # per call: p50, p90, p99
+
+
+def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[BenchRow]:
+    """Warm up, then call the engine on random inputs of each batch size for
+    about `seconds` (at least MIN_CALLS calls); samples/s from the total time."""
+    if not batch_sizes or min(batch_sizes) < 1:
+        raise UserError(f"batch sizes must be whole numbers >= 1, got {batch_sizes}")
+    if not 0 < seconds < math.inf:
+        raise UserError(f"seconds must be a finite number > 0, got {seconds}")
+    rows = []
+    for batch_size in batch_sizes:
+        feeds = random_inputs(engine, batch_size)
+        for _ in range(WARMUP_CALLS):
+            engine.run(**feeds)
+        latencies: list[float] = []
+        while len(latencies) < MIN_CALLS or sum(latencies) < seconds:
+            started = time.perf_counter()
+            engine.run(**feeds)
+            latencies.append(time.perf_counter() - started)
+        p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1000
+        rows.append(
+            BenchRow(
+                batch_size=batch_size,
+                calls=len(latencies),
+                samples_per_s=batch_size * len(latencies) / sum(latencies),
+                latency_ms={"p50": p50, "p90": p90, "p99": p99},
+            )
+        )
+    return rows
+
+
+def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
+    """Inputs of the manifest's shapes: random pixels, standard-normal noise,
+    temperature 0.7; inputs with a default are left to it."""
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for spec in engine.manifest.inputs:
+        if spec.default is not None:
+            continue
+        shape = [batch_size if size == "N" else size for size in spec.shape]
+        if spec.dtype == "uint8":
+            feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif spec.name == "temperature":
+            feeds[spec.name] = np.full(shape, 0.7, np.float32)
+        else:
+            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
+    return feeds

@@ -1,0 +1,276 @@
+"""genrun: engines in ONNX Runtime, seeded sampling, scoring against gentrain's
+figures, the CLI and its errors, and that none of it needs PyTorch.
+
+Engines are built once per module from tiny checkpoints trained for 4 steps."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from unittest import mock
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+
+import genrun
+from genexport.engines import export_checkpoint
+from genrun.cli import main
+from genrun.engine import available_providers, load
+from genrun.errors import UserError
+from genrun.readers import load_data
+from genrun.sampler import Sampler, Scorer
+from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
+from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.train import TrainConfig, Trainer
+
+SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
+
+
+def genrun_cli(*args) -> tuple[int, str, str]:
+    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.object(sys, "argv", ["genrun", *map(str, args)]),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
+        try:
+            main()
+            code = 0
+        except SystemExit as exit_:
+            code = exit_.code or 0
+    return code, out.getvalue(), err.getvalue()
+
+
+def assert_one_line_error(result: tuple[int, str, str], match: str) -> None:
+    code, _, err = result
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("genrun: error:"), err
+    assert match in lines[0], lines[0]
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def glow(digits, tmp_path_factory) -> dict[str, Path]:
+    """Engines of a tiny Glow (levels 2, depth 2, hidden 16), plus its checkpoint."""
+    out = tmp_path_factory.mktemp("glow")
+    torch.manual_seed(0)
+    model = Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=16))
+    config = TrainConfig(optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
+    Trainer(model, digits, config, out).fit()
+    engines = export_checkpoint(out / "checkpoint.pt", out, name="tiny")
+    return {"checkpoint": out / "checkpoint.pt", **{e.graph.role: e.path for e in engines}}
+
+
+@pytest.fixture(scope="module")
+def vae(digits, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    model = VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))
+    Trainer(model, digits, TrainConfig(device="cpu", **SMALL), out).fit()
+    engines = export_checkpoint(out / "checkpoint.pt", out, "decode,elbo", name="tiny")
+    return {e.graph.role: e.path for e in engines}
+
+
+@pytest.mark.parametrize("family", ["glow", "vae"])
+def test_sampling_is_reproducible_and_independent_of_batch_size(family, glow, vae) -> None:
+    engine = load(glow["generate"] if family == "glow" else vae["decode"])
+    sampler = Sampler(engine)
+    reference = sampler.sample(300, temperature=0.8, seed=3)
+    assert reference.shape == (300, 1, 8, 8) and reference.dtype == np.uint8
+    assert (sampler.sample(300, temperature=0.8, seed=3, batch_size=7) == reference).all()
+    assert (sampler.sample(40, temperature=0.8, seed=3, batch_size=13) == reference[:40]).all()
+    assert not (sampler.sample(300, temperature=0.8, seed=4) == reference).all()
+    sizes = [len(batch) for batch in sampler.batches(300, 0.8, 3, batch_size=128)]
+    assert sizes == [128, 128, 44]
+
+
+def test_zero_temperature_gives_the_mode(glow) -> None:
+    samples = Sampler(load(glow["generate"])).sample(5, temperature=0, seed=1)
+    assert (samples == samples[0]).all()
+
+
+def test_glow_bits_per_dim_equal_gentrain_bpd_center(glow, digits) -> None:
+    model = model_from_checkpoint(load_checkpoint(glow["checkpoint"]))
+    images = digits.test.images[:37]
+    bpd = Scorer(load(glow["density"])).bits_per_dim(images, batch_size=16)
+    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    assert bpd.shape == (37,) and np.abs(bpd - expected).max() <= 1e-4
+
+
+def test_vae_nll_is_seeded_batch_independent_and_tighter_with_more_draws(vae, digits) -> None:
+    scorer = Scorer(load(vae["elbo"]))
+    images = digits.test.images[:30]
+    nll = scorer.nll(images, k=20, seed=1)
+    assert np.allclose(nll, scorer.nll(images, k=20, seed=1, batch_size=7))
+    assert not np.allclose(nll, scorer.nll(images, k=20, seed=2))
+    # One draw is the ELBO; the importance-weighted bound is tighter on average.
+    assert scorer.nll(images, k=1).mean() > scorer.nll(images, k=200).mean()
+    assert np.allclose(scorer.bits_per_dim(images, k=20, seed=1), nll / (64 * np.log(2)))
+
+
+def test_engine_exposes_manifest_and_provider(glow) -> None:
+    engine = genrun.load(glow["density"])
+    assert engine.provider == available_providers()[0] and "cpu" in available_providers()
+    assert (engine.family, engine.role) == ("glow", "density")
+    assert engine.manifest.data_shape == [1, 8, 8]
+    outputs = engine.run(images=np.zeros((3, 1, 8, 8), np.uint8))
+    assert outputs["bits_per_dim"].shape == (3,) and outputs["latent_0"].shape == (3, 2, 4, 4)
+
+
+def test_bad_engines_and_inputs_are_one_line_user_errors(glow, tmp_path) -> None:
+    def error(call) -> str:
+        with pytest.raises(UserError) as caught:
+            call()
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    assert "does not exist" in error(lambda: load(tmp_path / "none.onnx"))
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(glow["density"].read_bytes()[:2000])
+    assert "not a loadable ONNX model" in error(lambda: load(truncated))
+    text = tmp_path / "notes.onnx"
+    text.write_text("not a model")
+    assert "not a loadable ONNX model" in error(lambda: load(text))
+    bare = onnx.load(str(glow["density"]))
+    del bare.metadata_props[:]
+    onnx.save(bare, str(tmp_path / "bare.onnx"))
+    assert "holds no vaeflow manifest" in error(lambda: load(tmp_path / "bare.onnx"))
+    assert "unknown provider" in error(lambda: load(glow["density"], provider="tpu"))
+    if "cuda" not in available_providers():
+        assert "not in this onnxruntime build" in error(lambda: load(glow["density"], "cuda"))
+
+    engine = load(glow["density"])
+    wrong = error(lambda: engine.run(images=np.zeros((2, 3, 8, 8), np.uint8)))
+    assert "(2, 3, 8, 8)" in wrong and "(N, 1, 8, 8)" in wrong
+    assert "(N, 1, 8, 8)" in error(lambda: engine.run(images=np.zeros((2, 8, 8), np.uint8)))
+    assert "must be uint8" in error(lambda: engine.run(images=np.zeros((2, 1, 8, 8))))
+    assert "needs input 'images'" in error(lambda: engine.run())
+    assert "has no input" in error(lambda: engine.run(images=None, pictures=1))
+    assert "scoring needs" in error(lambda: Scorer(load(glow["generate"])))
+    assert "sampling needs" in error(lambda: Sampler(engine))
+
+
+def test_cli_sample_writes_png_npz_and_a_folder(glow, tmp_path) -> None:
+    code, stdout, err = genrun_cli(
+        "sample", "--engine", glow["generate"], "--n", 10, "--out", tmp_path / "grid.png"
+    )
+    assert code == 0, err
+    assert "10 samples" in stdout
+    assert Image.open(tmp_path / "grid.png").size == (42, 32)  # 4 x 3 tiles of 8, padding 2
+    code, _, err = genrun_cli(
+        "sample", "--engine", glow["generate"], "--n", 30, "--batch", 7, "--seed", 5,
+        "--out", tmp_path / "s.npz",
+    )  # fmt: skip
+    assert code == 0, err
+    expected = Sampler(load(glow["generate"])).sample(30, seed=5)
+    assert (np.load(tmp_path / "s.npz")["images"] == expected).all()
+    code, _, err = genrun_cli(
+        "sample", "--engine", glow["generate"], "--n", 12, "--seed", 5, "--out", tmp_path / "each"
+    )
+    assert code == 0, err
+    files = sorted((tmp_path / "each").iterdir())
+    assert len(files) == 12 and (np.asarray(Image.open(files[3])) == expected[3, 0]).all()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["each", "grid.png", "s.npz"]
+
+
+def test_cli_likelihood_writes_per_image_scores_and_the_mean(glow, vae, digits, tmp_path) -> None:
+    out = tmp_path / "scores.csv"
+    code, stdout, err = genrun_cli(
+        "likelihood", "--engine", glow["density"], "--data", "digits", "--out", out
+    )
+    assert code == 0, err
+    rows = out.read_text().splitlines()
+    expected = Scorer(load(glow["density"])).bits_per_dim(digits.test.images)
+    assert rows[0] == "split,index,bits_per_dim" and len(rows) == 1 + len(expected)
+    assert f"mean {expected.mean():.4f}" in stdout
+    code, stdout, err = genrun_cli(
+        "likelihood", "--engine", vae["elbo"], "--data", "digits", "--split", "all", "--k", 4
+    )
+    assert code == 0, err
+    assert "1797 images" in stdout
+
+
+def test_cli_bench_prints_a_row_per_batch_size(vae) -> None:
+    code, stdout, err = genrun_cli(
+        "bench", "--engine", vae["elbo"], "--batch", "1,4", "--seconds", 0.05
+    )
+    assert code == 0, err
+    lines = stdout.splitlines()
+    assert lines[0] == "vae elbo (fp32) on cpu" and "p99 ms" in lines[1]
+    assert [line.split()[0] for line in lines[2:]] == ["1", "4"]
+    assert all(float(line.split()[2]) > 0 for line in lines[2:])
+    bad = genrun_cli("bench", "--engine", vae["elbo"], "--batch", "0")
+    assert_one_line_error(bad, "batch sizes must be")
+    assert_one_line_error(genrun_cli("bench", "--engine", vae["elbo"], "--batch", "x"), "--batch")
+    assert_one_line_error(genrun_cli("bench", "--engine", vae["elbo"], "--seconds", 0), "seconds")
+
+
+def test_cli_info(glow) -> None:
+    code, stdout, err = genrun_cli("info", "--engine", glow["generate"])
+    assert code == 0, err
+    assert "glow generate" in stdout and "noise_0" in stdout and "provider   cpu" in stdout
+
+
+def test_cli_errors_are_one_line_and_leave_no_file(glow, tmp_path) -> None:
+    engine = glow["generate"]
+    assert_one_line_error(genrun_cli("sample", "--engine", engine, "--n", 0), "n must be")
+    assert_one_line_error(
+        genrun_cli("sample", "--engine", engine, "--temperature", -1), "temperature"
+    )
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = genrun_cli("sample", "--engine", engine, "--out", blocker / "s.png")
+    assert_one_line_error(result, "cannot create")
+    assert_one_line_error(
+        genrun_cli("sample", "--engine", engine, "--out", tmp_path / "s.jpg"), ".png"
+    )
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("")
+    result = genrun_cli("sample", "--engine", engine, "--out", tmp_path / "full")
+    assert_one_line_error(result, "not an empty folder")
+    assert_one_line_error(
+        genrun_cli("sample", "--engine", tmp_path / "none.onnx"), "does not exist"
+    )
+    result = genrun_cli("likelihood", "--engine", engine, "--data", "digits")
+    assert_one_line_error(result, "scoring needs")
+    result = genrun_cli(
+        "likelihood", "--engine", glow["density"], "--data", "digits", "--split", "x"
+    )
+    assert_one_line_error(result, "--split")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file", "full"]
+
+
+def test_genrun_imports_and_runs_with_torch_blocked(glow, tmp_path) -> None:
+    """genrun never imports torch, gentrain or genexport: block them and sample."""
+    script = textwrap.dedent(
+        """
+        import sys
+        for name in ("torch", "gentrain", "genexport", "onnx"):
+            sys.modules[name] = None  # any import of them raises ImportError
+        import genrun, genrun.engine, genrun.sampler, genrun.cli
+        samples = genrun.Sampler(genrun.load(sys.argv[1])).sample(3, seed=0)
+        print(samples.shape)
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(glow["generate"])],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "(3, 1, 8, 8)"
