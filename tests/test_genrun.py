@@ -5,18 +5,16 @@ Engines are built once per module from tiny checkpoints trained for 4 steps."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import onnx
 import pytest
 import torch
+from cli_helpers import InProcessCli
 from PIL import Image
 
 import genrun
@@ -33,28 +31,9 @@ from gentrain.train import TrainConfig, Trainer
 SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
 
 
-def genrun_cli(*args) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit status, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with (
-        mock.patch.object(sys, "argv", ["genrun", *map(str, args)]),
-        contextlib.redirect_stdout(out),
-        contextlib.redirect_stderr(err),
-    ):
-        try:
-            main()
-            code = 0
-        except SystemExit as exit_:
-            code = exit_.code or 0
-    return code, out.getvalue(), err.getvalue()
-
-
-def assert_one_line_error(result: tuple[int, str, str], match: str) -> None:
-    code, _, err = result
-    lines = [line for line in err.splitlines() if line.strip()]
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("genrun: error:"), err
-    assert match in lines[0], lines[0]
+CLI = InProcessCli(main, "genrun")
+genrun_cli = CLI.run
+assert_one_line_error = CLI.assert_one_line_error
 
 
 @pytest.fixture(scope="module")
