@@ -47,16 +47,22 @@ class BlockNoise:
         return self._cached[1]
 
 
+def _require_role(engine: Engine, purpose: str, *accepted: tuple[str, str]) -> Engine:
+    """The engine itself if its (family, role) is one of `accepted`, else a UserError."""
+    if (engine.family, engine.role) not in accepted:
+        wanted = " or ".join(f"{family} {role}" for family, role in accepted)
+        raise UserError(
+            f"{engine.path} is a {engine.family} {engine.role} engine; {purpose} needs a "
+            f"{wanted} engine"
+        )
+    return engine
+
+
 class Sampler:
     """Draws uint8 images from a Glow `generate` or a VAE `decode` engine."""
 
     def __init__(self, engine: Engine):
-        if (engine.family, engine.role) not in (("glow", "generate"), ("vae", "decode")):
-            raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
-                "glow generate or vae decode engine"
-            )
-        self.engine = engine
+        self.engine = _require_role(engine, "sampling", ("glow", "generate"), ("vae", "decode"))
 
     def sample(
         self, n: int, temperature: float = 0.7, seed: int = 0, batch_size: int = 256
@@ -105,12 +111,7 @@ class Scorer:
     """Per-image likelihoods from a Glow `density` or a VAE `elbo` engine."""
 
     def __init__(self, engine: Engine):
-        if (engine.family, engine.role) not in (("glow", "density"), ("vae", "elbo")):
-            raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
-                "glow density or vae elbo engine"
-            )
-        self.engine = engine
+        self.engine = _require_role(engine, "scoring", ("glow", "density"), ("vae", "elbo"))
         self.dims = math.prod(engine.manifest.data_shape)
 
     def nll(

@@ -173,7 +173,6 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.last_metrics: dict[str, float] = {}
-        self._started = time.perf_counter()
         if resume is None:
             torch.manual_seed(config.seed)
             self._data_dependent_init()
