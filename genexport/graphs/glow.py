@@ -1,24 +1,17 @@
-"""Export-only modules, one per engine role, and the frozen Glow they run on.
+"""Glow's graphs: `generate` (noise per level, temperature -> images) and
+`density` (uint8 images -> bits/dim, log P(x), latents), run on a frozen Glow.
 
-Every role is a plain `nn.Module` whose inputs and outputs are exactly the
-engine's: noise and temperatures come in as inputs (never drawn inside a
-graph), images cross as uint8. The modules only call the gentrain models'
-own methods (`reverse`, `log_prob`, `dequantize`, `bits_per_dim`,
-`log_weight`, ...), so a formula lives in one place.
-
-The same role module runs on the trained model (the PyTorch reference) and,
-for Glow, on `freeze_glow(model)` (what is exported): there the LU-decomposed
-1x1 convolutions, whose matrix ops (inverse, slogdet, lu) have no ONNX form,
+`freeze_glow` makes the flow exportable: the LU-decomposed 1x1
+convolutions, whose matrix ops (inverse, slogdet, lu) have no ONNX form,
 become constant matrices computed once in float64, folded together with the
 ActNorm before them into a single 1x1 convolution with bias in each direction.
+The role modules only call the model's own methods (`reverse`, `log_prob_of`,
+`dequantize`, `bits_per_dim`), so a formula lives in one place.
 """
 
 from __future__ import annotations
 
 import copy
-import math
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,24 +19,15 @@ from torch import nn
 
 from genrun.errors import UserError
 from genrun.manifest import PixelMapping, TensorSpec
-from gentrain.models import VAE, GenerativeModel, Glow
+from gentrain.models import GenerativeModel, Glow
 from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
-from gentrain.models.quantization import (
-    bits_per_dim,
-    dequantize,
-    discretization_nats,
-    quantize,
-)
-from gentrain.models.vae import means_to_uint8
+from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 
-ROLES: dict[str, tuple[str, ...]] = {
-    "glow": ("generate", "density"),
-    "vae": ("decode", "encode", "elbo"),
-}
-BATCH = "N"  # the name of the dynamic batch axis in every graph and manifest
+from .base import BATCH, Graph
+
+ROLES = ("generate", "density")
 
 
-# -- the frozen Glow -----------------------------------------------------------
 class Baked1x1(nn.Module):
     """y = W x + b per pixel with W, W^-1 and log|det W| fixed at export time
     (computed in float64), under the layers' contract
@@ -146,100 +130,25 @@ class GlowDensity(nn.Module):
         return bits_per_dim(log_py, config.num_dims, config.n_bits), log_px, *latents
 
 
-class VAEDecode(nn.Module):
-    """z (N, k) -> (images: pixel means or probabilities in [0, 1], uint8 pixels)."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.model.decoder.likelihood.mean(self.model.decode(z))
-        return mean, means_to_uint8(mean)
-
-
-class VAEEncode(nn.Module):
-    """uint8 images -> (mu, log sigma^2) of q(z|x)."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(self.model.to_float(images))
-
-
-class VAEElbo(nn.Module):
-    """(uint8 images, eps (N, k)) -> log w = log p(x|z) + log p(z) - log q(z|x)
-    at z = mu + sigma * eps, per image."""
-
-    def __init__(self, model: VAE) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.model.log_weight(self.model.to_float(images), eps)
-
-
-# -- what each role declares -----------------------------------------------------------
-@dataclass
-class Graph:
-    """One role of one model: the module to export, the reference module
-    (the trained model itself), its tensors, how to draw seeded inputs, and
-    which kind of tolerance each output is checked with."""
-
-    role: str
-    module: nn.Module
-    reference: nn.Module
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    sample_inputs: Callable[[int, torch.Generator], tuple[torch.Tensor, ...]]
-    checks: dict[str, str]  # output name -> "image", "bpd", "nats", "latent" or "pixels"
-    num_dims: int  # D, pixels per image
-    pixel_bits: int  # the uint8 outputs take 2^pixel_bits levels
-
-
-def build_graph(model: GenerativeModel, role: str, fold: bool = True) -> Graph:
-    """The export module and reference of `role` for a trained model."""
-    roles = ROLES[model.family]
-    if role not in roles:
-        raise UserError(
-            f"a {model.family} model has no '{role}' graph; choose from: {', '.join(roles)}"
-        )
-    if model.family == "glow":
-        return _glow_graph(model, role, fold)
-    return _vae_graph(model, role)
-
-
-def pixel_mapping(model: GenerativeModel) -> PixelMapping:
-    """How the model's float images relate to uint8 pixels, for the manifest."""
+def pixel_mapping(model: Glow) -> PixelMapping:
+    """How the flow's floats y in [-0.5, 0.5] relate to uint8 pixels."""
     config = model.config
-    if model.family == "glow":
-        bins = 2**config.n_bits
-        return PixelMapping(
-            n_bits=config.n_bits,
-            value_range=[-0.5, 0.5],
-            from_uint8=(
-                f"y = (floor(x / {2 ** (8 - config.n_bits)}) + offset) / {bins} - 0.5, "
-                "offset in [0, 1) (0.5: bin centres)"
-            ),
-            to_uint8=f"x = round(clip(floor((y + 0.5) * {bins}), 0, {bins - 1}) "
-            f"* {255 / (bins - 1):g})",
-            discretization_nats=discretization_nats(config.num_dims, config.n_bits),
-        )
-    binary = config.pixels == "binary"
-    likelihood = model.decoder.likelihood
+    bins = 2**config.n_bits
     return PixelMapping(
-        n_bits=1 if binary else 8,
-        value_range=[0.0, 1.0],
-        from_uint8="x01 = (x >= 128)" if binary else "x01 = x / 255",
-        to_uint8="x = round(clip(mean, 0, 1) * 255)",
-        discretization_nats=model.discretization_term(),
-        likelihood=f"{config.likelihood} ({'probabilities' if likelihood.discrete else 'means'})",
+        n_bits=config.n_bits,
+        value_range=[-0.5, 0.5],
+        from_uint8=(
+            f"y = (floor(x / {2 ** (8 - config.n_bits)}) + offset) / {bins} - 0.5, "
+            "offset in [0, 1) (0.5: bin centres)"
+        ),
+        to_uint8=f"x = round(clip(floor((y + 0.5) * {bins}), 0, {bins - 1}) "
+        f"* {255 / (bins - 1):g})",
+        discretization_nats=discretization_nats(config.num_dims, config.n_bits),
     )
 
 
-def _glow_graph(model: Glow, role: str, fold: bool) -> Graph:
+def build(model: Glow, role: str, fold: bool = True) -> Graph:
+    """The export module and reference of `role` for a trained Glow."""
     config = model.config
     shape = [BATCH, *config.data_shape]
     latents = [
@@ -310,68 +219,3 @@ def _glow_graph(model: Glow, role: str, fold: bool) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )
-
-
-def _vae_graph(model: VAE, role: str) -> Graph:
-    config = model.config
-    shape = [BATCH, *config.data_shape]
-    code = [BATCH, config.latent_dim]
-    module = {"decode": VAEDecode, "encode": VAEEncode, "elbo": VAEElbo}[role](model)
-
-    def images(n: int, generator: torch.Generator) -> torch.Tensor:
-        with torch.no_grad():
-            return VAEDecode(model)(torch.randn(n, config.latent_dim, generator=generator))[1]
-
-    if role == "decode":
-        inputs = [TensorSpec("z", "float32", code, "latent code; N(0, T^2 I) samples")]
-        outputs = [
-            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
-            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
-        ]
-        checks = {"images": "image", "pixels": "pixels"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(n, config.latent_dim, generator=generator),)
-
-    elif role == "encode":
-        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
-        outputs = [
-            TensorSpec("mu", "float32", code, "mean of q(z|x)"),
-            TensorSpec("logvar", "float32", code, "log variance of q(z|x)"),
-        ]
-        checks = {"mu": "latent", "logvar": "latent"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (images(n, generator),)
-
-    else:
-        inputs = [
-            TensorSpec("images", "uint8", shape, "images to score"),
-            TensorSpec("eps", "float32", code, "N(0, I) noise of the reparameterisation"),
-        ]
-        outputs = [
-            TensorSpec(
-                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
-            )
-        ]
-        checks = {"log_weight": "nats"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return images(n, generator), torch.randn(n, config.latent_dim, generator=generator)
-
-    return Graph(
-        role=role,
-        module=module,
-        reference=module,
-        inputs=inputs,
-        outputs=outputs,
-        sample_inputs=sample_inputs,
-        checks=checks,
-        num_dims=config.num_dims,
-        pixel_bits=8,
-    )
-
-
-def nats_per_bpd(num_dims: int) -> float:
-    """Nats per image that one bit/dim is: tolerances in nats scale with it."""
-    return num_dims * math.log(2.0)

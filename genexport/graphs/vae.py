@@ -1,0 +1,128 @@
+"""The VAE's graphs: `decode` (z -> images), `encode` (images -> q(z|x)) and
+`elbo` (images, eps -> one importance weight log w per image). The modules
+call the model's own methods (`decode`, `encode`, `log_weight`), so a formula
+lives in one place; the model exports as trained (nothing to freeze)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genrun.manifest import PixelMapping, TensorSpec
+from gentrain.models import VAE
+from gentrain.models.vae import means_to_uint8
+
+from .base import BATCH, Graph
+
+ROLES = ("decode", "encode", "elbo")
+
+
+class VAEDecode(nn.Module):
+    """z (N, k) -> (images: pixel means or probabilities in [0, 1], uint8 pixels)."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.model.decoder.likelihood.mean(self.model.decode(z))
+        return mean, means_to_uint8(mean)
+
+
+class VAEEncode(nn.Module):
+    """uint8 images -> (mu, log sigma^2) of q(z|x)."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(self.model.to_float(images))
+
+
+class VAEElbo(nn.Module):
+    """(uint8 images, eps (N, k)) -> log w = log p(x|z) + log p(z) - log q(z|x)
+    at z = mu + sigma * eps, per image."""
+
+    def __init__(self, model: VAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return self.model.log_weight(self.model.to_float(images), eps)
+
+
+def pixel_mapping(model: VAE) -> PixelMapping:
+    """How the decoder's means in [0, 1] relate to uint8 pixels."""
+    config = model.config
+    binary = config.pixels == "binary"
+    likelihood = model.decoder.likelihood
+    return PixelMapping(
+        n_bits=1 if binary else 8,
+        value_range=[0.0, 1.0],
+        from_uint8="x01 = (x >= 128)" if binary else "x01 = x / 255",
+        to_uint8="x = round(clip(mean, 0, 1) * 255)",
+        discretization_nats=model.discretization_term(),
+        likelihood=f"{config.likelihood} ({'probabilities' if likelihood.discrete else 'means'})",
+    )
+
+
+def build(model: VAE, role: str, fold: bool = True) -> Graph:
+    """The export module of `role` for a trained VAE (`fold` is Glow's; unused)."""
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    code = [BATCH, config.latent_dim]
+    module = {"decode": VAEDecode, "encode": VAEEncode, "elbo": VAEElbo}[role](model)
+
+    def images(n: int, generator: torch.Generator) -> torch.Tensor:
+        with torch.no_grad():
+            return VAEDecode(model)(torch.randn(n, config.latent_dim, generator=generator))[1]
+
+    if role == "decode":
+        inputs = [TensorSpec("z", "float32", code, "latent code; N(0, T^2 I) samples")]
+        outputs = [
+            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+        ]
+        checks = {"images": "image", "pixels": "pixels"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return (torch.randn(n, config.latent_dim, generator=generator),)
+
+    elif role == "encode":
+        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
+        outputs = [
+            TensorSpec("mu", "float32", code, "mean of q(z|x)"),
+            TensorSpec("logvar", "float32", code, "log variance of q(z|x)"),
+        ]
+        checks = {"mu": "latent", "logvar": "latent"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return (images(n, generator),)
+
+    else:
+        inputs = [
+            TensorSpec("images", "uint8", shape, "images to score"),
+            TensorSpec("eps", "float32", code, "N(0, I) noise of the reparameterisation"),
+        ]
+        outputs = [
+            TensorSpec(
+                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
+            )
+        ]
+        checks = {"log_weight": "nats"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            return images(n, generator), torch.randn(n, config.latent_dim, generator=generator)
+
+    return Graph(
+        role=role,
+        module=module,
+        reference=module,
+        inputs=inputs,
+        outputs=outputs,
+        sample_inputs=sample_inputs,
+        checks=checks,
+        num_dims=config.num_dims,
+        pixel_bits=8,
+    )
