@@ -199,8 +199,19 @@ class VAE(GenerativeModel):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n decoder means at z ~ N(0, T^2 I) (probabilities for Bernoulli), as uint8."""
-        z = self.prior.sample(n, temperature, device=self.device)
-        return means_to_uint8(self.decoder.likelihood.mean(self.decode(z)))
+        return self.decode_mean(self.prior.sample(n, temperature, device=self.device))
+
+    # The latent-space pictures (scatter, manifold, interpolation, reconstructions)
+    # need only these two, which the autoencoder shares.
+    @torch.no_grad()
+    def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
+        """uint8 images (N, C, H, W) -> the codes the pictures use: mu of q(z|x), (N, k)."""
+        return self.encode(self.to_float(x.to(self.device)))[0]
+
+    @torch.no_grad()
+    def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
+        """Codes (N, k) -> the decoder's means as uint8 images (N, C, H, W)."""
+        return means_to_uint8(self.decoder.likelihood.mean(self.decode(z.to(self.device))))
 
 
 def means_to_uint8(mean: torch.Tensor) -> torch.Tensor:
