@@ -47,28 +47,56 @@ class BlockNoise:
         return self._cached[1]
 
 
-def _require_role(engine: Engine, purpose: str, *accepted: tuple[str, str]) -> Engine:
-    """The engine itself if its (family, role) is one of `accepted`, else a UserError."""
-    if (engine.family, engine.role) not in accepted:
-        wanted = " or ".join(f"{family} {role}" for family, role in accepted)
+def _noise_inputs(engine: Engine, others: tuple[str, ...], purpose: str) -> list[str]:
+    """The names of the inputs that take latent noise: those without a default
+    that are not in `others`, in graph order, one per manifest latent shape."""
+    manifest = engine.manifest
+    names = [s.name for s in manifest.inputs if s.default is None and s.name not in others]
+    if len(names) != len(manifest.latent_shapes):
         raise UserError(
-            f"{engine.path} is a {engine.family} {engine.role} engine; {purpose} needs a "
-            f"{wanted} engine"
+            f"{engine.path}: {purpose} feeds noise inputs {names} from the manifest's "
+            f"{len(manifest.latent_shapes)} latent shapes, which do not pair up; re-export the "
+            "engine with `genexport onnx`"
         )
-    return engine
+    return names
+
+
+def _outputs(engine: Engine) -> set[str]:
+    return {spec.name for spec in engine.manifest.outputs}
 
 
 class Sampler:
-    """Draws uint8 images from a Glow `generate` or a VAE `decode` engine."""
+    """Draws uint8 images from a `generate` or `decode` engine of any family
+    whose prior is standard-normal noise: the inputs without a default (other
+    than "temperature") take noise of the manifest's latent shapes, in order,
+    and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        self.engine = _require_role(engine, "sampling", ("glow", "generate"), ("vae", "decode"))
+        if engine.role not in ("generate", "decode") or "pixels" not in _outputs(engine):
+            raise UserError(
+                f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
+                "generate or decode engine (e.g. glow generate, vae decode)"
+            )
+        if engine.family == "ae":
+            raise UserError(
+                f"{engine.path} is an autoencoder decoder: an autoencoder has no prior to "
+                "sample from; feed your own codes via engine.run(z=...)"
+            )
+        self.engine = engine
+        self.noise_inputs = _noise_inputs(engine, ("temperature",), "sampling")
+        # Graphs with a "temperature" input scale their noise themselves.
+        self.feeds_temperature = "temperature" in {s.name for s in engine.manifest.inputs}
 
     def sample(
-        self, n: int, temperature: float = 0.7, seed: int = 0, batch_size: int = 256
+        self,
+        n: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        batch_size: int = 256,
+        fixed_levels: int = 0,
     ) -> np.ndarray:
         """n samples as uint8 (n, C, H, W)."""
-        batches = self.batches(n, temperature, seed, batch_size)  # checks the arguments
+        batches = self.batches(n, temperature, seed, batch_size, fixed_levels)  # checks args
         out = np.empty((n, *self.engine.manifest.data_shape), np.uint8)
         start = 0
         for batch in batches:
@@ -77,10 +105,16 @@ class Sampler:
         return out
 
     def batches(
-        self, n: int, temperature: float = 0.7, seed: int = 0, batch_size: int = 256
+        self,
+        n: int,
+        temperature: float = 0.7,
+        seed: int = 0,
+        batch_size: int = 256,
+        fixed_levels: int = 0,
     ) -> Iterator[np.ndarray]:
         """The same n samples as `sample`, as uint8 batches of up to batch_size
-        (memory stays bounded for any n)."""
+        (memory stays bounded for any n). The first `fixed_levels` noise inputs
+        are item 0's draw for every sample (an HVAE with 1: samples sharing z1)."""
         _check_count("n", n)
         _check_count("batch size", batch_size)
         try:
@@ -89,48 +123,77 @@ class Sampler:
             scale = math.nan
         if not (math.isfinite(scale) and scale >= 0):
             raise UserError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        levels = len(self.noise_inputs)
+        if (
+            not isinstance(fixed_levels, (int, np.integer))
+            or isinstance(fixed_levels, bool)
+            or not 0 <= fixed_levels <= levels
+        ):
+            raise UserError(
+                f"fixed levels must be a whole number from 0 to {levels} (this engine's "
+                f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
+            )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        return self._batches(n, scale, BlockNoise(seed, shapes), batch_size)
+        return self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels)
 
     def _batches(
-        self, n: int, temperature: float, noise: BlockNoise, batch_size: int
+        self, n: int, temperature: float, noise: BlockNoise, batch_size: int, fixed_levels: int
     ) -> Iterator[np.ndarray]:
+        fixed = noise.take(0, 1)[:fixed_levels]
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
-            yield self._generate(noise.take(start, stop), temperature)
+            levels = noise.take(start, stop)
+            for i, first in enumerate(fixed):
+                levels[i] = np.repeat(first, stop - start, axis=0)
+            yield self._generate(levels, temperature)
 
     def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
-        if self.engine.family == "glow":  # the graph scales noise_i by temperature itself
-            feeds = {f"noise_{i}": level for i, level in enumerate(noise)}
+        if self.feeds_temperature:
             temperatures = np.full(len(noise[0]), temperature, np.float32)
-            return self.engine.run(**feeds, temperature=temperatures)["pixels"]
-        return self.engine.run(z=np.float32(temperature) * noise[0])["pixels"]
+            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
+        else:
+            scaled = [np.float32(temperature) * level for level in noise]
+            feeds = dict(zip(self.noise_inputs, scaled, strict=True))
+        return self.engine.run(**feeds)["pixels"]
 
 
 class Scorer:
-    """Per-image likelihoods from a Glow `density` or a VAE `elbo` engine."""
+    """Per-image likelihoods from an engine with output "log_likelihood" (exact,
+    e.g. glow/realnvp density) or "log_weight" (importance sampled, e.g. vae/hvae
+    elbo: the inputs other than "images" without a default take noise of the
+    manifest's latent shapes, in order)."""
 
     def __init__(self, engine: Engine):
-        self.engine = _require_role(engine, "scoring", ("glow", "density"), ("vae", "elbo"))
+        outputs = _outputs(engine)
+        self.exact = "log_likelihood" in outputs
+        images = any(spec.name == "images" for spec in engine.manifest.inputs)
+        if not images or not (self.exact or "log_weight" in outputs):
+            raise UserError(
+                f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
+                "density or elbo engine (output log_likelihood or log_weight)"
+            )
+        self.engine = engine
+        self.noise_inputs = [] if self.exact else _noise_inputs(engine, ("images",), "scoring")
         self.dims = math.prod(engine.manifest.data_shape)
 
     def nll(
         self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
     ) -> np.ndarray:
-        """-log P(x) in nats of each uint8 image, float64 (N,). Glow: exact at bin
-        centres (k and seed unused). VAE: the importance-sampled bound with k
-        draws of q(z|x), -(logsumexp_k log_weight_k - log k) + the manifest's
-        discretisation nats; draws depend on (seed, image index) only."""
+        """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
+        exact (k and seed unused; glow at bin centres). Elbo engines: the
+        importance-sampled bound with k draws of q(z|x),
+        -(logsumexp_k log_weight_k - log k) + the manifest's discretisation
+        nats; draws depend on (seed, image index) only."""
         _check_count("batch size", batch_size)
         if len(images) == 0:
             raise UserError("no images to score; pass at least one")
-        if self.engine.family == "glow":
+        if self.exact:
             parts = [
                 self.engine.run(images=images[start : start + batch_size])["log_likelihood"]
                 for start in range(0, len(images), batch_size)
             ]
             return -np.concatenate(parts).astype(np.float64)
-        return self._vae_nll(images, k, seed, batch_size)
+        return self._importance_nll(images, k, seed, batch_size)
 
     def bits_per_dim(
         self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
@@ -139,17 +202,21 @@ class Scorer:
         bpd_center for Glow, its IWAE bpd for a VAE."""
         return self.nll(images, k, seed, batch_size) / (self.dims * math.log(2))
 
-    def _vae_nll(self, images: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
+    def _importance_nll(self, images: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
         _check_count("k", k)
-        latent = tuple(self.engine.manifest.latent_shapes[0])
-        noise = BlockNoise(seed, [(k, *latent)])
+        latents = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
+        noise = BlockNoise(seed, [(k, *latent) for latent in latents])
         per_call = max(1, batch_size // k)  # batch_size bounds the rows of one graph call
         nll = np.empty(len(images))
         for start in range(0, len(images), per_call):
             chunk = images[start : start + per_call]
-            eps = noise.take(start, start + len(chunk))[0].reshape(-1, *latent)
+            draws = noise.take(start, start + len(chunk))
+            feeds = {
+                name: eps.reshape(-1, *latent)
+                for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
+            }
             repeated = np.repeat(np.asarray(chunk), k, axis=0)
-            weights = self.engine.run(images=repeated, eps=eps)["log_weight"]
+            weights = self.engine.run(images=repeated, **feeds)["log_weight"]
             weights = weights.astype(np.float64).reshape(len(chunk), k)
             peak = weights.max(axis=1, keepdims=True)  # logsumexp without overflow
             log_mean = peak[:, 0] + np.log(np.exp(weights - peak).mean(axis=1))
