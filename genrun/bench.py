@@ -19,13 +19,14 @@ MIN_CALLS = 5  # enough for a median even when one call takes the whole budget
 class BenchRow:
     batch_size: int
     calls: int
-    samples_per_s: float
+    samples_per_s: float  # batch size / the median call's time
     latency_ms: dict[str, float]  # per call: p50, p90, p99
 
 
 def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[BenchRow]:
     """Warm up, then call the engine on random inputs of each batch size for
-    about `seconds` (at least MIN_CALLS calls); samples/s from the total time."""
+    about `seconds` (at least MIN_CALLS calls); samples/s from the median call
+    (a shared machine's stalls move the mean, not the median)."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise UserError(f"batch sizes must be whole numbers >= 1, got {batch_sizes}")
     if not 0 < seconds < math.inf:
@@ -45,7 +46,7 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
             BenchRow(
                 batch_size=batch_size,
                 calls=len(latencies),
-                samples_per_s=batch_size * len(latencies) / sum(latencies),
+                samples_per_s=batch_size / float(np.median(latencies)),
                 latency_ms={"p50": p50, "p90": p90, "p99": p99},
             )
         )
@@ -53,11 +54,12 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
 
 
 def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
-    """Inputs of the manifest's shapes: random pixels, standard-normal noise,
-    temperature 0.7; inputs with a default are left to it."""
+    """Inputs of the engine's shapes (its manifest's, or a foreign graph's own):
+    random pixels, standard-normal floats, temperature 0.7; inputs with a
+    default are left to it."""
     rng = np.random.default_rng(0)
     feeds = {}
-    for spec in engine.manifest.inputs:
+    for spec in engine.inputs:
         if spec.default is not None:
             continue
         shape = [batch_size if size == "N" else size for size in spec.shape]
@@ -66,5 +68,7 @@ def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
         elif spec.name == "temperature":
             feeds[spec.name] = np.full(shape, 0.7, np.float32)
         else:
-            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
+            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(
+                spec.dtype, copy=False
+            )
     return feeds

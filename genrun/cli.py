@@ -25,12 +25,17 @@ from PIL import Image
 from .bench import bench
 from .engine import PROVIDERS, Engine, available_providers, load
 from .errors import UserError, run_cli
-from .images import save_grid, write_atomic
+from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
+from .images import save_grid, write_atomic, write_npz_stream
 from .manifest import TensorSpec
-from .readers import DATA_SPECS_HELP, load_data
+from .readers import DATA_SPECS_HELP, load_data, read_image_files
 from .sampler import Sampler, Scorer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+
+# A grid is built in memory and one PNG; beyond this many tiles it is neither
+# viewable nor small, so larger runs go to an .npz or a folder (both stream).
+MAX_GRID = 10_000
 
 EngineOption = Annotated[
     Path, typer.Option("--engine", help="An .onnx engine written by `genexport onnx`.")
@@ -58,19 +63,32 @@ def sample_command(
         Path,
         typer.Option(help="FILE.png (a grid), FILE.npz (array 'images'), or DIR/ (one PNG each)."),
     ] = Path("samples.png"),
+    fixed_levels: Annotated[
+        int,
+        typer.Option(help="Share the first L noise inputs across samples (HVAE: 1 fixes z1)."),
+    ] = 0,
     provider: ProviderOption = "auto",
 ) -> None:
-    """Draw uint8 samples from a glow generate or vae decode engine."""
+    """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
     sampler = Sampler(load(engine, provider))
-    batches = sampler.batches(n, temperature, seed, batch)  # checks the arguments first
+    # Checks the arguments before anything is written.
+    batches = sampler.batches(n, temperature, seed, batch, fixed_levels)
     kind = _output_kind(out)
+    if kind == "png" and n > MAX_GRID:
+        raise UserError(
+            f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
+            "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
+        )
     _check_writable(out.parent)
     # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
     with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
         if kind == "dir":
             _write_dir(out, progress)
+        elif kind == "npz":
+            shape = (n, *sampler.engine.manifest.data_shape)
+            _writing(out, lambda: write_npz_stream(out, "images", progress, shape))
         else:
-            _write_file(out, kind, np.concatenate(list(progress)))
+            _writing(out, lambda: save_grid(np.concatenate(list(progress)), out))
     typer.echo(
         f"{n} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}"
     )
@@ -79,47 +97,66 @@ def sample_command(
 @app.command("likelihood")
 def likelihood_command(
     engine: EngineOption,
-    data: Annotated[str, typer.Option(help=f"Images to score: {DATA_SPECS_HELP}.")],
-    split: Annotated[str, typer.Option(help="test, train or all.")] = "test",
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Image files (PNG/JPEG) to score, of the engine's image size."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help=f"Images to score instead of FILES: {DATA_SPECS_HELP}.")
+    ] = None,
+    split: Annotated[str, typer.Option(help="With --data: test, train or all.")] = "test",
     out: Annotated[
-        Path | None, typer.Option(help="CSV of per-image scores (split, index, bits_per_dim).")
+        Path | None,
+        typer.Option(
+            help="CSV of per-image scores: split, index, bits_per_dim (--data) or file, "
+            "bits_per_dim (FILES)."
+        ),
     ] = None,
     k: Annotated[int, typer.Option(help="VAE: importance samples per image.")] = 100,
     seed: Annotated[int, typer.Option(help="VAE: seed of the importance samples.")] = 0,
     batch: Annotated[int, typer.Option(help="Rows per engine call.")] = 256,
     provider: ProviderOption = "auto",
 ) -> None:
-    """Per-image bits/dim (glow density: bin centres; vae elbo: IWAE NLL with K
-    draws) and the mean; high values flag out-of-distribution images."""
+    """Per-image bits/dim (density engines: exact, glow at bin centres; elbo
+    engines: IWAE NLL with K draws) and the mean; high values flag
+    out-of-distribution images."""
+    if (data is None) == (not files):
+        raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
     scorer = Scorer(load(engine, provider))
+    expected = tuple(scorer.engine.manifest.data_shape)
     splits = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}
     if split not in splits:
         raise UserError(f"unknown --split {split!r}; use test, train or all")
-    expected = tuple(scorer.engine.manifest.data_shape)
-    loaded = load_data(data, size=expected[1] if data.startswith("folder:") else None)
-    if loaded.shape != expected:
-        raise UserError(
-            f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
-            "(C, H, W); score data like the model's training data"
-        )
     if out is not None:
         _check_writable(out.parent)
-    rows = [
-        (name, index, float(bpd))
-        for name in splits[split]
-        for index, bpd in enumerate(
-            scorer.bits_per_dim(getattr(loaded, name).images, k=k, seed=seed, batch_size=batch)
-        )
-    ]
-    scores = np.array([row[2] for row in rows])
+    if files:
+        scores = scorer.bits_per_dim(read_image_files(files, expected), k, seed, batch)
+        header, what = ("file", "bits_per_dim"), "files"
+        rows = [(str(path), float(bpd)) for path, bpd in zip(files, scores, strict=True)]
+    else:
+        loaded = load_data(data, size=expected[1] if data.startswith("folder:") else None)
+        if loaded.shape != expected:
+            raise UserError(
+                f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
+                "(C, H, W); score data like the model's training data"
+            )
+        header, what = ("split", "index", "bits_per_dim"), f"{data} {split}"
+        rows = [
+            (name, index, float(bpd))
+            for name in splits[split]
+            for index, bpd in enumerate(
+                scorer.bits_per_dim(getattr(loaded, name).images, k, seed, batch)
+            )
+        ]
+    scores = np.array([row[-1] for row in rows])
     stderr = scores.std(ddof=1) / math.sqrt(len(scores)) if len(scores) > 1 else 0.0
     if out is not None:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
-        writer.writerows([("split", "index", "bits_per_dim"), *rows])
+        writer.writerows([header, *rows])
         _write_text(out, text.getvalue())
     typer.echo(
-        f"{data} {split}: {len(scores)} images, bits/dim mean {scores.mean():.4f} "
+        f"{what}: {len(scores)} images, bits/dim mean {scores.mean():.4f} "
         f"+- {stderr:.4f}" + (f" -> {out}" if out else "")
     )
 
@@ -131,8 +168,9 @@ def bench_command(
     seconds: Annotated[float, typer.Option(help="Timed seconds per batch size.")] = 2.0,
     provider: ProviderOption = "auto",
 ) -> None:
-    """Samples/s and per-call latency (p50/p90/p99) at each batch size, after a
-    warm-up, on random inputs of the engine's shapes."""
+    """Samples/s, per-call latency (p50/p90/p99), achieved GFLOP/s and its share
+    of the machine's measured float32 matmul peak at each batch size, after a
+    warm-up, on random inputs of the engine's shapes (medians of the calls)."""
     loaded = load(engine, provider)
     try:
         batch_sizes = [int(size) for size in batch.split(",")]
@@ -141,16 +179,36 @@ def bench_command(
             f"--batch {batch!r}: use comma-separated whole numbers, e.g. 1,16,256"
         ) from None
     rows = bench(loaded, batch_sizes, seconds)
+    try:
+        flops: int | None = count_flops(loaded.path)
+        cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
+    except (ImportError, ValueError) as err:  # no `onnx`, or shapes it cannot infer
+        flops, cost = None, f"FLOPs not counted ({err})"
+    # The share of peak compares like with like only on the CPU.
+    peak = matmul_peak_gflops(loaded.threads) if loaded.provider == "cpu" else None
     manifest = loaded.manifest
-    typer.echo(f"{manifest.family} {manifest.role} ({manifest.precision}) on {loaded.provider}")
+    what = (
+        f"{loaded.path.name} (no vaeflow manifest)"
+        if manifest is None
+        else f"{manifest.family} {manifest.role} ({manifest.precision})"
+    )
+    typer.echo(f"{what} on {loaded.provider}, {loaded.threads} threads")
     typer.echo(
-        f"{'batch':>6} {'calls':>6} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9}"
+        cost
+        + ("" if peak is None else f"; numpy float32 matmul peak {peak:.1f} GFLOP/s, same threads")
+    )
+    typer.echo(
+        f"{'batch':>6} {'calls':>6} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'GFLOP/s':>8} {'% peak':>7}"
     )
     for row in rows:
         ms = row.latency_ms
+        gflops = None if flops is None else flops * row.samples_per_s / 1e9
         typer.echo(
             f"{row.batch_size:>6} {row.calls:>6} {row.samples_per_s:>10.1f} "
-            f"{ms['p50']:>9.3f} {ms['p90']:>9.3f} {ms['p99']:>9.3f}"
+            f"{ms['p50']:>9.3f} {ms['p90']:>9.3f} {ms['p99']:>9.3f} "
+            f"{'-' if gflops is None else f'{gflops:.2f}':>8} "
+            f"{'-' if gflops is None or peak is None else f'{100 * gflops / peak:.1f}':>7}"
         )
 
 
@@ -163,13 +221,25 @@ def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> Non
 
 
 def describe(engine: Engine) -> list[str]:
-    manifest, pixels, ckpt = engine.manifest, engine.manifest.pixels, engine.manifest.checkpoint
+    manifest = engine.manifest
+    provider = f"provider   {engine.provider} (present: {', '.join(available_providers())})"
+    if manifest is None:  # a foreign graph: only what the graph itself says
+        return [
+            f"engine     {engine.path}, no vaeflow manifest (bench and run work; sample and "
+            "likelihood need one: re-export with `genexport onnx CKPT`)",
+            provider,
+            "inputs",
+            *_tensors(engine.inputs),
+            "outputs",
+            *_tensors(engine.outputs),
+        ]
+    pixels, ckpt = manifest.pixels, manifest.checkpoint
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
     return [
         f"engine     {engine.path}, manifest v{manifest.version}",
         f"model      {manifest.family} {manifest.role}, {manifest.precision}, "
         f"images {manifest.data_shape}, latents {manifest.latent_shapes}",
-        f"provider   {engine.provider} (present: {', '.join(available_providers())})",
+        provider,
         "inputs",
         *_tensors(manifest.inputs),
         "outputs",
@@ -227,24 +297,16 @@ def _write_dir(out: Path, batches) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_file(out: Path, kind: str, images: np.ndarray) -> None:
-    """A PNG grid or an npz of `images`, written atomically."""
+def _writing(out: Path, write) -> None:
+    """Call `write()`, turning an OS error into a one-line UserError."""
     try:
-        if kind == "png":
-            save_grid(images, out)
-        else:
-            buffer = io.BytesIO()
-            np.savez(buffer, images=images)
-            write_atomic(out, buffer.getvalue())
+        write()
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
 
 
 def _write_text(out: Path, text: str) -> None:
-    try:
-        write_atomic(out, text.encode())
-    except OSError as err:
-        raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
+    _writing(out, lambda: write_atomic(out, text.encode()))
 
 
 def main() -> None:

@@ -1,4 +1,5 @@
-"""Image grids for samples and reconstructions, torch-free (numpy + pillow)."""
+"""Image grids for samples and reconstructions, and atomic (optionally
+streamed) file writes; torch-free (numpy + pillow)."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import io
 import math
 import os
 import uuid
+import zipfile
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -78,6 +81,43 @@ def write_atomic(path: Path, data: bytes) -> None:
     try:
         with open(tmp, "xb") as out:
             out.write(data)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_npz_stream(
+    path: Path, name: str, batches: Iterable[np.ndarray], shape: tuple[int, ...], dtype=np.uint8
+) -> None:
+    """Write an npz holding one array `name` of `shape` whose rows arrive in
+    `batches`, holding one batch in memory at a time: the .npy member's header
+    (the shape is known up front) goes first, then each batch's bytes. Under a
+    temporary name until every row is written, so an error or Ctrl-C leaves nothing."""
+    dtype = np.dtype(dtype)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
+    try:
+        # Stored, not deflated, like np.savez; zip64 because the size is unknown
+        # to zipfile and may pass 4 GiB.
+        with (
+            open(tmp, "xb") as file,
+            zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive,
+            archive.open(f"{name}.npy", "w", force_zip64=True) as member,
+        ):
+            np.lib.format.write_array_header_1_0(member, header)
+            rows = 0
+            for batch in batches:
+                if batch.dtype != dtype or batch.shape[1:] != tuple(shape[1:]):
+                    raise UserError(
+                        f"cannot write {path}: a batch of {batch.dtype} {batch.shape} does "
+                        f"not fit the array's {dtype} {tuple(shape)}"
+                    )
+                rows += len(batch)
+                if rows > shape[0]:
+                    break
+                member.write(memoryview(np.ascontiguousarray(batch)).cast("B"))
+        if rows != shape[0]:
+            raise UserError(f"cannot write {path}: got {rows} rows for an array of {shape[0]}")
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

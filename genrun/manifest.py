@@ -12,9 +12,13 @@ Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 Fields (version 1)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses any other version.
-family          "glow" or "vae".
-role            the graph's job: glow "generate" | "density";
-                vae "decode" | "encode" | "elbo".
+family          "glow", "realnvp", "vae", "hvae" (hierarchical VAE) or "ae"
+                (deterministic autoencoder).
+role            the graph's job: glow and realnvp "generate" | "density";
+                vae "decode" | "encode" | "elbo"; hvae "generate" | "elbo";
+                ae "decode" | "encode"
+                (ae decode maps codes of real images back; an AE has no
+                prior, so it is not a sampler).
 precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 outputs; per-image sums such as log-dets and log-likelihoods
                 are reduced and accumulated in float32).
@@ -27,25 +31,30 @@ inputs, outputs list of TensorSpec, in graph order:
   default       inputs only: value used when the input is not fed, or null
                 when it must be fed (glow density's "offset": 0.5).
 data_shape      [C, H, W] of the uint8 images the model was trained on.
-latent_shapes   glow: [C, H, W] of the standard-normal latent of each level,
+latent_shapes   glow, realnvp: [C, H, W] of the standard-normal latent of each level,
                 in level order (inputs noise_i of generate, outputs latent_i
-                of density); vae: [[k]].
+                of density); hvae: [C, H, W] of each group's latent z_1 ... z_L,
+                top group first (inputs noise_l of generate, eps_l of elbo;
+                a sampler holding the first m fixed shares z_1 ... z_m);
+                vae and ae: [[k]].
 pixels          PixelMapping, how float images relate to uint8 pixels:
   n_bits        pixel depth the density is defined over (vae: 8 grey, 1 binary).
   value_range   [low, high] of the float "images" outputs (glow [-0.5, 0.5],
-                vae [0, 1]).
+                vae and ae [0, 1]).
   from_uint8    formula the graph applies to uint8 inputs.
   to_uint8      formula that maps the float "images" to uint8; the graphs'
                 "pixels" outputs are exactly this, so runtimes need not apply it.
   discretization_nats  D log(2^n_bits) (glow; vae Gaussians: D log 256; 0 for
-                masses): the nats that turn a density of the floats into a
-                probability of the uint8 image. VAE importance-sampled NLL in
-                bits/dim = (-(logsumexp_k log_weight_k - log K) + this) / (D ln 2).
-  likelihood    vae only: the decoder likelihood and what "images" holds.
+                masses, and for ae, which has no density): the nats that turn
+                a density of the floats into a probability of the uint8 image.
+                VAE importance-sampled NLL in bits/dim =
+                (-(logsumexp_k log_weight_k - log K) + this) / (D ln 2).
+  likelihood    vae and hvae: the decoder likelihood and what "images" holds.
 temperature     how the sampling temperature acts, or null when the role has
                 none (glow generate: each noise_i is multiplied by the
                 per-sample temperature before the reverse flow; 1 is the model,
-                0 the mode).
+                0 the mode; hvae generate: z_l = mu_l + T sigma_l noise_l under
+                each group's prior, 0 giving the prior means group by group).
 checkpoint      CheckpointInfo: file name, sha256 of the checkpoint file, training
                 step, the last test metrics the checkpoint recorded, model
                 config and data {spec, shape}.

@@ -330,6 +330,12 @@ def _read_folder(directory: Path, size: int) -> tuple[np.ndarray, np.ndarray | N
 
 def _load_picture(path: Path, size: int) -> np.ndarray:
     """One image as (size, size) grey or (size, size, 3) RGB uint8."""
+    return np.asarray(_fit_square(_open_picture(path), size))
+
+
+def _open_picture(path: Path, mode: str | None = None) -> Image.Image:
+    """An 8-bit image upright, converted to `mode` ("L" or "RGB"; by default
+    grey stays grey and everything else becomes RGB)."""
     try:
         with Image.open(path) as img:
             if img.mode in _WIDE_MODES:
@@ -337,10 +343,32 @@ def _load_picture(path: Path, size: int) -> np.ndarray:
                     f"{path} has {img.mode} pixels (16-bit or float); save it as 8-bit PNG/JPEG"
                 )
             img = ImageOps.exif_transpose(img)  # phone JPEGs store rotation in EXIF
-            img = img.convert("L" if img.mode in _GREY_MODES else "RGB")
+            return img.convert(mode or ("L" if img.mode in _GREY_MODES else "RGB"))
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         raise UserError(f"cannot read image {path} ({err}); fix or remove the file") from err
-    return np.asarray(_fit_square(img, size))
+
+
+def read_image_files(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
+    """Image files (PNG/JPEG) as uint8 (N, C, H, W) of exactly `shape`
+    (C, H, W): converted to grey for C = 1, RGB for C = 3, never resized (a
+    score of a resized image is not the image's score)."""
+    channels, height, width = shape
+    if channels not in (1, 3):
+        raise UserError(f"images of shape {shape} have {channels} channels; use 1 or 3")
+    pictures = []
+    for path in paths:
+        if not path.is_file():
+            raise UserError(f"image file {path} does not exist; check the path")
+        picture = _open_picture(path, "L" if channels == 1 else "RGB")
+        if picture.size != (width, height):
+            raise UserError(
+                f"{path} is {picture.size[0]}x{picture.size[1]} pixels, expected {width}x"
+                f"{height} (images of shape {tuple(shape)}, C x H x W); resize it, or score "
+                "a folder with --data folder:DIR, which resizes"
+            )
+        pictures.append(np.asarray(picture))
+    stacked = np.stack(pictures)
+    return stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
 
 
 def _fit_square(img: Image.Image, size: int) -> Image.Image:

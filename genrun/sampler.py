@@ -72,6 +72,7 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
+        engine.require_manifest("sampling")
         if engine.role not in ("generate", "decode") or "pixels" not in _outputs(engine):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
@@ -164,6 +165,7 @@ class Scorer:
     manifest's latent shapes, in order)."""
 
     def __init__(self, engine: Engine):
+        engine.require_manifest("scoring")
         outputs = _outputs(engine)
         self.exact = "log_likelihood" in outputs
         images = any(spec.name == "images" for spec in engine.manifest.inputs)

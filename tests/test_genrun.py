@@ -8,6 +8,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,8 @@ from genexport.engines import export_checkpoint
 from genrun.cli import main
 from genrun.engine import available_providers, load
 from genrun.errors import UserError
+from genrun.flops import count_flops
+from genrun.images import write_npz_stream
 from genrun.readers import load_data
 from genrun.sampler import Sampler, Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
@@ -81,6 +84,16 @@ def test_zero_temperature_gives_the_mode(glow) -> None:
     assert (samples == samples[0]).all()
 
 
+def test_fixing_every_level_repeats_the_first_sample(glow, vae) -> None:
+    for path, levels in ((glow["generate"], 2), (vae["decode"], 1)):
+        sampler = Sampler(load(path))
+        first = sampler.sample(1, temperature=0.9, seed=6)
+        fixed = sampler.sample(9, temperature=0.9, seed=6, batch_size=4, fixed_levels=levels)
+        assert (fixed == first).all()
+        with pytest.raises(UserError, match=f"from 0 to {levels}"):
+            sampler.sample(2, fixed_levels=levels + 1)
+
+
 def test_glow_bits_per_dim_equal_gentrain_bpd_center(glow, digits) -> None:
     model = model_from_checkpoint(load_checkpoint(glow["checkpoint"]))
     images = digits.test.images[:37]
@@ -126,7 +139,9 @@ def test_bad_engines_and_inputs_are_one_line_user_errors(glow, tmp_path) -> None
     bare = onnx.load(str(glow["density"]))
     del bare.metadata_props[:]
     onnx.save(bare, str(tmp_path / "bare.onnx"))
-    assert "holds no vaeflow manifest" in error(lambda: load(tmp_path / "bare.onnx"))
+    bare_engine = load(tmp_path / "bare.onnx")  # foreign graphs load, but cannot score
+    assert bare_engine.manifest is None and [s.name for s in bare_engine.inputs] == ["images"]
+    assert "holds no vaeflow manifest" in error(lambda: Scorer(bare_engine))
     assert "unknown provider" in error(lambda: load(glow["density"], provider="tpu"))
     if "cuda" not in available_providers():
         assert "not in this onnxruntime build" in error(lambda: load(glow["density"], "cuda"))
@@ -165,6 +180,35 @@ def test_cli_sample_writes_png_npz_and_a_folder(glow, tmp_path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["each", "grid.png", "s.npz"]
 
 
+def test_npz_is_streamed_one_batch_at_a_time(glow, tmp_path) -> None:
+    sampler = Sampler(load(glow["generate"]))
+    alive: list[weakref.ref] = []
+    most_alive = 0  # earlier batches still referenced when the next one is made
+
+    def batches():
+        nonlocal most_alive
+        for batch in sampler.batches(1000, seed=2, batch_size=64):
+            most_alive = max(most_alive, sum(ref() is not None for ref in alive))
+            alive.append(weakref.ref(batch))
+            yield batch
+
+    write_npz_stream(tmp_path / "s.npz", "images", batches(), (1000, 1, 8, 8))
+    assert len(alive) == 16 and most_alive <= 1  # the writer's loop variable, no more
+    expected = sampler.sample(1000, seed=2)
+    with np.load(tmp_path / "s.npz") as loaded:
+        assert loaded.files == ["images"] and (loaded["images"] == expected).all()
+
+    def interrupted():
+        yield from sampler.batches(100, batch_size=16)
+        raise KeyboardInterrupt  # Ctrl-C before the last rows
+
+    with pytest.raises(KeyboardInterrupt):
+        write_npz_stream(tmp_path / "cut.npz", "images", interrupted(), (200, 1, 8, 8))
+    with pytest.raises(UserError, match="got 100 rows for an array of 200"):
+        write_npz_stream(tmp_path / "cut.npz", "images", sampler.batches(100), (200, 1, 8, 8))
+    assert [p.name for p in tmp_path.iterdir()] == ["s.npz"]
+
+
 def test_cli_likelihood_writes_per_image_scores_and_the_mean(glow, vae, digits, tmp_path) -> None:
     out = tmp_path / "scores.csv"
     code, stdout, err = genrun_cli(
@@ -188,9 +232,18 @@ def test_cli_bench_prints_a_row_per_batch_size(vae) -> None:
     )
     assert code == 0, err
     lines = stdout.splitlines()
-    assert lines[0] == "vae elbo (fp32) on cpu" and "p99 ms" in lines[1]
-    assert [line.split()[0] for line in lines[2:]] == ["1", "4"]
-    assert all(float(line.split()[2]) > 0 for line in lines[2:])
+    assert lines[0] == f"vae elbo (fp32) on cpu, {load(vae['elbo']).threads} threads"
+    flops = count_flops(vae["elbo"])
+    assert f"{flops / 1e6:.4g} MFLOP per sample" in lines[1] and "matmul peak" in lines[1]
+    peak = float(lines[1].split("matmul peak ")[1].split()[0])
+    assert "p99 ms" in lines[2] and lines[2].split()[-2:] == ["%", "peak"]
+    rows = [line.split() for line in lines[3:]]
+    assert [row[0] for row in rows] == ["1", "4"]
+    for row in rows:  # GFLOP/s = FLOPs x samples/s; % peak = its share of the matmul peak
+        samples_per_s, gflops, share = float(row[2]), float(row[6]), float(row[7])
+        assert samples_per_s > 0
+        assert gflops == pytest.approx(flops * samples_per_s / 1e9, rel=0.01, abs=0.006)
+        assert share == pytest.approx(100 * gflops / peak, rel=0.02, abs=0.1)
     bad = genrun_cli("bench", "--engine", vae["elbo"], "--batch", "0")
     assert_one_line_error(bad, "batch sizes must be")
     assert_one_line_error(genrun_cli("bench", "--engine", vae["elbo"], "--batch", "x"), "--batch")
@@ -216,6 +269,8 @@ def test_cli_errors_are_one_line_and_leave_no_file(glow, tmp_path) -> None:
     assert_one_line_error(
         genrun_cli("sample", "--engine", engine, "--out", tmp_path / "s.jpg"), ".png"
     )
+    result = genrun_cli("sample", "--engine", engine, "--n", 10**6, "--out", tmp_path / "g.png")
+    assert_one_line_error(result, "too many for a PNG grid")
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("")
     result = genrun_cli("sample", "--engine", engine, "--out", tmp_path / "full")
