@@ -19,8 +19,9 @@ from torch import nn
 
 from genrun.errors import UserError
 from genrun.manifest import PixelMapping, TensorSpec
-from gentrain.models import GenerativeModel, Glow
+from gentrain.models import GenerativeModel
 from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
+from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 
 from .base import BATCH, Graph
@@ -74,14 +75,16 @@ def check_actnorm_initialized(model: GenerativeModel) -> None:
     if not all(m.initialized for m in model.modules() if isinstance(m, ActNorm)):
         raise UserError(
             "the checkpoint's ActNorm layers were never initialised from data (no training "
-            "step ran); train it with `gentrain fit glow` before exporting"
+            f"step ran); train it with `gentrain fit {model.family}` before exporting"
         )
 
 
-def freeze_glow(model: Glow, fold: bool = True) -> Glow:
+def freeze_glow(model: MultiScaleFlow, fold: bool = True) -> MultiScaleFlow:
     """A copy of `model` whose flow steps export: each 1x1 convolution baked
     as constants and, with `fold`, merged with the ActNorm before it. The
-    couplings and priors are the trained modules themselves."""
+    couplings and priors are the trained modules themselves. Any other
+    multi-scale flow (RealNVP: no 1x1 convolutions) is copied in eval mode with
+    its ActNorm flags made constants."""
     check_actnorm_initialized(model)
     frozen = copy.deepcopy(model).eval()
     for norm in frozen.modules():
@@ -102,7 +105,7 @@ def freeze_glow(model: Glow, fold: bool = True) -> Glow:
 class GlowGenerate(nn.Module):
     """(noise per level, temperature (N,)) -> (images y, uint8 pixels)."""
 
-    def __init__(self, flow: Glow) -> None:
+    def __init__(self, flow: MultiScaleFlow) -> None:
         super().__init__()
         self.flow = flow
 
@@ -117,7 +120,7 @@ class GlowDensity(nn.Module):
     """(uint8 images, dequantisation offset) -> (bits/dim, log P(x) in nats,
     latents per level)."""
 
-    def __init__(self, flow: Glow) -> None:
+    def __init__(self, flow: MultiScaleFlow) -> None:
         super().__init__()
         self.flow = flow
 
@@ -130,7 +133,7 @@ class GlowDensity(nn.Module):
         return bits_per_dim(log_py, config.num_dims, config.n_bits), log_px, *latents
 
 
-def pixel_mapping(model: Glow) -> PixelMapping:
+def pixel_mapping(model: MultiScaleFlow) -> PixelMapping:
     """How the flow's floats y in [-0.5, 0.5] relate to uint8 pixels."""
     config = model.config
     bins = 2**config.n_bits
@@ -147,8 +150,9 @@ def pixel_mapping(model: Glow) -> PixelMapping:
     )
 
 
-def build(model: Glow, role: str, fold: bool = True) -> Graph:
-    """The export module and reference of `role` for a trained Glow."""
+def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
+    """The export module and reference of `role` for a trained Glow (or any
+    multi-scale flow: RealNVP exports through here too)."""
     config = model.config
     shape = [BATCH, *config.data_shape]
     latents = [

@@ -1,0 +1,4 @@
+from .config import RealNVPConfig
+from .model import RealNVP
+
+__all__ = ["RealNVP", "RealNVPConfig"]

@@ -1,0 +1,83 @@
+"""RealNVP (Dinh, Sohl-Dickstein & Bengio 2017): masked affine couplings in a
+multi-scale architecture.
+
+Each scale but the last: 3 couplings with alternating checkerboard masks,
+squeeze, 3 couplings with alternating channel masks, then half the channels
+are factored out as that scale's latent; the last scale: 4 checkerboard
+couplings. Every coupling is followed by an invertible normalisation (batch
+norm as in the paper, or ActNorm). Factored-out latents are standard normal
+(the paper's prior), so each scale hands out N(0, I) noise as is; the change of
+variables, bits/dim and sampling are `MultiScaleFlow`'s.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..glow.layers import Squeeze
+from ..multiscale import MultiScaleFlow
+from .config import RealNVPConfig
+from .layers import MaskedAffineCoupling, channel_mask, checkerboard_mask, make_norm
+
+
+class RealNVPScale(nn.Module):
+    """One scale: couplings (each followed by a normalisation), and unless
+    `top`, a squeeze, channel couplings and the factoring out of half the channels."""
+
+    def __init__(self, channels: int, size: tuple[int, int], config: RealNVPConfig, top: bool):
+        super().__init__()
+        masks = [checkerboard_mask(*size, parity % 2) for parity in range(4 if top else 3)]
+        layers: list[nn.Module] = [*self._couplings(masks, channels, config)]
+        if not top:
+            channels *= 4
+            masks = [channel_mask(channels, parity % 2) for parity in range(3)]
+            layers += [Squeeze(), *self._couplings(masks, channels, config)]
+        self.flow = nn.ModuleList(layers)
+        self.top = top
+        self.split = channels if top else channels // 2  # channels factored out
+        self.out_channels = channels - self.split
+
+    @staticmethod
+    def _couplings(
+        masks: list[torch.Tensor], channels: int, config: RealNVPConfig
+    ) -> list[nn.Module]:
+        """A coupling per mask, each followed by the configured normalisation."""
+        layers = []
+        for mask in masks:
+            coupling = MaskedAffineCoupling(
+                mask, channels, config.hidden, config.blocks, config.norm
+            )
+            layers += [coupling, make_norm(config.norm, channels)]
+        return layers
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x -> (kept h, eps of this scale, logdet)."""
+        for layer in self.flow:
+            x, logdet = layer(x, logdet)
+        return x[:, self.split :], x[:, : self.split], logdet
+
+    def reverse(self, h: torch.Tensor | None, eps: torch.Tensor) -> torch.Tensor:
+        x = eps if self.top else torch.cat([eps, h], 1)
+        for layer in reversed(self.flow):
+            x, _ = layer(x, reverse=True)
+        return x
+
+
+class RealNVP(MultiScaleFlow):
+    family = "realnvp"
+    config_class = RealNVPConfig
+    default_temperature = 0.7  # the flows' default, as for Glow
+
+    def __init__(self, config: RealNVPConfig) -> None:
+        super().__init__(config)
+        c, h, w = config.data_shape
+        scales = []
+        for i in range(config.scales):
+            top = i == config.scales - 1
+            scale = RealNVPScale(c, (h, w), config, top)
+            scales.append(scale)
+            c, h, w = scale.out_channels, h // 2, w // 2
+        self.levels = nn.ModuleList(scales)
