@@ -42,7 +42,7 @@ class VAEEncode(nn.Module):
 
 class VAEElbo(nn.Module):
     """(uint8 images, eps (N, k)) -> log w = log p(x|z) + log p(z) - log q(z|x)
-    at z = mu + sigma * eps, per image."""
+    at z = mu + sigma * eps (then through the posterior flow, if any), per image."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
@@ -92,8 +92,8 @@ def build(model: VAE, role: str, fold: bool = True) -> Graph:
     elif role == "encode":
         inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
         outputs = [
-            TensorSpec("mu", "float32", code, "mean of q(z|x)"),
-            TensorSpec("logvar", "float32", code, "log variance of q(z|x)"),
+            TensorSpec("mu", "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
+            TensorSpec("logvar", "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
         ]
         checks = {"mu": "latent", "logvar": "latent"}
 

@@ -55,3 +55,13 @@ class GenerativeModel(nn.Module):
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         """n images as uint8 (n, C, H, W), drawn with the global torch RNG."""
         raise NotImplementedError
+
+    def fit_baselines(self, train_images: torch.Tensor) -> None:
+        """Fit what `evaluate` compares the model with (e.g. the autoencoder's
+        PCA) on the uint8 training images; most families have nothing to fit."""
+
+    @torch.no_grad()
+    def preview(self, test_images: torch.Tensor) -> tuple[str, torch.Tensor]:
+        """The picture `gentrain fit` saves after training, as (name, uint8
+        images laid out 8 per row): 64 samples, unless the family cannot sample."""
+        return "samples", self.sample(64, self.default_temperature)

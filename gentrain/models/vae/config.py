@@ -12,10 +12,14 @@ from dataclasses import asdict, dataclass, fields
 from genrun.errors import UserError
 
 from .likelihoods import LIKELIHOODS
+from .posterior_flows import parse_posterior_flow
 
 ARCHS = ("mlp", "conv")
 PIXELS = ("grey", "binary")
 KL_ESTIMATORS = ("closed", "mc")
+CLOSED_KL_WITH_FLOW = (
+    "the KL has no closed form with a posterior flow; use --kl mc (the default with a flow)"
+)
 
 
 def _check_choice(option: str, value: str, valid) -> None:
@@ -33,7 +37,12 @@ class VAEConfig:
     likelihood: str = "bernoulli"  # p(x|z), a key of likelihoods.LIKELIHOODS
     sigma: float = 0.1  # the lecture's fixed decoder std s (initial s for gaussian-learned)
     pixels: str = "grey"  # grey: x / 255 in [0, 1]; binary: x >= 128 -> {0, 1}
-    kl: str = "closed"  # training KL: closed form, or "mc" = log q(z|x) - log p(z) at the draw
+    # Training KL: "closed" form, or "mc" = log q(z|x) - log p(z) at the draw;
+    # None picks closed, or mc with a posterior flow (which has no closed form).
+    kl: str | None = None
+    # "" (diagonal Gaussian q(z|x)), or "planar:K" / "radial:K": K amortised
+    # flow layers on top of it (Rezende & Mohamed 2015; posterior_flows.py).
+    posterior_flow: str = ""
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)
@@ -42,7 +51,12 @@ class VAEConfig:
         _check_choice("arch", self.arch, ARCHS)
         _check_choice("likelihood", self.likelihood, tuple(LIKELIHOODS))
         _check_choice("pixels", self.pixels, PIXELS)
+        parse_posterior_flow(self.posterior_flow)
+        if self.kl is None:
+            self.kl = "mc" if self.posterior_flow else "closed"
         _check_choice("kl", self.kl, KL_ESTIMATORS)
+        if self.kl == "closed" and self.posterior_flow:
+            raise UserError(CLOSED_KL_WITH_FLOW)
         if self.latent_dim < 1 or self.hidden < 1 or self.depth < 1:
             raise UserError("latent_dim, hidden and depth must all be at least 1")
         if not (math.isfinite(self.sigma) and self.sigma > 0):

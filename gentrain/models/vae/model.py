@@ -9,6 +9,11 @@ read like the lecture's formulas. With z = mu + sigma * eps:
     ELBO(x)       = E_eps[log w] = E[log p(x|z)] - KL(q(z|x) || p(z))
     IWAE_K(x)     = E[logsumexp_k log w_k] - log K  <=  log p(x)
 
+With a posterior flow (config.posterior_flow, Rezende & Mohamed 2015) z_0 =
+mu + sigma * eps is pushed through K planar or radial layers whose parameters
+the encoder also outputs, z = z_K, and log q(z|x) = log q_0(z_0|x) -
+sum_k log|det J_k|; the KL then has only its Monte Carlo form.
+
 All noise is drawn outside `log_weight` with the global torch RNG, so that
 function is deterministic and exportable.
 """
@@ -24,21 +29,30 @@ from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
 from ..quantization import discretization_nats
-from .config import KL_ESTIMATORS, VAEConfig
+from .config import CLOSED_KL_WITH_FLOW, KL_ESTIMATORS, VAEConfig
 from .likelihoods import LOG_2PI, Likelihood, build_likelihood
 from .networks import build_networks
+from .posterior_flows import PosteriorFlow, parse_posterior_flow
 
 
 class GaussianEncoder(nn.Module):
-    """q(z|x) = N(z; mu(x), diag exp(logvar(x)))."""
+    """q(z|x) = N(z; mu(x), diag exp(logvar(x))); the network's outputs past
+    the first 2k are the posterior flow's parameters, if any."""
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, latent_dim: int) -> None:
         super().__init__()
         self.net = net
+        self.latent_dim = latent_dim
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, C, H, W) in [0, 1] -> (mu, log sigma^2), each (N, k)."""
-        return self.net(x).chunk(2, dim=1)
+        return self.statistics(x)[:2]
+
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x -> (mu, log sigma^2, posterior-flow parameters (N, P), P = 0 without a flow)."""
+        out = self.net(x)
+        k = self.latent_dim
+        return out[:, :k], out[:, k : 2 * k], out[:, 2 * k :]
 
     @staticmethod
     def sample(mu: torch.Tensor, logvar: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -98,8 +112,11 @@ class VAE(GenerativeModel):
 
     def __init__(self, config: VAEConfig) -> None:
         super().__init__(config)
-        encoder_net, decoder_net = build_networks(config)
-        self.encoder = GaussianEncoder(encoder_net)
+        kind, count = parse_posterior_flow(config.posterior_flow)
+        self.posterior_flow = PosteriorFlow(kind, count, config.latent_dim) if kind else None
+        flow_params = self.posterior_flow.num_params if self.posterior_flow else 0
+        encoder_net, decoder_net = build_networks(config, 2 * config.latent_dim + flow_params)
+        self.encoder = GaussianEncoder(encoder_net, config.latent_dim)
         self.decoder = Decoder(decoder_net, build_likelihood(config), config.latent_dim)
         self.prior = StandardNormalPrior(config.latent_dim)
 
@@ -114,7 +131,8 @@ class VAE(GenerativeModel):
         return x.float() / 255
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Float images -> (mu, log sigma^2) of q(z|x), each (N, latent_dim)."""
+        """Float images -> (mu, log sigma^2) of q(z|x), each (N, latent_dim);
+        with a posterior flow, of its Gaussian base q_0(z_0|x)."""
         return self.encoder(x)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -125,14 +143,21 @@ class VAE(GenerativeModel):
     def _elbo_terms(
         self, x: torch.Tensor, eps: torch.Tensor, kl: str
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(-log p(x|z), KL term) per image at z = mu + sigma * eps. The KL term
-        is the closed form, or its one-sample estimate log q(z|x) - log p(z)."""
-        mu, logvar = self.encode(x)
+        """(-log p(x|z), KL term) per image at z = mu + sigma * eps (then through
+        the posterior flow, if any). The KL term is the closed form, or its
+        one-sample estimate log q(z|x) - log p(z)."""
+        mu, logvar, flow_params = self.encoder.statistics(x)
         z = self.encoder.sample(mu, logvar, eps)
+        log_q = self.encoder.log_prob(z, mu, logvar)
+        if self.posterior_flow is not None:
+            if kl == "closed":
+                raise UserError(CLOSED_KL_WITH_FLOW)
+            z, log_det = self.posterior_flow(z, flow_params)
+            log_q = log_q - log_det
         rec = -self.decoder.log_prob(x, z)
         if kl == "closed":
             return rec, self.encoder.kl_to_standard_normal(mu, logvar)
-        return rec, self.encoder.log_prob(z, mu, logvar) - self.prior.log_prob(z)
+        return rec, log_q - self.prior.log_prob(z)
 
     def log_weight(self, x: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         """log p(x|z) + log p(z) - log q(z|x) at z = mu + sigma * eps, no random
@@ -188,10 +213,12 @@ class VAE(GenerativeModel):
         self, x: torch.Tensor, iw_samples: int = 100, chunk: int = 4096
     ) -> dict[str, torch.Tensor]:
         """Per-image test figures (N,) of uint8 images, all in nats but bpd:
-        nelbo = rec + kl with the closed-form KL (one draw for rec), and the
-        importance-sampled nll with K = iw_samples (an upper bound on -log p(x))."""
+        nelbo = rec + kl with the closed-form KL (one draw for rec; with a
+        posterior flow the one-draw Monte Carlo KL), and the importance-sampled
+        nll with K = iw_samples (an upper bound on -log p(x))."""
         x_float = self.to_float(x)
-        rec, kl = self._elbo_terms(x_float, self._noise(len(x)), kl="closed")
+        kl_form = "mc" if self.posterior_flow is not None else "closed"
+        rec, kl = self._elbo_terms(x_float, self._noise(len(x)), kl=kl_form)
         nll = -self.iwae_bound(x, iw_samples, chunk)
         bpd = (nll + self.discretization_term()) / (self.config.num_dims * math.log(2))
         return {"nelbo": rec + kl, "rec": rec, "kl": kl, "nll": nll, "bpd": bpd}
@@ -205,7 +232,9 @@ class VAE(GenerativeModel):
     # need only these two, which the autoencoder shares.
     @torch.no_grad()
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images (N, C, H, W) -> the codes the pictures use: mu of q(z|x), (N, k)."""
+        """uint8 images (N, C, H, W) -> the codes the pictures use: mu of q(z|x),
+        (N, k); with a posterior flow, mu of its Gaussian base q_0 (not the
+        flowed posterior's mean, which has no closed form)."""
         return self.encode(self.to_float(x.to(self.device)))[0]
 
     @torch.no_grad()

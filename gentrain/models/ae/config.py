@@ -1,0 +1,46 @@
+"""The autoencoder's configuration: everything needed to rebuild the model
+from a checkpoint, as plain Python values (see vae/config.py)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from genrun.errors import UserError
+
+ARCHS = ("mlp", "conv")
+
+
+@dataclass
+class AEConfig:
+    data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
+    latent_dim: int = 2  # k, the bottleneck (the lecture's k = 2 for pictures)
+    arch: str = "mlp"
+    hidden: int = 400  # mlp: units per hidden layer; conv: channels of the first stage
+    depth: int = 1  # mlp: hidden layers; conv: convolutions per resolution stage
+    # No nonlinearity anywhere (no ReLU, no output sigmoid): the lecture's
+    # linear autoencoder, whose best solution is the PCA projection.
+    linear: bool = False
+
+    def __post_init__(self) -> None:
+        self.data_shape = tuple(int(v) for v in self.data_shape)
+        if len(self.data_shape) != 3 or min(self.data_shape) < 1:
+            raise UserError(f"data_shape must be (C, H, W), all positive; got {self.data_shape}")
+        if self.arch not in ARCHS:
+            raise UserError(f"unknown arch {self.arch!r}; use one of: {', '.join(ARCHS)}")
+        if self.latent_dim < 1 or self.hidden < 1 or self.depth < 1:
+            raise UserError("latent_dim, hidden and depth must all be at least 1")
+
+    @property
+    def num_dims(self) -> int:
+        c, h, w = self.data_shape
+        return c * h * w
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> AEConfig:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"unknown AE config keys: {', '.join(sorted(unknown))}")
+        return cls(**values)
