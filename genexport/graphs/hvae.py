@@ -1,0 +1,118 @@
+"""The hierarchical VAE's graphs: `generate` (noise per group, temperature ->
+images) and `elbo` (images, eps per group -> one importance weight log w per
+image). The modules call the model's own `generate` and `log_weight`, so a
+formula lives in one place; BatchNorm runs on its running statistics (the
+model exports in eval mode), nothing else needs freezing."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from genrun.manifest import TensorSpec
+from gentrain.models import HVAE
+from gentrain.models.vae import means_to_uint8
+
+from .base import BATCH, Graph
+from .vae import pixel_mapping
+
+ROLES = ("generate", "elbo")
+TEMPERATURE = (
+    "each group's noise_l is multiplied by the sample's temperature: "
+    "z_l = mu_l + temperature * sigma_l * noise_l under the prior p(z_l | z_<l); "
+    "1 samples the model, 0 gives the prior means group by group"
+)
+
+__all__ = ["ROLES", "TEMPERATURE", "build", "pixel_mapping"]
+
+
+class HVAEGenerate(nn.Module):
+    """(noise per group, temperature (N,)) -> (decoder means or probabilities
+    in [0, 1], uint8 pixels)."""
+
+    def __init__(self, model: HVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, noise: list[torch.Tensor], temperature: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        params, _ = self.model.generate(noise, temperature.reshape(-1, 1, 1, 1))
+        mean = self.model.decoder.likelihood.mean(params)
+        return mean, means_to_uint8(mean)
+
+
+class HVAEElbo(nn.Module):
+    """(uint8 images, eps per group) -> log w = log p(x|z) + log p(z) - log q(z|x)
+    at the posterior draws z_l = mu_q + sigma_q * eps_l, per image."""
+
+    def __init__(self, model: HVAE) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor, eps: list[torch.Tensor]) -> torch.Tensor:
+        return self.model.log_weight(self.model.to_float(images), eps)
+
+
+def build(model: HVAE, role: str, fold: bool = True) -> Graph:
+    """The export module of `role` for a trained HVAE (`fold` is Glow's; unused)."""
+    config = model.config
+    model = model.eval()
+    shape = [BATCH, *config.data_shape]
+    shapes = config.latent_shapes()
+
+    def noise(n: int, generator: torch.Generator) -> list[torch.Tensor]:
+        return [torch.randn(n, *s, generator=generator) for s in shapes]
+
+    if role == "generate":
+        module = HVAEGenerate(model)
+        inputs = [
+            *(
+                TensorSpec(f"noise_{i}", "float32", [BATCH, *s], f"N(0, I) noise of group {i}")
+                for i, s in enumerate(shapes)
+            ),
+            TensorSpec("temperature", "float32", [BATCH], "per-sample scale of the noise"),
+        ]
+        outputs = [
+            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+        ]
+        checks = {"images": "image", "pixels": "pixels"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple:
+            return noise(n, generator), torch.rand(n, generator=generator)
+
+    else:
+        module = HVAEElbo(model)
+        inputs = [
+            TensorSpec("images", "uint8", shape, "images to score"),
+            *(
+                TensorSpec(
+                    f"eps_{i}", "float32", [BATCH, *s], f"N(0, I) posterior noise of group {i}"
+                )
+                for i, s in enumerate(shapes)
+            ),
+        ]
+        outputs = [
+            TensorSpec(
+                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
+            )
+        ]
+        checks = {"log_weight": "nats"}
+
+        def sample_inputs(n: int, generator: torch.Generator) -> tuple:
+            with torch.no_grad():
+                _, pixels = HVAEGenerate(model)(noise(n, generator), torch.ones(n))
+            return pixels, noise(n, generator)
+
+    return Graph(
+        role=role,
+        module=module,
+        reference=module,
+        inputs=inputs,
+        outputs=outputs,
+        sample_inputs=sample_inputs,
+        checks=checks,
+        num_dims=config.num_dims,
+        pixel_bits=8,
+    )
