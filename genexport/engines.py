@@ -31,7 +31,14 @@ from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
 from .fp16 import to_float16
-from .graphs import ROLES, Graph, build_graph, check_actnorm_initialized, pixel_mapping
+from .graphs import (
+    FAMILY_GRAPHS,
+    ROLES,
+    Graph,
+    build_graph,
+    check_actnorm_initialized,
+    pixel_mapping,
+)
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
 from .verify import merge, parity, round_trip
 
@@ -175,9 +182,11 @@ def manifest(model: GenerativeModel, engine: Engine, info: CheckpointInfo) -> Ma
     config = model.config
     latent_shapes = (
         [list(shape) for shape in config.latent_shapes()]
-        if model.family == "glow"
+        if hasattr(config, "latent_shapes")  # one noise input per level or group
         else [[config.latent_dim]]
     )
+    # A family whose temperature acts otherwise than Glow's says how in its graphs module.
+    temperature = getattr(FAMILY_GRAPHS[model.family], "TEMPERATURE", TEMPERATURE)
     return Manifest(
         family=model.family,
         role=engine.graph.role,
@@ -187,7 +196,7 @@ def manifest(model: GenerativeModel, engine: Engine, info: CheckpointInfo) -> Ma
         data_shape=list(config.data_shape),
         latent_shapes=latent_shapes,
         pixels=pixel_mapping(model),
-        temperature=TEMPERATURE if engine.graph.role == "generate" else None,
+        temperature=temperature if engine.graph.role == "generate" else None,
         checkpoint=info,
         parity=engine.parity,
         export=ExportInfo(

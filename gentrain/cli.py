@@ -4,6 +4,8 @@ gentrain fit glow                      # Glow on the embedded digits
 gentrain fit vae --data mnist:DIR      # a VAE on local MNIST files
 gentrain eval runs/glow/checkpoint.pt
 gentrain sample runs/glow/checkpoint.pt --n 64 --temperature 0.7
+gentrain plot reconstructions runs/ae/checkpoint.pt runs/vae/checkpoint.pt --out recon.png
+gentrain figures --data mnist:DIR --out runs/figures   # every figure of the lecture
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from genrun.readers import DATA_SPECS_HELP, load_data
 
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
+from .figures import make_figures
 from .models import TRAIN_DEFAULTS, build_model
+from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -116,14 +120,11 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
         )
         raise typer.Exit(130) from None
     model = trainer.final_model
-    grid = save_grid(
-        model.sample(64, model.default_temperature).cpu().numpy(),
-        out / "samples.png",
-        scale=_scale(data.shape),
-    )
+    name, images = model.preview(torch.as_tensor(data.test.images[:64]))
+    grid = save_grid(images.cpu().numpy(), out / f"{name}.png", nrow=8, scale=_scale(data.shape))
     summary = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
     typer.echo(f"done: test {summary}; skipped {trainer.skipped} non-finite steps")
-    typer.echo(f"checkpoint: {checkpoint_path}\nsamples: {grid}")
+    typer.echo(f"checkpoint: {checkpoint_path}\n{name}: {grid}")
 
 
 def _scale(shape: tuple[int, ...]) -> int:
@@ -168,6 +169,46 @@ def fit_glow(
     _fit("glow", locals())
 
 
+@fit_app.command("realnvp")
+def fit_realnvp(
+    scales: Annotated[
+        int, typer.Option(help="Scales (each but the last squeezes 2x2 and factors out half).")
+    ] = 2,
+    hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 32,
+    blocks: Annotated[int, typer.Option(help="Residual blocks per coupling network.")] = 1,
+    norm: Annotated[
+        str, typer.Option(help="actnorm or batchnorm, after every coupling and in the nets.")
+    ] = "actnorm",
+    n_bits: Annotated[
+        int | None,
+        typer.Option(
+            help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
+        ),
+    ] = None,
+    data: Data = "digits",
+    size: Size = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    minutes: Minutes = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    optimizer: Optimizer = None,
+    warmup: Warmup = None,
+    schedule: Schedule = None,
+    clip: Clip = None,
+    ema: Ema = None,
+    eval_every: EvalEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train RealNVP (Dinh et al. 2017); reports test bits/dim."""
+    _fit("realnvp", locals())
+
+
 @fit_app.command("vae")
 def fit_vae(
     latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the latent code.")] = 20,
@@ -181,7 +222,14 @@ def fit_vae(
         float, typer.Option(help="Noise level s of the fixed Gaussian decoder.")
     ] = 0.1,
     pixels: Annotated[str, typer.Option(help="grey ([0,1]) or binary (x >= 128).")] = "grey",
-    kl: Annotated[str, typer.Option(help="closed (analytic) or mc (Monte Carlo).")] = "closed",
+    kl: Annotated[
+        str | None,
+        typer.Option(help="closed (analytic) or mc (Monte Carlo; the default with a flow)."),
+    ] = None,
+    posterior_flow: Annotated[
+        str,
+        typer.Option(help="planar:K or radial:K flow layers on q(z|x) (Rezende & Mohamed 2015)."),
+    ] = "",
     data: Data = "digits",
     size: Size = None,
     epochs: Epochs = None,
@@ -206,6 +254,82 @@ def fit_vae(
     _fit("vae", locals())
 
 
+@fit_app.command("hvae")
+def fit_hvae(
+    groups: Annotated[int, typer.Option(help="L: groups of latents, coarse to fine.")] = 3,
+    latent_channels: Annotated[
+        int, typer.Option(help="Channels of each group's spatial latent.")
+    ] = 4,
+    hidden: Annotated[int, typer.Option(help="Channels of the residual towers.")] = 32,
+    cells: Annotated[int, typer.Option(help="Residual cells per group in each tower.")] = 1,
+    likelihood: Annotated[
+        str, typer.Option(help="bernoulli, gaussian or gaussian-learned.")
+    ] = "bernoulli",
+    sigma: Annotated[
+        float, typer.Option(help="Noise level s of the fixed Gaussian decoder.")
+    ] = 0.1,
+    pixels: Annotated[str, typer.Option(help="grey ([0,1]) or binary (x >= 128).")] = "grey",
+    kl_warmup: Annotated[
+        int, typer.Option(help="Steps over which the KL weight rises from 0 to 1.")
+    ] = 500,
+    data: Data = "digits",
+    size: Size = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    minutes: Minutes = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    optimizer: Optimizer = None,
+    warmup: Warmup = None,
+    schedule: Schedule = None,
+    clip: Clip = None,
+    ema: Ema = None,
+    eval_every: EvalEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a hierarchical VAE (NVAE-style, Vahdat & Kautz 2020); reports the test
+    negative ELBO in nats and each group's KL."""
+    _fit("hvae", locals())
+
+
+@fit_app.command("ae")
+def fit_ae(
+    latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the bottleneck.")] = 2,
+    arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
+    hidden: Annotated[int, typer.Option(help="MLP width or conv base channels.")] = 400,
+    depth: Annotated[int, typer.Option(help="Hidden layers of the MLP.")] = 1,
+    linear: Annotated[
+        bool, typer.Option(help="No nonlinearity at all: the linear AE that PCA bounds.")
+    ] = False,
+    data: Data = "digits",
+    size: Size = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    minutes: Minutes = None,
+    batch_size: BatchSize = None,
+    lr: Lr = None,
+    optimizer: Optimizer = None,
+    warmup: Warmup = None,
+    schedule: Schedule = None,
+    clip: Clip = None,
+    ema: Ema = None,
+    eval_every: EvalEvery = 500,
+    ckpt_every: CkptEvery = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    out: Out = None,
+    resume: Resume = False,
+    overwrite: Overwrite = False,
+) -> None:
+    """Train a deterministic autoencoder; reports the test MSE (summed over pixels in [0, 1])."""
+    _fit("ae", locals())
+
+
 @app.command("eval")
 def eval_command(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by `gentrain fit`.")],
@@ -215,7 +339,7 @@ def eval_command(
     iw_samples: Annotated[
         int | None,
         typer.Option(
-            help="Importance samples K: VAE latents for the NLL bound (default 1000); "
+            help="Importance samples K: (H)VAE latents for the NLL bound (default 1000); "
             "flows dequantisation noise for bpd_iw (default 1: the standard bound only)."
         ),
     ] = None,
@@ -226,7 +350,8 @@ def eval_command(
         Path | None, typer.Option("--json", help="Also write the figures as JSON.")
     ] = None,
 ) -> None:
-    """Test-split figures: flows bits/dim; VAEs negative ELBO and importance-sampled NLL."""
+    """Test-split figures: flows bits/dim; VAEs negative ELBO and importance-sampled NLL;
+    autoencoders MSE beside PCA's at the same k (fitted on the training split)."""
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
     spec = data or payload["data"]["spec"]
@@ -238,9 +363,10 @@ def eval_command(
             f"{tuple(payload['data']['shape'])}; pass --data with matching images"
         )
     if iw_samples is None:
-        iw_samples = 1000 if model.family == "vae" else 1
+        iw_samples = 1000 if model.family in ("vae", "hvae") else 1
     if iw_samples < 1:
         raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
+    model.fit_baselines(torch.as_tensor(split.train.images))
     torch.manual_seed(seed)
     figures = evaluate_images(
         model, split.test.images, batch_size, pick_device(device), iw_samples=iw_samples
@@ -281,6 +407,105 @@ def sample_command(
     images = model.sample(n, temperature).cpu().numpy()
     save_grid(images, out, scale=_scale(images.shape))
     typer.echo(f"wrote {n} samples at temperature {temperature} to {out}")
+
+
+# How pictures name each family.
+_LABELS = {"ae": "AE", "vae": "VAE", "hvae": "HVAE", "glow": "Glow", "realnvp": "RealNVP"}
+
+
+@app.command("plot")
+def plot_command(
+    kind: Annotated[str, typer.Argument(help=f"One of: {', '.join(PLOT_KINDS)}.")],
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="checkpoint.pt; two for reconstructions and latent-scatter (side by side, "
+            "on the same test images: e.g. an AE and a VAE)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="PNG to write.")] = Path("plot.png"),
+    data: Annotated[
+        str | None, typer.Option(help=f"Test images (default: the run's own). {DATA_SPECS_HELP}")
+    ] = None,
+    n: Annotated[
+        int | None,
+        typer.Option(
+            help="Test images (reconstructions 100, latent-scatter 256), grid side (manifold "
+            "20), image pairs (interpolation 6) or samples per row/panel (temperature 8, "
+            "hvae-levels 36)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the test-image choice and the noise.")] = 0,
+    project: Annotated[
+        str, typer.Option(help="latent-scatter of codes with k != 2: pca (first two PCs).")
+    ] = "none",
+    device: Device = "auto",
+) -> None:
+    """Draw one of the lecture's pictures from checkpoints (matplotlib, PNG)."""
+    payloads = [load_checkpoint(path) for path in checkpoints]
+    families = [payload["family"] for payload in payloads]
+    models = []
+    for path, payload in zip(checkpoints, payloads, strict=True):
+        label = _LABELS.get(payload["family"], payload["family"])
+        if families.count(payload["family"]) > 1:  # two of a kind: tell them apart
+            label += f" ({path.resolve().parent.name})"
+        models.append((label, model_from_checkpoint(payload).to(pick_device(device))))
+    spec = data or payloads[0]["data"]["spec"]
+    train_config = payloads[0]["train_config"]
+    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
+    for path, payload in zip(checkpoints, payloads, strict=True):
+        if split.shape != tuple(payload["data"]["shape"]):
+            raise UserError(
+                f"{spec} has images of shape {split.shape} but {path} was trained on "
+                f"{tuple(payload['data']['shape'])}; pass --data with matching images"
+            )
+    written = make_plot(kind, models, split.test, out, n=n, seed=seed, project=project)
+    typer.echo(f"wrote {kind} of {', '.join(label for label, _ in models)} to {written}")
+
+
+@app.command("figures")
+def figures_command(
+    data: Annotated[str, typer.Option(help=f"Images: {DATA_SPECS_HELP}")] = "digits",
+    out: Annotated[Path, typer.Option(help="Folder of the pictures, runs and index.md.")] = (
+        Path("runs/figures")
+    ),
+    budget_minutes: Annotated[
+        float,
+        typer.Option(
+            help="Training time of all models together (AE and VAE 10% each, Glow 50%, "
+            "HVAE 30%); evaluation and pictures add about four minutes on 2 CPU cores."
+        ),
+    ] = 22.0,
+    steps: Annotated[
+        int | None, typer.Option(help="Stop each model after this many steps (smoke runs).")
+    ] = None,
+    test_images: Annotated[
+        int, typer.Option(help="Test images the figures and pictures use (the first N).")
+    ] = 1000,
+    seed: Seed = 0,
+    device: Device = "auto",
+    overwrite: Annotated[bool, typer.Option(help="Replace the figures in --out.")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="Check the pipeline in seconds: tiny models, 3 steps, K = 2.")
+    ] = False,
+) -> None:
+    """Reproduce the lecture's figures: train AE, VAE, Glow and HVAE, draw, write index.md.
+
+    AE and VAE (k = 2, MLPs) on 1,000 training images as in the lecture, Glow and
+    the HVAE on the whole split; DIR/index.md shows every picture and its numbers."""
+    index = make_figures(
+        data,
+        out,
+        budget_minutes=budget_minutes,
+        steps=steps,
+        test_images=test_images,
+        seed=seed,
+        device=device,
+        overwrite=overwrite,
+        smoke=smoke,
+        echo=lambda line: typer.echo(line, err=True),
+    )
+    typer.echo(f"index: {index}")
 
 
 def main() -> None:

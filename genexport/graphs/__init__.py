@@ -15,11 +15,17 @@ from genrun.errors import UserError
 from genrun.manifest import PixelMapping
 from gentrain.models import GenerativeModel
 
-from . import glow, vae
+from . import ae, glow, hvae, realnvp, vae
 from .base import BATCH, Graph, nats_per_bpd
 from .glow import check_actnorm_initialized
 
-FAMILY_GRAPHS: dict[str, ModuleType] = {"glow": glow, "vae": vae}
+FAMILY_GRAPHS: dict[str, ModuleType] = {
+    "ae": ae,
+    "glow": glow,
+    "hvae": hvae,
+    "realnvp": realnvp,
+    "vae": vae,
+}
 ROLES: dict[str, tuple[str, ...]] = {family: m.ROLES for family, m in FAMILY_GRAPHS.items()}
 
 
