@@ -33,7 +33,7 @@ def knobs(threads: int) -> dict[str, dict]:
     """Setting name -> SessionOptions attributes and config entries to apply
     on top of genrun's own (`genrun.engine.session_options`)."""
     return {
-        "genrun (ENABLE_ALL, sequential, no spinning)": {},
+        "genrun (ENABLE_ALL, sequential, spinning)": {},
         "1 thread": {"intra_op_num_threads": 1},
         f"{2 * threads} threads": {"intra_op_num_threads": 2 * threads},
         "ORT_ENABLE_BASIC": {"graph_optimization_level": LEVELS.ORT_ENABLE_BASIC},
@@ -45,7 +45,7 @@ def knobs(threads: int) -> dict[str, dict]:
         },
         "no memory pattern": {"enable_mem_pattern": False},
         "no CPU arena": {"enable_cpu_mem_arena": False},
-        "spinning (ORT's default)": {"config": {"session.intra_op.allow_spinning": "1"}},
+        "no spinning": {"config": {"session.intra_op.allow_spinning": "0"}},
         "dynamic block base 4": {"config": {"session.dynamic_block_base": "4"}},
         "denormals as zero": {"config": {"session.set_denormal_as_zero": "1"}},
     }

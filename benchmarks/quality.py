@@ -1,6 +1,6 @@
 """Quality on the shared MNIST (8,000 train / 1,000 test) on this machine's CPU.
 
-    python benchmarks/quality.py [--data mnist:../shared/data/mnist] [--only glow,vae]
+    python benchmarks/quality.py [--data mnist:../shared/data/mnist] [--only glow,vae,lecture]
 
 Glow: 15 minutes' worth of training steps, then test bits/dim (uniform dequantisation, the
 variational bound papers report) and how many samples are finite at each
@@ -9,6 +9,12 @@ peer's 10 epochs, and ours with 2 minutes' worth of steps (22 epochs at the
 1,430 images/s it trains at on the idle machine); test negative ELBO and
 importance-sampled NLL (K = 1000), in nats. Prints a table per model and writes
 benchmarks/results/quality-{glow,vae}.md with the sample grids beside them.
+
+lecture: the comparisons the lecture makes, each pair trained for the same
+wall-clock minutes on the same cores one after the other (equal CPU time):
+AE vs PCA test squared error at k = 2 and 16; VAE vs hierarchical VAE
+importance-sampled NLL; RealNVP vs Glow bits/dim. Writes
+benchmarks/results/quality.md.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch
 from genrun.images import save_grid
 from genrun.readers import load_data
 from gentrain.evaluate import evaluate_images
-from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.models import TRAIN_DEFAULTS, VAE, Glow, GlowConfig, VAEConfig, build_model
 from gentrain.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -171,6 +177,67 @@ def vae(args, data) -> str:
     return "\n".join(rows) + "\n"
 
 
+# (label, family, model options, training options beyond the family's defaults)
+LECTURE_PAIRS = {
+    "AE vs PCA, k = 2 (MLP 400)": [
+        ("ae k=2", "ae", dict(latent_dim=2), dict(minutes=1.5)),
+    ],
+    "AE vs PCA, k = 16 (MLP 400)": [
+        ("ae k=16", "ae", dict(latent_dim=16), dict(minutes=1.5)),
+    ],
+    "VAE vs hierarchical VAE (Bernoulli, grey pixels)": [
+        ("vae conv 32x2, k = 20", "vae", dict(arch="conv", hidden=32, depth=2, latent_dim=20), {}),
+        ("hvae, 3 groups (defaults)", "hvae", {}, {}),
+    ],
+    "RealNVP vs Glow (8 bits)": [
+        ("realnvp (defaults)", "realnvp", {}, {}),
+        ("glow L=2, K=8, 64 hidden", "glow", dict(levels=2, depth=8, hidden=64), {}),
+    ],
+}
+HEADLINE = {"ae": ("mse", "pca_mse"), "vae": ("nelbo", "nll"), "hvae": ("nelbo", "nll")}
+
+
+def lecture(args, data) -> str:
+    """Each pair (or AE row) at equal training minutes, evaluated on the whole test split."""
+    rows = [
+        "# The lecture's comparisons on the shared MNIST, at equal CPU time",
+        "",
+        f"Machine: {machine()}. Data: {args.data} (8,000 train / 1,000 test). Every model "
+        f"of a pair trains for {args.minutes:g} minutes of wall-clock time (the AEs 1.5) on "
+        "this machine alone, one after the other, with its family's default training "
+        "settings (`TRAIN_DEFAULTS`), "
+        "then is evaluated on all 1,000 test images: AE and PCA squared error summed over "
+        "the [0, 1] pixels per image; VAE and HVAE -ELBO and importance-sampled NLL "
+        f"(K = {args.lecture_iw}) in nats; flows bits/dim (uniform dequantisation) and at "
+        "bin centres.",
+        "",
+        "| comparison | model | steps | images/s | test figures |",
+        "|---|---|---|---|---|",
+    ]
+    for comparison, runs in LECTURE_PAIRS.items():
+        for label, family, model_options, train_options in runs:
+            torch.manual_seed(0)
+            model = build_model(family, {"data_shape": data.shape, **model_options})
+            options = {**TRAIN_DEFAULTS[family], "minutes": args.minutes, **train_options}
+            options["epochs"] = 10**6  # the minutes end the run
+            trainer, wall = train(model, data, args.data, Path(args.runs) / family, **options)
+            trained = trainer.final_model
+            if family == "ae":
+                trained.fit_baselines(torch.from_numpy(data.train.images))
+            torch.manual_seed(0)
+            figures = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
+            keys = HEADLINE.get(family, ("bpd", "bpd_center"))
+            shown = ", ".join(
+                f"{k} {figures[k]['mean']:.3f} +- {figures[k]['stderr']:.3f}" for k in keys
+            )
+            images_per_s = trainer.step * options["batch_size"] / wall
+            rows.append(
+                f"| {comparison} | {label} | {trainer.step} | {images_per_s:.0f} | {shown} |"
+            )
+            print(rows[-1], flush=True)
+    return "\n".join(rows) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--data", default="mnist:../shared/data/mnist")
@@ -184,14 +251,17 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1024, help="Glow samples per temperature")
     parser.add_argument("--iw-samples", type=int, default=1000)
     parser.add_argument("--runs", default="runs/quality")
+    parser.add_argument("--minutes", type=float, default=4.0, help="lecture: minutes per model")
+    parser.add_argument("--lecture-iw", type=int, default=100, help="lecture: K of the NLLs")
     args = parser.parse_args()
     data = load_data(args.data)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    for name, section in (("glow", glow), ("vae", vae)):
+    sections = (("glow", glow, "quality-glow.md"), ("vae", vae, "quality-vae.md"))
+    for name, section, file in (*sections, ("lecture", lecture, "quality.md")):
         if name in args.only.split(","):
             text = section(args, data)
             print(text, flush=True)
-            (RESULTS / f"quality-{name}.md").write_text(text)
+            (RESULTS / file).write_text(text)
 
 
 if __name__ == "__main__":

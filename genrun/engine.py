@@ -152,18 +152,18 @@ def default_threads() -> int:
         return os.cpu_count() or 1
 
 
-def session_options(threads: int, spin: bool = False) -> onnxruntime.SessionOptions:
+def session_options(threads: int, spin: bool = True) -> onnxruntime.SessionOptions:
     """genrun's ONNX Runtime settings. Measured on Glow generate (L=2, K=8,
     128 hidden) at batch 1 and 256, side by side in one process
     (benchmarks/ort_profile.py; benchmarks/results/throughput-cpu.md, Profile):
     ORT's default ORT_ENABLE_ALL (NCHWc convolutions) beats the lower levels,
     sequential beats parallel execution, and memory pattern, arena and
     denormal settings change nothing, so those stay ORT's defaults. Idle
-    intra-op threads do not spin (`spin=False`): on a CPU shared with other
-    processes a spinning thread takes the core a busy one needs: calls took
-    5-15% less time at batch 256 and about half at batch 1 without it.
-    `spin=True` brings back ORT's spin-waiting (not measured on a quiet machine,
-    where it may pay at batch 1)."""
+    intra-op threads spin (ORT's default): on a quiet machine spinning calls
+    took 0.61x the time at batch 1 and 0.96x at batch 256. On a CPU shared with
+    other busy processes the opposite held (a spinning thread takes the core a
+    busy one needs: about half the time at batch 1 without it), so
+    `spin=False` is there for such hosts."""
     options = onnxruntime.SessionOptions()
     options.log_severity_level = 3  # errors only: no per-session warnings on stderr
     options.intra_op_num_threads = threads
@@ -172,7 +172,7 @@ def session_options(threads: int, spin: bool = False) -> onnxruntime.SessionOpti
 
 
 def load(
-    path: str | Path, provider: str = "auto", threads: int | None = None, spin: bool = False
+    path: str | Path, provider: str = "auto", threads: int | None = None, spin: bool = True
 ) -> Engine:
     """Open an engine file on `provider` ("auto", "cpu", "cuda" or "tensorrt";
     "auto" takes the best one available, see `Engine.provider`) with `threads`

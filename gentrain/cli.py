@@ -30,7 +30,9 @@ from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-fit_app = typer.Typer(no_args_is_help=True, help="Train a model: `gentrain fit ae|vae|hvae|realnvp|glow`.")
+fit_app = typer.Typer(
+    no_args_is_help=True, help="Train a model: `gentrain fit ae|vae|hvae|realnvp|glow`."
+)
 app.add_typer(fit_app, name="fit")
 
 # Options every `fit` command shares; None means "the family's default".

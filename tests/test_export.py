@@ -294,3 +294,32 @@ def test_parity_treats_equal_infinities_as_agreement_and_nan_as_failure() -> Non
     assert _max_abs(np.array([inf]), np.array([-inf])) == inf
     assert _max_abs(np.array([float("nan")]), np.array([float("nan")])) == inf
     assert _max_abs(np.zeros(2), np.zeros(3)) == inf
+
+
+def test_samples_that_diverge_in_both_are_left_out_and_one_sided_divergence_fails() -> None:
+    from types import SimpleNamespace
+
+    from genexport.verify import _max_abs, _without_diverged
+
+    graph = SimpleNamespace(checks={"images": "image", "pixels": "pixels"})
+    good = np.full((1, 4), 0.25, np.float32)
+    want_images = np.concatenate([good, [[np.inf, 1e30, 0.0, 0.0]]]).astype(np.float32)
+    want_pixels = np.array([[128] * 4, [255, 255, 0, 0]], np.uint8)
+
+    # The engine overflows the same sample differently (3e30 for inf, 0 for 255):
+    # only the sane sample is compared, and it agrees.
+    got = {
+        "images": np.concatenate([good, [[3e30, np.inf, 0.0, 0.0]]]).astype(np.float32),
+        "pixels": np.array([[128] * 4, [0, 255, 0, 0]], np.uint8),
+    }
+    kept_got, kept_want = _without_diverged(
+        graph, got, {"images": want_images, "pixels": want_pixels}
+    )
+    assert _max_abs(kept_got["images"], kept_want["images"]) == 0.0
+    assert _max_abs(kept_got["pixels"], kept_want["pixels"]) == 0.0
+
+    # A sample that diverges in the engine alone is compared, and fails any bound.
+    one_sided = {"images": np.concatenate([good, [[np.inf, 0.0, 0.0, 0.0]]]), "pixels": want_pixels}
+    sane_want = {"images": np.concatenate([good, good]), "pixels": want_pixels}
+    kept_got, kept_want = _without_diverged(graph, one_sided, sane_want)
+    assert _max_abs(kept_got["images"], kept_want["images"]) == float("inf")

@@ -40,6 +40,10 @@ class GenerativeModel(nn.Module):
         super().__init__()
         self.config = config
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
     def objective(self, x: torch.Tensor) -> Objective:
         """Training loss on a uint8 batch (uses fresh noise: dequantisation,
         reparameterisation)."""

@@ -33,10 +33,6 @@ class PlotInputs:
         return torch.from_numpy(np.ascontiguousarray(self.test.images[index]))
 
 
-def device_of(model: GenerativeModel) -> torch.device:
-    return next(model.parameters()).device
-
-
 def codes_of(model: GenerativeModel, x: torch.Tensor, batch: int = 500) -> np.ndarray:
     """Encoder means (N, k) of uint8 images, in batches."""
     parts = [model.encode_mean(x[i : i + batch]).cpu() for i in range(0, len(x), batch)]

@@ -12,7 +12,7 @@ from genrun.errors import UserError
 
 from ..models.quantization import dequantize, quantize
 from .canvas import new_figure, show_images
-from .inputs import PlotInputs, codes_of, device_of, has_code
+from .inputs import PlotInputs, codes_of, has_code
 
 STEPS = 8  # pictures from one image to the other, both ends included
 
@@ -50,7 +50,7 @@ def _code_path(model, xa, xb, weights) -> torch.Tensor:
 
 
 def _flow_path(model, xa, xb, weights) -> torch.Tensor:
-    n_bits, device = model.config.n_bits, device_of(model)
+    n_bits, device = model.config.n_bits, model.device
     latents_a, _ = model(dequantize(xa.to(device), n_bits))
     latents_b, _ = model(dequantize(xb.to(device), n_bits))
     w = weights.to(device).view(1, -1, 1, 1, 1)

@@ -3,15 +3,17 @@ from a checkpoint, as plain Python values (see vae/config.py)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from genrun.errors import UserError
+
+from ..config import ModelConfig
 
 ARCHS = ("mlp", "conv")
 
 
 @dataclass
-class AEConfig:
+class AEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
     latent_dim: int = 2  # k, the bottleneck (the lecture's k = 2 for pictures)
     arch: str = "mlp"
@@ -29,18 +31,3 @@ class AEConfig:
             raise UserError(f"unknown arch {self.arch!r}; use one of: {', '.join(ARCHS)}")
         if self.latent_dim < 1 or self.hidden < 1 or self.depth < 1:
             raise UserError("latent_dim, hidden and depth must all be at least 1")
-
-    @property
-    def num_dims(self) -> int:
-        c, h, w = self.data_shape
-        return c * h * w
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> AEConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"unknown AE config keys: {', '.join(sorted(unknown))}")
-        return cls(**values)

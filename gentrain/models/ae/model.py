@@ -36,10 +36,6 @@ class AE(GenerativeModel):
         # Fitted on demand by `fit_baselines`; not part of the weights.
         self.pca: PCA | None = None
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     @staticmethod
     def to_float(x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> pixels in [0, 1]."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from genrun.errors import UserError
+
+from ..config import ModelConfig
 
 COUPLINGS = ("affine", "additive")
 
 
 @dataclass
-class GlowConfig:
+class GlowConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
     levels: int = 2  # L: scales, each squeezes 2x2 and (but the last) factors out half
     depth: int = 8  # K: flow steps per level
@@ -42,11 +44,6 @@ class GlowConfig:
                 f"(sides must divide by {factor}); use {hint}--size {size}"
             )
 
-    @property
-    def num_dims(self) -> int:
-        c, h, w = self.data_shape
-        return c * h * w
-
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Shape (C, H, W) of the standard-normal latent each level hands out."""
         c, h, w = self.data_shape
@@ -59,10 +56,3 @@ class GlowConfig:
             else:
                 shapes.append((c, h, w))
         return shapes
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> GlowConfig:
-        return cls(**values)

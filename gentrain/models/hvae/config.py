@@ -8,17 +8,18 @@ for the VAE, whose likelihood classes the HVAE reuses, so NLLs compare.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from genrun.errors import UserError
 
+from ..config import ModelConfig
 from ..vae.config import PIXELS, _check_choice
 from ..vae.likelihoods import LIKELIHOODS
 from ..vae.networks import conv_stages
 
 
 @dataclass
-class HVAEConfig:
+class HVAEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
     groups: int = 3  # L: groups of latents, z_1 (top, coarsest) to z_L
     latent_channels: int = 4  # channels of each group's spatial latent
@@ -43,11 +44,6 @@ class HVAEConfig:
             raise UserError(f"sigma must be a positive number, got {self.sigma}")
 
     @property
-    def num_dims(self) -> int:
-        c, h, w = self.data_shape
-        return c * h * w
-
-    @property
     def stages(self) -> int:
         """Stride-2 resolution stages of the towers (28 -> 14 -> 7: 2; 8 -> 4: 1)."""
         return conv_stages(*self.data_shape[1:])
@@ -68,13 +64,3 @@ class HVAEConfig:
         """(C, H, W) of z_1 ... z_L, the shapes of the noise each group takes."""
         _, h, w = self.data_shape
         return [(self.latent_channels, h >> j, w >> j) for j in self.group_levels()]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> HVAEConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"unknown HVAE config keys: {', '.join(sorted(unknown))}")
-        return cls(**values)

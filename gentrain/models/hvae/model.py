@@ -33,7 +33,7 @@ from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
 from ..quantization import discretization_nats
-from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood
+from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
 from ..vae.model import means_to_uint8
 from .cells import cell_stack, downsample, upsample
 from .config import HVAEConfig
@@ -191,15 +191,9 @@ class HVAE(GenerativeModel):
         # Training steps seen, for the KL warm-up: a buffer, so it is checkpointed.
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the pixels the likelihood models (config.pixels)."""
-        if self.config.pixels == "binary":
-            return (x >= 128).float()
-        return x.float() / 255
+        return pixels_to_float(x, self.config.pixels)
 
     def kl_weight(self) -> float:
         """beta of the training loss: train_step / kl_warmup, capped at 1."""

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from genrun.errors import UserError
+
+from ..config import ModelConfig
 
 NORMS = ("actnorm", "batchnorm")
 
 
 @dataclass
-class RealNVPConfig:
+class RealNVPConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
     scales: int = 2  # each but the last: 3 checkerboard couplings, squeeze, 3 channel couplings
     hidden: int = 32  # channels of the coupling networks
@@ -37,11 +39,6 @@ class RealNVPConfig:
                 f"at least 2x2 (sides must divide by {factor}); use {hint}--size {size}"
             )
 
-    @property
-    def num_dims(self) -> int:
-        c, h, w = self.data_shape
-        return c * h * w
-
     def latent_shapes(self) -> list[tuple[int, int, int]]:
         """Shape (C, H, W) of the standard-normal latent each scale hands out:
         half the channels after each squeeze, everything left at the last."""
@@ -53,13 +50,6 @@ class RealNVPConfig:
             c -= c // 2
         shapes.append((c, h, w))
         return shapes
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> RealNVPConfig:
-        return cls(**values)
 
 
 def _squeezable(height: int, width: int, scales: int) -> bool:

@@ -7,10 +7,11 @@ All fields are plain Python values so `asdict` survives
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 from genrun.errors import UserError
 
+from ..config import ModelConfig
 from .likelihoods import LIKELIHOODS
 from .posterior_flows import parse_posterior_flow
 
@@ -28,7 +29,7 @@ def _check_choice(option: str, value: str, valid) -> None:
 
 
 @dataclass
-class VAEConfig:
+class VAEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
     latent_dim: int = 20
     arch: str = "mlp"
@@ -61,18 +62,3 @@ class VAEConfig:
             raise UserError("latent_dim, hidden and depth must all be at least 1")
         if not (math.isfinite(self.sigma) and self.sigma > 0):
             raise UserError(f"sigma must be a positive number, got {self.sigma}")
-
-    @property
-    def num_dims(self) -> int:
-        c, h, w = self.data_shape
-        return c * h * w
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> VAEConfig:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"unknown VAE config keys: {', '.join(sorted(unknown))}")
-        return cls(**values)

@@ -117,3 +117,11 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 
 def build_likelihood(config: VAEConfig) -> Likelihood:
     return LIKELIHOODS[config.likelihood](config)
+
+
+def pixels_to_float(x: torch.Tensor, pixels: str) -> torch.Tensor:
+    """uint8 images -> the pixels a likelihood models: "grey" x / 255 in [0, 1],
+    "binary" x >= 128 -> {0, 1}."""
+    if pixels == "binary":
+        return (x >= 128).float()
+    return x.float() / 255

@@ -30,7 +30,7 @@ from genrun.errors import UserError
 from ..base import GenerativeModel, Objective
 from ..quantization import discretization_nats
 from .config import CLOSED_KL_WITH_FLOW, KL_ESTIMATORS, VAEConfig
-from .likelihoods import LOG_2PI, Likelihood, build_likelihood
+from .likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
 from .networks import build_networks
 from .posterior_flows import PosteriorFlow, parse_posterior_flow
 
@@ -120,15 +120,9 @@ class VAE(GenerativeModel):
         self.decoder = Decoder(decoder_net, build_likelihood(config), config.latent_dim)
         self.prior = StandardNormalPrior(config.latent_dim)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.parameters()).device
-
     def to_float(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images -> the pixels the likelihood models (config.pixels)."""
-        if self.config.pixels == "binary":
-            return (x >= 128).float()
-        return x.float() / 255
+        return pixels_to_float(x, self.config.pixels)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Float images -> (mu, log sigma^2) of q(z|x), each (N, latent_dim);
