@@ -10,7 +10,9 @@ gentrain figures --data mnist:DIR --out runs/figures   # every figure of the lec
 
 from __future__ import annotations
 
+import inspect
 import json
+from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -35,7 +37,7 @@ fit_app = typer.Typer(
 )
 app.add_typer(fit_app, name="fit")
 
-# Options every `fit` command shares; None means "the family's default".
+# Options every `fit` command shares (SHARED_FIT_OPTIONS); None means "the family's default".
 Data = Annotated[str, typer.Option(help=f"Training data: {DATA_SPECS_HELP}")]
 Size = Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")]
 Epochs = Annotated[int | None, typer.Option(help="Passes over the training split.")]
@@ -58,6 +60,50 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Out = Annotated[Path | None, typer.Option(help="Run folder (default runs/FAMILY).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a finished or stopped run in --out.")]
+SHARED_FIT_OPTIONS = [
+    inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+    for name, annotation, default in (
+        ("data", Data, "digits"),
+        ("size", Size, None),
+        ("epochs", Epochs, None),
+        ("steps", Steps, None),
+        ("minutes", Minutes, None),
+        ("batch_size", BatchSize, None),
+        ("lr", Lr, None),
+        ("optimizer", Optimizer, None),
+        ("warmup", Warmup, None),
+        ("schedule", Schedule, None),
+        ("clip", Clip, None),
+        ("ema", Ema, None),
+        ("eval_every", EvalEvery, 500),
+        ("ckpt_every", CkptEvery, 1000),
+        ("seed", Seed, 0),
+        ("device", Device, "auto"),
+        ("out", Out, None),
+        ("resume", Resume, False),
+        ("overwrite", Overwrite, False),
+    )
+]
+
+
+def fit_command(family: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
+    """Register `gentrain fit FAMILY`. The decorated function only declares
+    the family's model options (named as its config fields) and the help; the
+    command takes those plus SHARED_FIT_OPTIONS and trains with `_fit`."""
+
+    def register(model_options: Callable[..., None]) -> Callable[..., None]:
+        own = inspect.signature(model_options, eval_str=True)
+
+        def command(**arguments: Any) -> None:
+            _fit(family, arguments)
+
+        parameters = [*own.parameters.values(), *SHARED_FIT_OPTIONS]
+        command.__signature__ = own.replace(parameters=parameters)  # what typer reads
+        command.__doc__ = model_options.__doc__
+        fit_app.command(family)(command)
+        return model_options
+
+    return register
 
 
 def _fit(family: str, arguments: dict[str, Any]) -> None:
@@ -134,7 +180,7 @@ def _scale(shape: tuple[int, ...]) -> int:
     return max(1, 64 // shape[-1])
 
 
-@fit_app.command("glow")
+@fit_command("glow")
 def fit_glow(
     levels: Annotated[int, typer.Option(help="L: scales (each squeezes 2x2).")] = 2,
     depth: Annotated[int, typer.Option(help="K: flow steps per level.")] = 8,
@@ -147,31 +193,11 @@ def fit_glow(
             help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
         ),
     ] = None,
-    data: Data = "digits",
-    size: Size = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    minutes: Minutes = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    optimizer: Optimizer = None,
-    warmup: Warmup = None,
-    schedule: Schedule = None,
-    clip: Clip = None,
-    ema: Ema = None,
-    eval_every: EvalEvery = 500,
-    ckpt_every: CkptEvery = 1000,
-    seed: Seed = 0,
-    device: Device = "auto",
-    out: Out = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
 ) -> None:
     """Train Glow (Kingma & Dhariwal 2018); reports test bits/dim."""
-    _fit("glow", locals())
 
 
-@fit_app.command("realnvp")
+@fit_command("realnvp")
 def fit_realnvp(
     scales: Annotated[
         int, typer.Option(help="Scales (each but the last squeezes 2x2 and factors out half).")
@@ -187,31 +213,11 @@ def fit_realnvp(
             help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
         ),
     ] = None,
-    data: Data = "digits",
-    size: Size = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    minutes: Minutes = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    optimizer: Optimizer = None,
-    warmup: Warmup = None,
-    schedule: Schedule = None,
-    clip: Clip = None,
-    ema: Ema = None,
-    eval_every: EvalEvery = 500,
-    ckpt_every: CkptEvery = 1000,
-    seed: Seed = 0,
-    device: Device = "auto",
-    out: Out = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
 ) -> None:
     """Train RealNVP (Dinh et al. 2017); reports test bits/dim."""
-    _fit("realnvp", locals())
 
 
-@fit_app.command("vae")
+@fit_command("vae")
 def fit_vae(
     latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the latent code.")] = 20,
     arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
@@ -232,31 +238,11 @@ def fit_vae(
         str,
         typer.Option(help="planar:K or radial:K flow layers on q(z|x) (Rezende & Mohamed 2015)."),
     ] = "",
-    data: Data = "digits",
-    size: Size = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    minutes: Minutes = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    optimizer: Optimizer = None,
-    warmup: Warmup = None,
-    schedule: Schedule = None,
-    clip: Clip = None,
-    ema: Ema = None,
-    eval_every: EvalEvery = 500,
-    ckpt_every: CkptEvery = 1000,
-    seed: Seed = 0,
-    device: Device = "auto",
-    out: Out = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
 ) -> None:
     """Train a VAE (Kingma & Welling 2014); reports the test negative ELBO in nats."""
-    _fit("vae", locals())
 
 
-@fit_app.command("hvae")
+@fit_command("hvae")
 def fit_hvae(
     groups: Annotated[int, typer.Option(help="L: groups of latents, coarse to fine.")] = 3,
     latent_channels: Annotated[
@@ -274,32 +260,12 @@ def fit_hvae(
     kl_warmup: Annotated[
         int, typer.Option(help="Steps over which the KL weight rises from 0 to 1.")
     ] = 500,
-    data: Data = "digits",
-    size: Size = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    minutes: Minutes = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    optimizer: Optimizer = None,
-    warmup: Warmup = None,
-    schedule: Schedule = None,
-    clip: Clip = None,
-    ema: Ema = None,
-    eval_every: EvalEvery = 500,
-    ckpt_every: CkptEvery = 1000,
-    seed: Seed = 0,
-    device: Device = "auto",
-    out: Out = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
 ) -> None:
     """Train a hierarchical VAE (NVAE-style, Vahdat & Kautz 2020); reports the test
     negative ELBO in nats and each group's KL."""
-    _fit("hvae", locals())
 
 
-@fit_app.command("ae")
+@fit_command("ae")
 def fit_ae(
     latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the bottleneck.")] = 2,
     arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
@@ -308,28 +274,8 @@ def fit_ae(
     linear: Annotated[
         bool, typer.Option(help="No nonlinearity at all: the linear AE that PCA bounds.")
     ] = False,
-    data: Data = "digits",
-    size: Size = None,
-    epochs: Epochs = None,
-    steps: Steps = None,
-    minutes: Minutes = None,
-    batch_size: BatchSize = None,
-    lr: Lr = None,
-    optimizer: Optimizer = None,
-    warmup: Warmup = None,
-    schedule: Schedule = None,
-    clip: Clip = None,
-    ema: Ema = None,
-    eval_every: EvalEvery = 500,
-    ckpt_every: CkptEvery = 1000,
-    seed: Seed = 0,
-    device: Device = "auto",
-    out: Out = None,
-    resume: Resume = False,
-    overwrite: Overwrite = False,
 ) -> None:
     """Train a deterministic autoencoder; reports the test MSE (summed over pixels in [0, 1])."""
-    _fit("ae", locals())
 
 
 @app.command("eval")
