@@ -27,7 +27,7 @@ from genrun.readers import DATA_SPECS_HELP, load_data
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
-from .models import TRAIN_DEFAULTS, build_model
+from .models import TRAIN_DEFAULTS, build_model, new_model
 from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
@@ -145,10 +145,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
         defaults = {k: v for k, v in train_options.items() if v is not None}
         config = TrainConfig(**{**TRAIN_DEFAULTS[family], **defaults})
         data = load_data(config.data, size=config.size, seed=config.seed)
-        if "n_bits" in model_options and model_options["n_bits"] is None:
-            model_options["n_bits"] = data.bits  # flows model the data's own depth
-        torch.manual_seed(config.seed)
-        model = build_model(family, {"data_shape": data.shape, **model_options})
+        model = new_model(family, model_options, data, config.seed)
         payload = None
     n_params = sum(p.numel() for p in model.parameters())
     trainer = Trainer(model, data, config, out, resume=payload)

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from genrun.images import write_atomic
 from genrun.readers import DataSplit, ImageSet, load_data
 
 from .evaluate import evaluate_images
-from .models import FAMILIES, TRAIN_DEFAULTS, GenerativeModel, build_model
+from .models import FAMILIES, TRAIN_DEFAULTS, GenerativeModel, new_model
 from .plots import make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
@@ -235,15 +235,11 @@ def _train(
         options["steps"] = steps
     config = TrainConfig(**options)
     chosen = {**run.model_options, **(run.smoke if smoke else {})}
-    model_options = {"data_shape": data.shape, **chosen}
-    config_fields = {f.name for f in fields(FAMILIES[run.family].config_class)}
-    if "n_bits" in config_fields:
-        model_options.setdefault("n_bits", data.bits)
     run_dir = out / "runs" / run.family
     (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # a fresh log, as fit --overwrite
-    torch.manual_seed(seed)
+    model = new_model(run.family, chosen, data, seed)
     started = time.perf_counter()
-    trainer = Trainer(build_model(run.family, model_options), split, config, run_dir)
+    trainer = Trainer(model, split, config, run_dir)
     trainer.fit()
     seconds = time.perf_counter() - started
     model = trainer.final_model.eval()

@@ -7,7 +7,12 @@ the CLI's options override them.
 
 from __future__ import annotations
 
+from dataclasses import fields
+
+import torch
+
 from genrun.errors import UserError
+from genrun.readers import DataSplit
 
 from .ae import AE, AEConfig
 from .base import GenerativeModel
@@ -78,6 +83,17 @@ def build_model(family: str, config: dict) -> GenerativeModel:
     return cls(cls.config_class.from_dict(config))
 
 
+def new_model(family: str, options: dict, data: DataSplit, seed: int) -> GenerativeModel:
+    """The model a new run starts from: `options` (config fields; None or
+    missing take the config's default) for `data`'s image shape, flows at the
+    data's own bit depth unless told, weights drawn from `seed`."""
+    config = {k: v for k, v in options.items() if v is not None}
+    if "n_bits" in {f.name for f in fields(model_class(family).config_class)}:
+        config.setdefault("n_bits", data.bits)
+    torch.manual_seed(seed)
+    return build_model(family, {"data_shape": data.shape, **config})
+
+
 __all__ = [
     "AE",
     "FAMILIES",
@@ -92,4 +108,5 @@ __all__ = [
     "RealNVPConfig",
     "VAEConfig",
     "build_model",
+    "new_model",
 ]
