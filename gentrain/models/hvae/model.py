@@ -32,6 +32,7 @@ from torch import nn
 from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
+from ..importance import iwae_bound
 from ..quantization import discretization_nats
 from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
 from ..vae.model import means_to_uint8
@@ -257,13 +258,7 @@ class HVAE(GenerativeModel):
         """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
         uint8 images; K = 1 is the MC ELBO. Each top-down pass holds at most
         `chunk` images (samples x batch), so memory is bounded whatever K."""
-        x = self.to_float(x)
-        per_pass = max(1, chunk // len(x))
-        partial = [
-            torch.logsumexp(self.log_weight(x, self._noise(min(per_pass, k - start), len(x))), 0)
-            for start in range(0, k, per_pass)
-        ]
-        return torch.logsumexp(torch.stack(partial), 0) - math.log(k)
+        return iwae_bound(self.log_weight, self._noise, self.to_float(x), k, chunk)
 
     def objective(self, x: torch.Tensor) -> Objective:
         """Mean of -log p(x|z) + beta * sum_l KL_l in nats per image, one fresh

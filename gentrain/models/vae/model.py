@@ -28,6 +28,7 @@ from torch import nn
 from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
+from ..importance import iwae_bound
 from ..quantization import discretization_nats
 from .config import CLOSED_KL_WITH_FLOW, KL_ESTIMATORS, VAEConfig
 from .likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
@@ -177,13 +178,7 @@ class VAE(GenerativeModel):
         uint8 images (Burda et al. 2016); K = 1 is the MC ELBO. Each decoder
         pass holds at most `chunk` images (samples x batch), so memory is
         bounded whatever K."""
-        x = self.to_float(x)
-        per_pass = max(1, chunk // len(x))
-        partial = [
-            torch.logsumexp(self.log_weight(x, self._noise(min(per_pass, k - start), len(x))), 0)
-            for start in range(0, k, per_pass)
-        ]
-        return torch.logsumexp(torch.stack(partial), 0) - math.log(k)
+        return iwae_bound(self.log_weight, self._noise, self.to_float(x), k, chunk)
 
     def objective(self, x: torch.Tensor) -> Objective:
         """Mean negative ELBO in nats per image, with a fresh reparameterisation draw."""
