@@ -60,6 +60,10 @@ Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Out = Annotated[Path | None, typer.Option(help="Run folder (default runs/FAMILY).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a finished or stopped run in --out.")]
+NBits = Annotated[  # the flows' option
+    int | None,
+    typer.Option(help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."),
+]
 SHARED_FIT_OPTIONS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
     for name, annotation, default in (
@@ -184,12 +188,7 @@ def fit_glow(
     hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 64,
     coupling: Annotated[str, typer.Option(help="affine or additive.")] = "affine",
     lu: Annotated[bool, typer.Option(help="LU-decomposed 1x1 convolutions.")] = True,
-    n_bits: Annotated[
-        int | None,
-        typer.Option(
-            help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
-        ),
-    ] = None,
+    n_bits: NBits = None,
 ) -> None:
     """Train Glow (Kingma & Dhariwal 2018); reports test bits/dim."""
 
@@ -204,12 +203,7 @@ def fit_realnvp(
     norm: Annotated[
         str, typer.Option(help="actnorm or batchnorm, after every coupling and in the nets.")
     ] = "actnorm",
-    n_bits: Annotated[
-        int | None,
-        typer.Option(
-            help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."
-        ),
-    ] = None,
+    n_bits: NBits = None,
 ) -> None:
     """Train RealNVP (Dinh et al. 2017); reports test bits/dim."""
 

@@ -13,6 +13,7 @@ import pytest
 import torch
 from cli_helpers import InProcessCli
 from PIL import Image
+from training_helpers import first_and_last_losses
 
 import genrun
 from genexport.engines import export_checkpoint
@@ -46,18 +47,7 @@ def ae_run(tmp_path_factory) -> Path:
 def test_mnist_training_lowers_the_mse(mnist) -> None:
     torch.manual_seed(0)
     model = AE(AEConfig((1, 28, 28), latent_dim=8, hidden=128))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.as_tensor(mnist.train.images)
-    losses = []
-    for _ in range(60):
-        batch = images[torch.randint(0, len(images), (64,), generator=generator)]
-        objective = model.objective(batch)
-        optimizer.zero_grad()
-        objective.loss.backward()
-        optimizer.step()
-        losses.append(objective.metrics["mse"])
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    first, last = first_and_last_losses(model, mnist.train.images, "mse")
     assert last < 0.6 * first, (first, last)
 
 

@@ -11,6 +11,7 @@ from dataclasses import asdict
 
 import pytest
 import torch
+from training_helpers import first_and_last_losses
 
 from genrun.errors import UserError
 from gentrain.models.vae import VAE, VAEConfig
@@ -216,18 +217,7 @@ def test_learned_variance_is_clamped() -> None:
 
 def test_mnist_training_lowers_the_loss(mnist) -> None:
     model = _tiny(data_shape=(1, 28, 28), latent_dim=20, hidden=400)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    generator = torch.Generator().manual_seed(0)
-    images = torch.as_tensor(mnist.train.images)
-    losses = []
-    for _ in range(60):
-        batch = images[torch.randint(0, len(images), (64,), generator=generator)]
-        objective = model.objective(batch)
-        optimizer.zero_grad()
-        objective.loss.backward()
-        optimizer.step()
-        losses.append(objective.loss.item())
-    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    first, last = first_and_last_losses(model, mnist.train.images)
     assert last < 0.6 * first, (first, last)
 
 

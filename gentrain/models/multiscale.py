@@ -19,8 +19,10 @@ config provides `n_bits`, `num_dims` and `latent_shapes()`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
+from torch import nn
 
 from .base import GenerativeModel, Objective
 from .quantization import bits_per_dim, dequantize, discretization_nats, quantize
@@ -28,6 +30,17 @@ from .quantization import bits_per_dim, dequantize, discretization_nats, quantiz
 
 class MultiScaleFlow(GenerativeModel):
     headline_metric = "bpd"
+
+    def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
+        """`self.levels` from `make(channels, (height, width), top)`: each level
+        hands its `out_channels` on at half the resolution (it squeezes 2x2)."""
+        c, h, w = self.config.data_shape
+        levels = []
+        for i in range(count):
+            level = make(c, (h, w), i == count - 1)
+            levels.append(level)
+            c, h, w = level.out_channels, h // 2, w // 2
+        self.levels = nn.ModuleList(levels)
 
     # -- the flow ---------------------------------------------------------
     def forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:

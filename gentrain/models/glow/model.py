@@ -62,11 +62,4 @@ class Glow(MultiScaleFlow):
 
     def __init__(self, config: GlowConfig) -> None:
         super().__init__(config)
-        c, h, w = config.data_shape
-        levels = []
-        for i in range(config.levels):
-            top = i == config.levels - 1
-            level = GlowLevel(c, (h, w), config, top)
-            levels.append(level)
-            c, h, w = level.out_channels, h // 2, w // 2
-        self.levels = nn.ModuleList(levels)
+        self.stack_levels(config.levels, lambda c, hw, top: GlowLevel(c, hw, config, top))

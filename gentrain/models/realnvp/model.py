@@ -73,11 +73,4 @@ class RealNVP(MultiScaleFlow):
 
     def __init__(self, config: RealNVPConfig) -> None:
         super().__init__(config)
-        c, h, w = config.data_shape
-        scales = []
-        for i in range(config.scales):
-            top = i == config.scales - 1
-            scale = RealNVPScale(c, (h, w), config, top)
-            scales.append(scale)
-            c, h, w = scale.out_channels, h // 2, w // 2
-        self.levels = nn.ModuleList(scales)
+        self.stack_levels(config.scales, lambda c, hw, top: RealNVPScale(c, hw, config, top))
