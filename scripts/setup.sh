@@ -18,6 +18,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # shellcheck disable=SC2086  # TORCH_SPEC may carry pip options
     .venv/bin/python -m pip install -q $torch_spec
   fi
-  .venv/bin/python -m pip install -q -e ".[dev]"
+  .venv/bin/python -m pip install -q -e ".[export,dev]"
   printf '%s' "$want" > "$stamp"
 fi
