@@ -14,6 +14,7 @@ import math
 import os
 import shutil
 import sys
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Annotated
@@ -68,11 +69,18 @@ def sample_command(
         typer.Option(help="Share the first L noise inputs across samples (HVAE: 1 fixes z1)."),
     ] = 0,
     provider: ProviderOption = "auto",
+    nonfinite: Annotated[
+        str,
+        typer.Option(
+            help="Samples with NaN/inf in their images: error (count them, write nothing, exit "
+            "2), drop (leave them out, counted) or keep (write them, counted)."
+        ),
+    ] = "error",
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
     sampler = Sampler(load(engine, provider))
     # Checks the arguments before anything is written.
-    batches = sampler.batches(n, temperature, seed, batch, fixed_levels)
+    batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
     kind = _output_kind(out)
     if kind == "png" and n > MAX_GRID:
         raise UserError(
@@ -84,14 +92,22 @@ def sample_command(
     with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
         if kind == "dir":
             _write_dir(out, progress)
+        elif kind == "npz" and nonfinite == "drop":  # the count is known only at the end
+            _writing(out, lambda: _write_npz_spooled(out, progress, sampler.engine.manifest))
         elif kind == "npz":
             shape = (n, *sampler.engine.manifest.data_shape)
             _writing(out, lambda: write_npz_stream(out, "images", progress, shape))
         else:
-            _writing(out, lambda: save_grid(np.concatenate(list(progress)), out))
+            kept = list(progress)
+            if not kept:
+                raise UserError(f"{batches.summary()}: no sample left to write to {out}")
+            _writing(out, lambda: save_grid(np.concatenate(kept), out))
+    written = n - (batches.nonfinite if nonfinite == "drop" else 0)
     typer.echo(
-        f"{n} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}"
+        f"{written} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}"
     )
+    if batches.nonfinite:
+        typer.echo(f"warning: {batches.summary()}", err=True)
 
 
 @app.command("likelihood")
@@ -295,6 +311,29 @@ def _write_dir(out: Path, batches) -> None:
         raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_npz_spooled(out: Path, batches, manifest) -> None:
+    """An npz of however many rows `batches` yields: the rows go to an
+    anonymous temporary file beside `out` first (bounded memory), then into
+    the streamed npz, whose header needs the row count."""
+    row_shape = tuple(manifest.data_shape)
+    row_bytes = math.prod(row_shape)
+    with tempfile.TemporaryFile(dir=out.parent) as spool:
+        rows = 0
+        for batch in batches:
+            spool.write(np.ascontiguousarray(batch).tobytes())
+            rows += len(batch)
+
+        def replay():
+            spool.seek(0)
+            per_read = max(1, (64 << 20) // row_bytes)  # 64 MiB at a time
+            for start in range(0, rows, per_read):
+                count = min(per_read, rows - start)
+                data = spool.read(count * row_bytes)
+                yield np.frombuffer(data, np.uint8).reshape(count, *row_shape)
+
+        write_npz_stream(out, "images", replay(), (rows, *row_shape))
 
 
 def _writing(out: Path, write) -> None:

@@ -16,6 +16,10 @@ from .engine import Engine
 from .errors import UserError
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
+# What a sample with NaN/inf in its continuous "images" becomes: "error" (count
+# them all, then refuse: nothing written), "drop" (left out, counted) or "keep"
+# (written as the graph's pixels, whose uint8 cast of NaN/inf means nothing).
+NONFINITE = ("error", "drop", "keep")
 
 
 class BlockNoise:
@@ -95,15 +99,17 @@ class Sampler:
         seed: int = 0,
         batch_size: int = 256,
         fixed_levels: int = 0,
+        nonfinite: str = "error",
     ) -> np.ndarray:
-        """n samples as uint8 (n, C, H, W)."""
-        batches = self.batches(n, temperature, seed, batch_size, fixed_levels)  # checks args
+        """n samples as uint8 (n, C, H, W); with nonfinite="drop" the finite
+        ones only (n minus those dropped). See `batches` for `nonfinite`."""
+        batches = self.batches(n, temperature, seed, batch_size, fixed_levels, nonfinite)
         out = np.empty((n, *self.engine.manifest.data_shape), np.uint8)
         start = 0
         for batch in batches:
             out[start : start + len(batch)] = batch
             start += len(batch)
-        return out
+        return out[:start]
 
     def batches(
         self,
@@ -112,18 +118,23 @@ class Sampler:
         seed: int = 0,
         batch_size: int = 256,
         fixed_levels: int = 0,
-    ) -> Iterator[np.ndarray]:
+        nonfinite: str = "error",
+    ) -> SampleBatches:
         """The same n samples as `sample`, as uint8 batches of up to batch_size
         (memory stays bounded for any n). The first `fixed_levels` noise inputs
-        are item 0's draw for every sample (an HVAE with 1: samples sharing z1)."""
+        are item 0's draw for every sample (an HVAE with 1: samples sharing z1).
+
+        A sample whose continuous "images" hold a NaN or inf is counted in the
+        returned iterator's `nonfinite` (and `nonfinite_indices`, the first
+        MAX_INDICES of them). `nonfinite`: "error" yields every batch as it
+        comes and then raises a UserError with the count if any was seen (so
+        a streamed writer discards its temporary file); "drop" leaves them out
+        of the batches; "keep" yields them (their pixels are meaningless)."""
         _check_count("n", n)
         _check_count("batch size", batch_size)
-        try:
-            scale = float(temperature)
-        except (TypeError, ValueError):
-            scale = math.nan
-        if not (math.isfinite(scale) and scale >= 0):
-            raise UserError(f"temperature must be a finite number >= 0, got {temperature!r}")
+        if nonfinite not in NONFINITE:
+            raise UserError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+        scale = self._checked_temperature(temperature)
         levels = len(self.noise_inputs)
         if (
             not isinstance(fixed_levels, (int, np.integer))
@@ -135,27 +146,123 @@ class Sampler:
                 f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
             )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        return self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels)
+        return SampleBatches(
+            self, n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, nonfinite
+        )
 
-    def _batches(
-        self, n: int, temperature: float, noise: BlockNoise, batch_size: int, fixed_levels: int
+    def _checked_temperature(self, temperature: float) -> np.floating:
+        """The temperature in the dtype the graph computes with (the
+        temperature input's, else the noise's): 1e39 is finite as a Python
+        float but inf in float32, and must be refused, not fed."""
+        name = "temperature" if self.feeds_temperature else self.noise_inputs[0]
+        dtype = np.dtype(self.engine.manifest.input(name).dtype)
+        try:
+            scale = float(temperature)
+        except (TypeError, ValueError):
+            scale = math.nan
+        with np.errstate(over="ignore", invalid="ignore"):
+            cast = dtype.type(scale)
+        if not (math.isfinite(scale) and np.isfinite(cast) and scale >= 0):
+            limit = float(np.finfo(dtype).max) if dtype.kind == "f" else math.inf
+            raise UserError(
+                f"temperature must be a finite number >= 0 in the engine's {dtype} "
+                f"(at most {limit:.4g}), got {temperature!r}"
+            )
+        return cast
+
+    def _generate(self, noise: list[np.ndarray], temperature: np.floating) -> dict:
+        if self.feeds_temperature:
+            temperatures = np.full(len(noise[0]), temperature, temperature.dtype)
+            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
+        else:
+            with np.errstate(over="ignore"):  # overflowing noise shows as non-finite samples
+                scaled = [temperature * level for level in noise]
+            feeds = dict(zip(self.noise_inputs, scaled, strict=True))
+        return self.engine.run(**feeds)
+
+
+class SampleBatches:
+    """The iterator `Sampler.batches` returns: uint8 batches, and the count of
+    non-finite samples seen so far (`nonfinite`, of `produced` drawn)."""
+
+    MAX_INDICES = 100  # sample indices kept for the message and the caller
+
+    def __init__(
+        self,
+        sampler: Sampler,
+        n: int,
+        temperature: np.floating,
+        noise: BlockNoise,
+        batch_size: int,
+        fixed_levels: int,
+        policy: str,
+    ):
+        self.n, self.policy = n, policy
+        self.produced = 0  # samples drawn (kept or not)
+        self.nonfinite = 0
+        self.nonfinite_indices: list[int] = []
+        self._iterator = self._run(sampler, temperature, noise, batch_size, fixed_levels)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self
+
+    def __next__(self) -> np.ndarray:
+        return next(self._iterator)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def _run(
+        self,
+        sampler: Sampler,
+        temperature: np.floating,
+        noise: BlockNoise,
+        batch_size: int,
+        fixed_levels: int,
     ) -> Iterator[np.ndarray]:
         fixed = noise.take(0, 1)[:fixed_levels]
-        for start in range(0, n, batch_size):
-            stop = min(n, start + batch_size)
+        for start in range(0, self.n, batch_size):
+            stop = min(self.n, start + batch_size)
             levels = noise.take(start, stop)
             for i, first in enumerate(fixed):
                 levels[i] = np.repeat(first, stop - start, axis=0)
-            yield self._generate(levels, temperature)
+            outputs = sampler._generate(levels, temperature)
+            pixels = outputs["pixels"]
+            bad = nonfinite_rows(outputs.get("images"), len(pixels))
+            self.produced = stop
+            if bad.any():
+                where = np.flatnonzero(bad)
+                self.nonfinite += len(where)
+                room = self.MAX_INDICES - len(self.nonfinite_indices)
+                self.nonfinite_indices += [start + int(i) for i in where[:room]]
+                if self.policy == "drop":
+                    pixels = pixels[~bad]
+            if len(pixels):
+                yield pixels
+        if self.policy == "error" and self.nonfinite:
+            raise UserError(
+                f"{self.nonfinite} of {self.n} samples have NaN or inf in their images "
+                f"(first at sample {self.nonfinite_indices[0]}), so nothing was written; "
+                "pass --nonfinite drop (nonfinite='drop') to leave them out or keep to write "
+                "them, or lower the temperature"
+            )
 
-    def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
-        if self.feeds_temperature:
-            temperatures = np.full(len(noise[0]), temperature, np.float32)
-            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
-        else:
-            scaled = [np.float32(temperature) * level for level in noise]
-            feeds = dict(zip(self.noise_inputs, scaled, strict=True))
-        return self.engine.run(**feeds)["pixels"]
+    def summary(self) -> str:
+        """'K of N samples non-finite (dropped|kept)', or '' when there were none."""
+        if not self.nonfinite:
+            return ""
+        done = "dropped" if self.policy == "drop" else "kept, their pixels are meaningless"
+        return (
+            f"{self.nonfinite} of {self.produced} samples had NaN or inf in their images ({done})"
+        )
+
+
+def nonfinite_rows(images: np.ndarray | None, rows: int) -> np.ndarray:
+    """Per row of a batch: True where any value is NaN or inf (all False
+    when there is nothing to check: no float "images" output)."""
+    if images is None or not np.issubdtype(images.dtype, np.floating):
+        return np.zeros(rows, bool)
+    return ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
 
 
 class Scorer:
