@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass
 
@@ -12,7 +13,10 @@ from .engine import Engine
 from .errors import UserError
 
 WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed
-MIN_CALLS = 5  # enough for a median even when one call takes the whole budget
+PROBE_BATCH = 16  # rows of the call whose memory growth sizes the larger batches
+# Share of the memory available now (MemAvailable) that one batch may take:
+# inputs, outputs and ONNX Runtime's activations together.
+MEMORY_SHARE = 0.5
 
 
 @dataclass
@@ -25,19 +29,27 @@ class BenchRow:
 
 def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[BenchRow]:
     """Warm up, then call the engine on random inputs of each batch size for
-    about `seconds` (at least MIN_CALLS calls); samples/s from the median call
-    (a shared machine's stalls move the mean, not the median)."""
+    about `seconds` (warm-up stops early when a call takes the budget; timed
+    calls stop once they add up to it, at least one); samples/s from the median
+    call (a shared machine's stalls move the mean, not the median). A batch
+    size too large for the memory available is refused first (`check_memory`)."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise UserError(f"batch sizes must be whole numbers >= 1, got {batch_sizes}")
     if not 0 < seconds < math.inf:
         raise UserError(f"seconds must be a finite number > 0, got {seconds}")
+    check_memory(engine, max(batch_sizes))
     rows = []
     for batch_size in batch_sizes:
         feeds = random_inputs(engine, batch_size)
+        # Warm-up and timed calls both stop at the budget: one slow call is
+        # enough to warm up, one timed call enough to report.
+        started = time.perf_counter()
         for _ in range(WARMUP_CALLS):
             engine.run(**feeds)
+            if time.perf_counter() - started > seconds:
+                break
         latencies: list[float] = []
-        while len(latencies) < MIN_CALLS or sum(latencies) < seconds:
+        while not latencies or sum(latencies) < seconds:
             started = time.perf_counter()
             engine.run(**feeds)
             latencies.append(time.perf_counter() - started)
@@ -51,6 +63,47 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
             )
         )
     return rows
+
+
+def check_memory(engine: Engine, batch_size: int, available: int | None = None) -> None:
+    """Refuse a batch size whose call would take more than MEMORY_SHARE of the
+    memory available, measured, not guessed: after a call at one row, one call
+    at PROBE_BATCH rows, and the growth of this process's resident memory per
+    row (an overestimate: what is left of fixed costs counts as per-row).
+    Linux only; elsewhere not checked."""
+    available = _available_bytes() if available is None else available
+    if available is None or batch_size <= PROBE_BATCH:
+        return
+    engine.run(**random_inputs(engine, 1))  # one-off costs: sessions warm up, arenas start
+    feeds = random_inputs(engine, PROBE_BATCH)
+    before = _resident_bytes()
+    engine.run(**feeds)
+    grown = max(_resident_bytes() - before, 0)
+    per_row = max(grown, sum(v.nbytes for v in feeds.values())) / PROBE_BATCH
+    allowed = int(MEMORY_SHARE * available / per_row)
+    if batch_size > allowed:
+        raise UserError(
+            f"--batch {batch_size} would take about {per_row * batch_size / 2**30:.1f} GiB "
+            f"({per_row / 2**20:.2f} MiB per row, measured at batch {PROBE_BATCH}), more than "
+            f"{MEMORY_SHARE:.0%} of the {available / 2**30:.1f} GiB available; use --batch "
+            f"{allowed} or less"
+        )
+
+
+def _available_bytes() -> int | None:
+    try:
+        with open("/proc/meminfo") as meminfo:
+            for line in meminfo:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _resident_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
 
 
 def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:

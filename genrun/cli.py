@@ -150,7 +150,8 @@ def likelihood_command(
         header, what = ("file", "bits_per_dim"), "files"
         rows = [(str(path), float(bpd)) for path, bpd in zip(files, scores, strict=True)]
     else:
-        loaded = load_data(data, size=expected[1] if data.startswith("folder:") else None)
+        folder = data.startswith("folder:")  # resized and converted like image FILES
+        loaded = load_data(data, size=expected[1] if folder else None, channels=expected[0])
         if loaded.shape != expected:
             raise UserError(
                 f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "

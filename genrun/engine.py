@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime
 
 from .errors import UserError
-from .manifest import METADATA_KEY, Manifest, TensorSpec, read_with_onnxruntime
+from .manifest import METADATA_KEY, Manifest, TensorSpec, check_graph, read_with_onnxruntime
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
 # the first one this onnxruntime build offers.
@@ -58,6 +58,8 @@ class Engine:
             return
         self.manifest = read_with_onnxruntime(session)
         self.inputs, self.outputs = self.manifest.inputs, self.manifest.outputs
+        graph = _graph_specs(session.get_inputs()), _graph_specs(session.get_outputs())
+        check_graph(self.manifest, *graph, path)
         # ONNX Runtime hides inputs that have a default (initialisers), so what
         # must be fed comes from the manifest, checked against the session's.
         self._graph_inputs = {i.name for i in session.get_inputs()}

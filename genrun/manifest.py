@@ -79,8 +79,11 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -189,23 +192,146 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
             "or use the vaeflow release that wrote it"
         )
     try:
-        return Manifest(
-            **{
-                **values,
-                "inputs": [TensorSpec(**v) for v in values["inputs"]],
-                "outputs": [TensorSpec(**v) for v in values["outputs"]],
-                "pixels": PixelMapping(**values["pixels"]),
-                "checkpoint": CheckpointInfo(**values["checkpoint"]),
-                "parity": [Parity(**v) for v in values["parity"]],
-                "export": ExportInfo(**values["export"]),
-            }
-        )
-    except (KeyError, TypeError) as err:
+        manifest = _build(Manifest, values, "manifest")
+        _check_values(manifest)
+    except _Malformed as err:
         expected = ", ".join(f.name for f in fields(Manifest))
         raise UserError(
-            f"{source} is malformed ({type(err).__name__}: {err}); a version "
-            f"{MANIFEST_VERSION} manifest has: {expected}; re-export the engine"
+            f"{source} is malformed ({err}); a version {MANIFEST_VERSION} manifest has: "
+            f"{expected}; re-export the engine"
         ) from None
+    return manifest
+
+
+class _Malformed(Exception):
+    """A manifest value of the wrong type or out of range: where and what."""
+
+
+def _build(kind: Any, value: Any, where: str) -> Any:
+    """`value` (parsed JSON) checked against the type annotation `kind`, with
+    dataclasses built from their objects; the schema is the dataclasses above,
+    declared once. Ints pass where floats are expected (JSON writes 1.0 as 1)."""
+    if is_dataclass(kind):
+        if not isinstance(value, dict):
+            raise _Malformed(f"{where} must be an object, got {type(value).__name__}")
+        hints = typing.get_type_hints(kind)
+        names = {f.name for f in fields(kind)}
+        unknown = sorted(set(value) - names)
+        if unknown:
+            raise _Malformed(f"{where} has unknown keys {unknown}")
+        built = {}
+        for item in fields(kind):
+            if item.name in value:
+                inner = f"{where}.{item.name}"
+                built[item.name] = _build(hints[item.name], value[item.name], inner)
+            elif item.default is item.default_factory is dataclasses.MISSING:
+                raise _Malformed(f"{where} lacks {item.name!r}")
+        return kind(**built)
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if kind is Any:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        for option in args:
+            try:
+                return _build(option, value, where)
+            except _Malformed:
+                continue
+        names = " or ".join(_type_name(option) for option in args)
+        raise _Malformed(f"{where} must be {names}, got {value!r:.60}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise _Malformed(f"{where} must be a list, got {value!r:.60}")
+        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise _Malformed(f"{where} must be an object, got {value!r:.60}")
+        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    if kind is type(None):
+        if value is not None:
+            raise _Malformed(f"{where} must be null, got {value!r:.60}")
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise _Malformed(f"{where} must be {_type_name(kind)}, got {value!r:.60}")
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+
+
+DTYPES = ("float32", "float16", "uint8")
+
+
+def _check_values(manifest: Manifest) -> None:
+    """What types alone do not say: sizes are positive, the batch axis is "N",
+    dtypes are ones the runtime feeds."""
+
+    def sizes(where: str, shape: list, batch: bool = False) -> None:
+        for i, size in enumerate(shape):
+            ok = size == BATCH_AXIS if isinstance(size, str) else size >= 1
+            if not ok or (isinstance(size, str) and not batch):
+                raise _Malformed(f"{where}[{i}] must be a size >= 1, got {size!r}")
+
+    for group in ("inputs", "outputs"):
+        for spec in getattr(manifest, group):
+            where = f"manifest.{group}[{spec.name}]"
+            if spec.dtype not in DTYPES:
+                raise _Malformed(f"{where}.dtype must be one of {DTYPES}, got {spec.dtype!r}")
+            sizes(f"{where}.shape", spec.shape, batch=True)
+    if len(manifest.data_shape) != 3:
+        raise _Malformed(f"manifest.data_shape must be [C, H, W], got {manifest.data_shape}")
+    sizes("manifest.data_shape", manifest.data_shape)
+    for i, shape in enumerate(manifest.latent_shapes):
+        if not shape:
+            raise _Malformed(f"manifest.latent_shapes[{i}] is empty")
+        sizes(f"manifest.latent_shapes[{i}]", shape)
+
+
+BATCH_AXIS = "N"
+
+
+def check_graph(
+    manifest: Manifest,
+    graph_inputs: list[TensorSpec],
+    graph_outputs: list[TensorSpec],
+    source: str | Path,
+) -> None:
+    """A manifest must describe the graph it sits in: every tensor the graph
+    names has the manifest's dtype and rank, and the same size on each axis
+    the graph fixes (dims the graph leaves symbolic, "?" or "N", accept any).
+    Engines call this with the specs ONNX Runtime reports, at load."""
+    for group, graph_specs, declared in (
+        ("input", graph_inputs, manifest.inputs),
+        ("output", graph_outputs, manifest.outputs),
+    ):
+        by_name = {spec.name: spec for spec in declared}
+        for actual in graph_specs:
+            spec = by_name.get(actual.name)
+            if spec is None:
+                if group == "output":
+                    continue  # an extra output is never fed or read
+                raise UserError(
+                    f"{source}: graph input '{actual.name}' is not in its manifest; "
+                    "re-export the engine"
+                )
+            fixed = [a if isinstance(a, int) else None for a in actual.shape]
+            fits = (
+                actual.dtype == spec.dtype
+                and len(actual.shape) == len(spec.shape)
+                and all(
+                    # A graph that fixes the batch axis cannot take N rows.
+                    (a is None or group == "output") if want == BATCH_AXIS else a in (None, want)
+                    for a, want in zip(fixed, spec.shape, strict=True)
+                )
+            )
+            if not fits:
+                raise UserError(
+                    f"{source}: the manifest says {group} '{spec.name}' is {spec.dtype} "
+                    f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
+                    "engine with `genexport onnx`"
+                )
 
 
 def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:

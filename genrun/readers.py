@@ -11,11 +11,13 @@ from __future__ import annotations
 import gzip
 import hashlib
 import http.client
+import math
 import os
 import struct
 import urllib.error
 import urllib.request
 import uuid
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -85,13 +87,20 @@ class DataSplit:
 
 
 def load_data(
-    spec: str, size: int | None = None, test_fraction: float = 0.1, seed: int = 0
+    spec: str,
+    size: int | None = None,
+    test_fraction: float = 0.1,
+    seed: int = 0,
+    channels: int | None = None,
 ) -> DataSplit:
     """Load the data set named by `spec` (one of DATA_SPECS_HELP).
 
     `size` resizes to size x size (folders default to 64, others keep their
     native size); `test_fraction` and `seed` fix the split of sources that have
     no official one, so the same arguments always give the same split.
+    `channels` (1 or 3) converts a folder's images to grey or RGB the way
+    `read_image_files` does (by default grey stays grey and one colour image
+    makes the whole folder RGB).
     """
     _check_options(size, test_fraction)
     kind, _, arg = spec.partition(":")
@@ -104,7 +113,9 @@ def load_data(
     elif kind == "mnist" and arg:
         train, test = _read_mnist_dir(Path(arg).expanduser())
     elif kind == "folder" and arg:
-        images, labels = _read_folder(Path(arg).expanduser(), size or _DEFAULT_FOLDER_SIZE)
+        images, labels = _read_folder(
+            Path(arg).expanduser(), size or _DEFAULT_FOLDER_SIZE, _channel_mode(channels)
+        )
         train, test = _split(images, labels, test_fraction, seed)
     elif kind == "npz" and arg:
         train, test = _read_npz(Path(arg).expanduser(), test_fraction, seed)
@@ -167,45 +178,94 @@ def _read_digits() -> tuple[np.ndarray, np.ndarray]:
 def read_idx(path: str | Path) -> np.ndarray:
     """Read an MNIST IDX file, gzipped or raw: images (magic 2051) give
     (N, H, W) uint8, labels (magic 2049) give (N,) uint8. Anything truncated,
-    corrupt or foreign is a UserError naming the file."""
+    corrupt or foreign is a UserError naming the file.
+
+    The file is read as a stream: the header first, then exactly the bytes its
+    dims call for (plus one, to catch trailing data), so a gzip bomb or a
+    header claiming exabytes costs no more memory than the header justifies
+    and the file really holds."""
     path = Path(path)
-    data = _read_maybe_gzip(path)
     fix = "download it again"
-    if len(data) < 4 or data[:2] != b"\0\0" or data[3] not in (1, 3):
-        raise UserError(f"{path} is not an MNIST IDX file (bad magic number); {fix}")
-    if data[2] != 0x08:
+    with _open_maybe_gzip(path) as stream:
+        magic = _read_stream(stream, 4, path)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[3] not in (1, 3):
+            raise UserError(f"{path} is not an MNIST IDX file (bad magic number); {fix}")
+        if magic[2] != 0x08:
+            raise UserError(
+                f"{path} holds IDX type code 0x{magic[2]:02x}, only unsigned bytes (0x08) "
+                f"are supported; use the original MNIST files"
+            )
+        ndim = magic[3]
+        dims_bytes = _read_stream(stream, 4 * ndim, path)
+        if len(dims_bytes) < 4 * ndim:
+            raise UserError(f"{path} is truncated inside its IDX header; {fix}")
+        dims = struct.unpack(f">{ndim}I", dims_bytes)
+        expected = math.prod(dims)  # Python ints: 2**31 x 2**31 x 4 does not overflow
+        if not stream.compressed:
+            # A raw file's size is known: refuse a lying header before reading.
+            actual = os.fstat(stream.fileno()).st_size - 4 - 4 * ndim
+            if actual != expected:
+                raise UserError(
+                    f"{path} header says shape {dims} ({expected} bytes) but holds {actual} "
+                    f"bytes; {fix}"
+                )
+        data = _read_stream(stream, expected + 1, path)
+    if len(data) != expected:
+        held = f"{len(data)}" if len(data) <= expected else f"more than {expected}"
         raise UserError(
-            f"{path} holds IDX type code 0x{data[2]:02x}, only unsigned bytes (0x08) "
-            f"are supported; use the original MNIST files"
+            f"{path} header says shape {dims} ({expected} bytes) but holds {held} bytes; {fix}"
         )
-    ndim, header = data[3], 4 + 4 * data[3]
-    if len(data) < header:
-        raise UserError(f"{path} is truncated inside its IDX header; {fix}")
-    dims = struct.unpack(f">{ndim}I", data[4:header])
-    expected, actual = int(np.prod(dims)), len(data) - header
-    if actual != expected:
-        raise UserError(
-            f"{path} header says shape {dims} ({expected} bytes) but holds {actual} bytes; {fix}"
-        )
-    # Copy so the array is writable and does not pin the decompressed buffer.
-    return np.frombuffer(data, np.uint8, offset=header).reshape(dims).copy()
+    # A bytearray is writable, so the array needs no copy.
+    return np.frombuffer(data, np.uint8).reshape(dims)
 
 
-def _read_maybe_gzip(path: Path) -> bytes:
-    """File contents, decompressed when they start with the gzip magic (the
-    suffix is not trusted: people gunzip files and keep the name)."""
+class _IdxStream:
+    """A binary file, decompressed on the fly when it starts with the gzip
+    magic (the suffix is not trusted: people gunzip files and keep the name)."""
+
+    def __init__(self, path: Path):
+        try:
+            self.file = open(path, "rb")  # noqa: SIM115 (closed in __exit__)
+        except OSError as err:
+            raise UserError(f"cannot read {path} ({err.strerror}); check the path") from err
+        self.compressed = self.file.read(2) == b"\x1f\x8b"
+        self.file.seek(0)
+        self.stream = gzip.GzipFile(fileobj=self.file) if self.compressed else self.file
+
+    def fileno(self) -> int:
+        return self.file.fileno()
+
+    def __enter__(self) -> _IdxStream:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
+
+
+def _open_maybe_gzip(path: Path) -> _IdxStream:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an IDX file; pass the file itself")
+    return _IdxStream(path)
+
+
+_READ_CHUNK = 1 << 24  # 16 MiB: memory grows with what the file really holds
+
+
+def _read_stream(stream: _IdxStream, count: int, path: Path) -> bytearray:
+    """Up to `count` bytes (fewer at the end of the data), read in chunks so
+    that a huge `count` allocates only what arrives."""
+    data = bytearray()
     try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise UserError(f"cannot read {path} ({err.strerror}); check the path") from err
-    if data[:2] != b"\x1f\x8b":
-        return data
-    try:
-        return gzip.decompress(data)
+        while len(data) < count:
+            chunk = stream.stream.read(min(_READ_CHUNK, count - len(data)))
+            if not chunk:
+                break
+            data += chunk
     except (OSError, EOFError, zlib.error) as err:
         raise UserError(
             f"{path} is a truncated or corrupt gzip file ({err}); download it again"
         ) from err
+    return data
 
 
 def _find_mnist_file(directory: Path, stem: str) -> Path:
@@ -308,10 +368,13 @@ def _download_verified(url: str, target: Path, sha256: str) -> None:
 # ----------------------------------------------------------------------------- folders
 
 
-def _read_folder(directory: Path, size: int) -> tuple[np.ndarray, np.ndarray | None]:
-    """Every PNG/JPEG under `directory`, fitted to size x size. Labels come
-    from the first-level subfolder (ImageFolder style) when no image sits
-    directly in `directory`."""
+def _read_folder(
+    directory: Path, size: int, mode: str | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Every PNG/JPEG under `directory`, fitted to size x size, converted to
+    `mode` ("L", "RGB" or None: see `_open_picture`). Labels come from the
+    first-level subfolder (ImageFolder style) when no image sits directly in
+    `directory`."""
     if not directory.is_dir():
         raise UserError(f"image folder {directory} does not exist; check the path")
     files = sorted(
@@ -320,7 +383,7 @@ def _read_folder(directory: Path, size: int) -> tuple[np.ndarray, np.ndarray | N
     )
     if not files:
         raise UserError(f"{directory} holds no .png/.jpg/.jpeg images; add some or fix the path")
-    pictures = [_load_picture(path, size) for path in files]
+    pictures = [_load_picture(path, size, mode) for path in files]
     if any(p.ndim == 3 for p in pictures):  # one colour image makes the whole set RGB
         pictures = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pictures]
     stacked = np.stack(pictures)
@@ -328,24 +391,79 @@ def _read_folder(directory: Path, size: int) -> tuple[np.ndarray, np.ndarray | N
     return images, _folder_labels(directory, files)
 
 
-def _load_picture(path: Path, size: int) -> np.ndarray:
+def _load_picture(path: Path, size: int, mode: str | None = None) -> np.ndarray:
     """One image as (size, size) grey or (size, size, 3) RGB uint8."""
-    return np.asarray(_fit_square(_open_picture(path), size))
+    return np.asarray(_fit_square(_open_picture(path, mode), size))
 
 
-def _open_picture(path: Path, mode: str | None = None) -> Image.Image:
+def _channel_mode(channels: int | None) -> str | None:
+    if channels is None:
+        return None
+    if channels not in (1, 3):
+        raise UserError(f"images with {channels} channels are not supported; use 1 or 3")
+    return "L" if channels == 1 else "RGB"
+
+
+# Decoding costs about 4 bytes a pixel; no image worth training on or scoring
+# here comes near this (a 48-megapixel phone photo does), while a 480 KB PNG
+# can claim 13000 x 13000. Checked from the header, before any decoding.
+MAX_IMAGE_PIXELS = 64_000_000
+
+
+def _open_picture(
+    path: Path, mode: str | None = None, size: tuple[int, int] | None = None
+) -> Image.Image:
     """An 8-bit image upright, converted to `mode` ("L" or "RGB"; by default
-    grey stays grey and everything else becomes RGB)."""
+    grey stays grey and everything else becomes RGB; alpha is dropped). The
+    one conversion for image files and folders alike. `size` (width, height),
+    if given, is checked from the header before anything is decoded."""
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an image file; pass PNG/JPEG files")
     try:
-        with Image.open(path) as img:
-            if img.mode in _WIDE_MODES:
-                raise UserError(
-                    f"{path} has {img.mode} pixels (16-bit or float); save it as 8-bit PNG/JPEG"
-                )
-            img = ImageOps.exif_transpose(img)  # phone JPEGs store rotation in EXIF
-            return img.convert(mode or ("L" if img.mode in _GREY_MODES else "RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        raise UserError(f"cannot read image {path} ({err}); fix or remove the file") from err
+        with warnings.catch_warnings():
+            # Pillow only warns between its limit and twice it: make that an error too.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                width, height = img.size  # from the header: nothing decoded yet
+                if width * height > MAX_IMAGE_PIXELS:
+                    raise UserError(
+                        f"{path} claims {width}x{height} pixels, more than the "
+                        f"{MAX_IMAGE_PIXELS:,} read here; shrink it first"
+                    )
+                if size is not None and _upright_size(img) != size:
+                    shown = "x".join(map(str, _upright_size(img)))
+                    raise _WrongSize(shown)
+                if img.mode in _WIDE_MODES:
+                    raise UserError(
+                        f"{path} has {img.mode} pixels (16-bit or float); save it as 8-bit PNG/JPEG"
+                    )
+                img = ImageOps.exif_transpose(img)  # phone JPEGs store rotation in EXIF
+                return img.convert(mode or ("L" if img.mode in _GREY_MODES else "RGB"))
+    except (
+        OSError,
+        ValueError,
+        SyntaxError,
+        EOFError,
+        MemoryError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    ) as err:
+        reason = " ".join(str(err).split())[:200] or type(err).__name__
+        raise UserError(f"cannot read image {path} ({reason}); fix or remove the file") from None
+
+
+class _WrongSize(Exception):
+    """An image file whose header size is not the one asked for."""
+
+
+def _upright_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) after the EXIF rotation `_open_picture` applies."""
+    try:
+        orientation = img.getexif().get(0x0112, 1)
+    except Exception:  # a corrupt EXIF block: exif_transpose will ignore it too
+        orientation = 1
+    width, height = img.size
+    return (height, width) if orientation in (5, 6, 7, 8) else (width, height)
 
 
 def read_image_files(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarray:
@@ -357,15 +475,18 @@ def read_image_files(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarr
         raise UserError(f"images of shape {shape} have {channels} channels; use 1 or 3")
     pictures = []
     for path in paths:
-        if not path.is_file():
+        if not path.exists():
             raise UserError(f"image file {path} does not exist; check the path")
-        picture = _open_picture(path, "L" if channels == 1 else "RGB")
-        if picture.size != (width, height):
+        if not path.is_dir() and not path.is_file():
+            raise UserError(f"{path} is not a regular file; pass PNG/JPEG image files")
+        try:
+            picture = _open_picture(path, _channel_mode(channels), size=(width, height))
+        except _WrongSize as err:
             raise UserError(
-                f"{path} is {picture.size[0]}x{picture.size[1]} pixels, expected {width}x"
-                f"{height} (images of shape {tuple(shape)}, C x H x W); resize it, or score "
-                "a folder with --data folder:DIR, which resizes"
-            )
+                f"{path} is {err} pixels, expected {width}x{height} (images of shape "
+                f"{tuple(shape)}, C x H x W); resize it, or score a folder with "
+                "--data folder:DIR, which resizes"
+            ) from None
         pictures.append(np.asarray(picture))
     stacked = np.stack(pictures)
     return stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
@@ -420,20 +541,62 @@ def _read_npz(path: Path, test_fraction: float, seed: int) -> tuple[ImageSet, Im
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    if path.is_dir():
+        raise UserError(f"{path} is a folder, not an .npz file; pass the file itself")
     if not path.is_file():
         raise UserError(f"npz file {path} does not exist; check the path")
+    fix = "write it with np.savez(path, images=x, labels=y)"
     try:
+        _check_npy_headers(path)
         loaded = np.load(path, allow_pickle=False)
         if isinstance(loaded, np.ndarray):  # a .npy file: its one array is the images
             return {"images": loaded}
         with loaded:
             return {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, MemoryError) as err:
         # ValueError also covers object arrays, refused because unpickling runs code.
-        raise UserError(
-            f"cannot read {path} as .npz ({type(err).__name__}); "
-            f"write it with np.savez(path, images=x, labels=y)"
-        ) from err
+        raise UserError(f"cannot read {path} as .npz ({type(err).__name__}); {fix}") from None
+    except _BadNpy as err:
+        raise UserError(f"cannot read {path} as .npz: {err}; {fix}") from None
+
+
+class _BadNpy(Exception):
+    """An .npy header that the data behind it cannot back."""
+
+
+def _check_npy_headers(path: Path) -> None:
+    """Every .npy header (of the file, or of each npz member) against the
+    bytes really stored behind it, before numpy allocates what the header
+    claims: (10**9, 28, 28) over a few bytes is refused, not a MemoryError."""
+    with open(path, "rb") as file:
+        if file.read(6) == b"\x93NUMPY":
+            file.seek(0)
+            _check_npy_header(file, os.fstat(file.fileno()).st_size, path.name)
+            return
+    with zipfile.ZipFile(path) as archive:
+        for info in archive.infolist():
+            if info.filename.endswith(".npy"):
+                with archive.open(info) as member:
+                    _check_npy_header(member, info.file_size, info.filename)
+
+
+def _check_npy_header(stream, stored: int, name: str) -> None:
+    version = np.lib.format.read_magic(stream)
+    read_header = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }.get(version)
+    if read_header is None:
+        raise _BadNpy(f"{name} has .npy format version {version}, not 1.0 or 2.0")
+    shape, _, dtype = read_header(stream, max_header_size=10_000)
+    if dtype.hasobject:
+        raise _BadNpy(f"{name} holds Python objects (pickles), which are never loaded")
+    claimed = math.prod(shape) * dtype.itemsize
+    behind = stored - stream.tell()
+    if claimed != behind:
+        raise _BadNpy(
+            f"{name} claims shape {shape} of {dtype} ({claimed:,} bytes) but holds {behind:,}"
+        )
 
 
 def _npz_set(path: Path, images: np.ndarray, labels: np.ndarray | None) -> ImageSet:

@@ -19,7 +19,7 @@ import torch
 
 from genrun.errors import UserError
 
-from .models import GenerativeModel, build_model
+from .models import GenerativeModel, build_model, model_class
 
 FORMAT = "vaeflow-checkpoint"
 VERSION = 1
@@ -71,17 +71,98 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{path} has checkpoint format version {payload.get('version')}, this gentrain reads "
             f"version {VERSION}; use a matching vaeflow release"
         )
+    _check_payload(payload, path)
     return payload
+
+
+# What the readers of a checkpoint index without looking: required keys, and
+# the type of every key that may be present.
+_REQUIRED = ("family", "model_config", "model")
+_TYPES = {
+    "family": str,
+    "model_config": dict,
+    "model": dict,
+    "train_config": dict,
+    "data": dict,
+    "step": int,
+    "metrics": dict,
+}
+
+
+def _check_payload(payload: dict[str, Any], path: Path) -> None:
+    fix = "use a checkpoint.pt written by gentrain"
+    missing = [key for key in _REQUIRED if key not in payload]
+    if missing:
+        raise UserError(f"{path} lacks {', '.join(missing)}; {fix}")
+    for key, kind in _TYPES.items():
+        if key in payload and not isinstance(payload[key], kind):
+            raise UserError(
+                f"{path}: {key} is a {type(payload[key]).__name__}, not a {kind.__name__}; {fix}"
+            )
+    data = payload.get("data")
+    if data is not None:
+        shape = data.get("shape")
+        if not isinstance(data.get("spec"), str) or not (
+            isinstance(shape, (list, tuple))
+            and len(shape) == 3
+            and all(isinstance(v, int) and v >= 1 for v in shape)
+        ):
+            raise UserError(f"{path}: data must hold a spec and a shape [C, H, W]; {fix}")
 
 
 def model_from_checkpoint(payload: dict[str, Any], family: str | None = None) -> GenerativeModel:
     """Rebuild the model a checkpoint holds, in eval mode. `family` (if given)
-    is what the caller expects: another family is a UserError."""
-    if family is not None and payload["family"] != family:
+    is what the caller expects: another family is a UserError.
+
+    A hostile or damaged payload is refused in one line before anything big
+    is built: the config is type- and range-checked (ModelConfig.from_dict),
+    the model is first built on the "meta" device (no memory) and its tensor
+    names and shapes compared with the stored weights, which must be finite."""
+    fix = "use a checkpoint.pt written by gentrain"
+    stored_family = payload.get("family")
+    if not isinstance(stored_family, str):
+        raise UserError(f"the checkpoint names no model family (family = {stored_family!r}); {fix}")
+    model_class(stored_family)  # an unknown family is a UserError listing the known ones
+    if family is not None and stored_family != family:
         raise UserError(
-            f"the checkpoint holds a {payload['family']} model, not a {family}; "
+            f"the checkpoint holds a {stored_family} model, not a {family}; "
             f"use `gentrain fit {family}` to train one"
         )
-    model = build_model(payload["family"], payload["model_config"])
-    model.load_state_dict(payload["model"])
+    config, weights = payload.get("model_config"), payload.get("model")
+    if not isinstance(config, dict) or not isinstance(weights, dict):
+        raise UserError(f"the checkpoint lacks its model config or weights; {fix}")
+    with torch.device("meta"):
+        skeleton = build_model(stored_family, config)
+    _check_weights(skeleton.state_dict(), weights, stored_family, fix)
+    model = build_model(stored_family, config)
+    model.load_state_dict(weights)
     return model.eval()
+
+
+def _check_weights(expected: dict, weights: dict, family: str, fix: str) -> None:
+    """The stored weights are exactly the tensors the config's model has, of
+    the same shapes and dtypes, and finite."""
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    if missing or unexpected:
+        raise UserError(
+            f"the checkpoint's weights do not fit its {family} config ({len(missing)} missing, "
+            f"e.g. {missing[:2]}; {len(unexpected)} unexpected, e.g. {unexpected[:2]}); {fix}"
+        )
+    for name, want in expected.items():
+        got = weights[name]
+        if not isinstance(got, torch.Tensor) or got.shape != want.shape or got.dtype != want.dtype:
+            what = (
+                f"{got.dtype} {tuple(got.shape)}"
+                if isinstance(got, torch.Tensor)
+                else type(got).__name__
+            )
+            raise UserError(
+                f"the checkpoint's weight {name} is {what}, its {family} config needs "
+                f"{want.dtype} {tuple(want.shape)}; {fix}"
+            )
+        if got.is_floating_point() and not torch.isfinite(got).all():
+            raise UserError(
+                f"the checkpoint's weight {name} holds NaN or inf (training diverged before it "
+                "was saved); resume or evaluate an earlier checkpoint"
+            )

@@ -4,12 +4,36 @@ for, and the plain-dict form that checkpoints store (plain Python values, so
 
 from __future__ import annotations
 
+import numbers
+import types
+import typing
 from dataclasses import asdict, fields
 from typing import Any, TypeVar
 
 from genrun.errors import UserError
 
 C = TypeVar("C", bound="ModelConfig")
+
+# The range of every numeric config field, by name, declared once for all
+# families: checked before a model is built, so a checkpoint claiming
+# depth = 10**6 is refused in a line instead of building for minutes. The
+# bounds are far beyond any model that trains here; sizes of tensors are
+# checked against the checkpoint's own weights later (model_from_checkpoint).
+FIELD_RANGES: dict[str, tuple[float, float]] = {
+    "data_shape": (1, 4096),  # each of C, H, W
+    "levels": (1, 16),
+    "scales": (1, 16),
+    "groups": (1, 32),
+    "depth": (1, 512),
+    "cells": (1, 64),
+    "blocks": (0, 64),
+    "hidden": (1, 16384),
+    "latent_dim": (1, 65536),
+    "latent_channels": (1, 4096),
+    "n_bits": (1, 8),
+    "kl_warmup": (0, 10**9),
+    "sigma": (1e-6, 1e6),
+}
 
 
 class ModelConfig:
@@ -33,4 +57,42 @@ class ModelConfig:
                 f"unknown {family} config keys: {', '.join(sorted(unknown))}; the checkpoint "
                 "comes from another version of vaeflow"
             )
+        hints = typing.get_type_hints(cls)
+        for name, value in values.items():
+            _check_field(cls, name, value, hints[name])
         return cls(**values)
+
+
+def _check_field(cls: type, name: str, value: Any, kind: Any) -> None:
+    """`value` has the field's type (ints for ints, never bools; a tuple field
+    takes a list or tuple of its items) and lies in FIELD_RANGES[name]."""
+    family = cls.__name__.removesuffix("Config")
+    fix = "the checkpoint is damaged or not from gentrain, or the option is out of range"
+    if not _has_type(value, kind):
+        raise UserError(f"{family} config {name} = {value!r:.60} is not a {kind}; {fix}")
+    if name in FIELD_RANGES and value is not None:
+        low, high = FIELD_RANGES[name]
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if not low <= item <= high:  # NaN fails too
+                raise UserError(
+                    f"{family} config {name} = {value!r:.60} is outside {low:g}..{high:g}; {fix}"
+                )
+
+
+def _has_type(value: Any, kind: Any) -> bool:
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_has_type(value, option) for option in args)
+    if origin is tuple:
+        return (
+            isinstance(value, (list, tuple))
+            and len(value) == len(args)
+            and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+        )
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    return isinstance(value, kind)
