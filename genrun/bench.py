@@ -79,7 +79,8 @@ def check_memory(engine: Engine, batch_size: int, available: int | None = None) 
     before = _resident_bytes()
     engine.run(**feeds)
     grown = max(_resident_bytes() - before, 0)
-    per_row = max(grown, sum(v.nbytes for v in feeds.values())) / PROBE_BATCH
+    outputs = sum(v.nbytes for v in engine.run(**feeds).values())  # what each call returns
+    per_row = max(grown, outputs + sum(v.nbytes for v in feeds.values())) / PROBE_BATCH
     allowed = int(MEMORY_SHARE * available / per_row)
     if batch_size > allowed:
         raise UserError(

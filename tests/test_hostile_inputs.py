@@ -138,3 +138,19 @@ def test_folder_converts_colour_modes_like_files(tmp_path: Path) -> None:
     files = read_image_files(sorted(tmp_path.glob("*.png")), (1, 8, 8))
     assert sorted(map(bytes, every)) == sorted(map(bytes, files))
     assert load_data(f"folder:{tmp_path}", size=8).shape == (3, 8, 8)  # default: colour wins
+
+
+def test_bench_refuses_a_batch_beyond_memory_and_honours_seconds(tmp_path: Path) -> None:
+    from test_nonfinite import sqrt_generator
+
+    from genrun.bench import bench, check_memory
+    from genrun.engine import load
+
+    engine = load(sqrt_generator(tmp_path / "g.onnx"))
+    with pytest.raises(UserError, match=r"--batch 100000000 would take .* use --batch \d+") as e:
+        check_memory(engine, 10**8, available=64 << 20)  # as if 64 MiB were free
+    _one_line(e)
+    check_memory(engine, 1000, available=1 << 30)  # 1000 rows fit in 1 GiB
+    started = time.perf_counter()
+    (row,) = bench(engine, [4096], seconds=0.3)
+    assert row.calls >= 1 and time.perf_counter() - started < 3
