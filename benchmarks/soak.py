@@ -209,7 +209,10 @@ def sample_soak(engine: Path, work: Path, n: int) -> dict:
 
     with zipfile.ZipFile(out) as archive, archive.open("images.npy") as member:
         version = np.lib.format.read_magic(member)
-        shape, _, dtype = np.lib.format._read_array_header(member, version)
+        read = {(1, 0): np.lib.format.read_array_header_1_0}.get(
+            version, np.lib.format.read_array_header_2_0
+        )
+        shape, _, dtype = read(member)
         first = np.frombuffer(member.read(1000 * math.prod(shape[1:])), dtype).reshape(
             -1, *shape[1:]
         )
@@ -264,16 +267,23 @@ def hostile_inputs(work: Path, engines: dict[str, Path], checkpoint: Path) -> li
     density, generate = str(engines["density"]), str(engines["generate"])
     cases = []
 
+    def small_mnist(folder: Path) -> None:
+        """Valid one-image train files and test labels: only t10k-images is bad."""
+        folder.mkdir()
+        image = b"\0\0\x08\x03" + struct.pack(">3I", 1, 28, 28) + bytes(784)
+        label = b"\0\0\x08\x01" + struct.pack(">I", 1) + b"\0"
+        (folder / "train-images-idx3-ubyte").write_bytes(image)
+        (folder / "train-labels-idx1-ubyte").write_bytes(label)
+        (folder / "t10k-labels-idx1-ubyte").write_bytes(label)
+
     bomb = bad / "bomb"
-    bomb.mkdir()
+    small_mnist(bomb)
     header = b"\0\0\x08\x03" + struct.pack(">3I", 10000, 28, 28)
     with gzip.open(bomb / "t10k-images-idx3-ubyte.gz", "wb", compresslevel=9) as out:
         out.write(header)
         zeros = bytes(1 << 24)
         for _ in range(128):  # 2 GiB of zeros
             out.write(zeros)
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
-        (bomb / name).write_bytes(b"\0\0\x08\x01" + struct.pack(">I", 1) + b"\0")
     size = (bomb / "t10k-images-idx3-ubyte.gz").stat().st_size / 2**20
     cases.append(
         (
@@ -283,12 +293,10 @@ def hostile_inputs(work: Path, engines: dict[str, Path], checkpoint: Path) -> li
     )
 
     overflow = bad / "overflow"
-    overflow.mkdir()
+    small_mnist(overflow)
     (overflow / "t10k-images-idx3-ubyte").write_bytes(
         b"\0\0\x08\x03" + struct.pack(">3I", 2**31, 2**31, 4) + bytes(64)
     )
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):
-        (overflow / name).write_bytes(b"\0\0\x08\x01" + struct.pack(">I", 1) + b"\0")
     cases.append(
         (
             "IDX dims 2^31 x 2^31 x 4",
