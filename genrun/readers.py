@@ -421,18 +421,19 @@ def _open_picture(
         raise UserError(f"{path} is a folder, not an image file; pass PNG/JPEG files")
     try:
         with warnings.catch_warnings():
-            # Pillow only warns between its limit and twice it: make that an error too.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow warns from 89 megapixels (and raises from twice that); the
+            # stricter MAX_IMAGE_PIXELS below is checked before any decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             with Image.open(path) as img:
                 width, height = img.size  # from the header: nothing decoded yet
+                if size is not None and _upright_size(img) != size:
+                    shown = "x".join(map(str, _upright_size(img)))
+                    raise _WrongSize(shown)
                 if width * height > MAX_IMAGE_PIXELS:
                     raise UserError(
                         f"{path} claims {width}x{height} pixels, more than the "
                         f"{MAX_IMAGE_PIXELS:,} read here; shrink it first"
                     )
-                if size is not None and _upright_size(img) != size:
-                    shown = "x".join(map(str, _upright_size(img)))
-                    raise _WrongSize(shown)
                 if img.mode in _WIDE_MODES:
                     raise UserError(
                         f"{path} has {img.mode} pixels (16-bit or float); save it as 8-bit PNG/JPEG"
@@ -446,7 +447,6 @@ def _open_picture(
         EOFError,
         MemoryError,
         Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
     ) as err:
         reason = " ".join(str(err).split())[:200] or type(err).__name__
         raise UserError(f"cannot read image {path} ({reason}); fix or remove the file") from None

@@ -158,7 +158,7 @@ class Sampler:
         dtype = np.dtype(self.engine.manifest.input(name).dtype)
         try:
             scale = float(temperature)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # 10**400 overflows a float
             scale = math.nan
         with np.errstate(over="ignore", invalid="ignore"):
             cast = dtype.type(scale)
