@@ -16,7 +16,7 @@ import typer
 from genrun.errors import run_cli
 from genrun.manifest import Manifest, Parity, read_from_onnx, to_json
 
-from .engines import export_checkpoint, verify_engine
+from .engines import Engine, export_checkpoint, verify_engine
 from .graphs import ROLES
 from .onnx import OPSETS
 
@@ -47,10 +47,17 @@ def onnx_command(
         str | None,
         typer.Option(help="File name stem (default: the run folder's name or the file's stem)."),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Training data for the density/elbo manifest's training bits/dim "
+            "(typicality score); default: the checkpoint's data spec."
+        ),
+    ] = None,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
     at batch sizes 1, 7 and 64 before anything is written."""
-    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name)
+    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name, data)
     rows = [
         (
             str(engine.path),
@@ -65,7 +72,19 @@ def onnx_command(
     for engine in engines:
         for check in engine.parity:
             typer.echo(f"{engine.path.name}: {_parity(check)}")
+    for engine in engines:
+        stats = _training_scores(engine)
+        if stats:
+            typer.echo(f"{engine.path.name}: {stats}")
     typer.echo(f"all parity checks passed; {engines[0].exporter}, opset {opset}, {precision}")
+
+
+def _training_scores(engine: Engine) -> str:
+    """What the engine's manifest carries for the typicality score, in words."""
+    if engine.training_scores_note:
+        return f"no training statistics ({engine.training_scores_note})"
+    stats = engine.training_scores
+    return "" if stats is None else f"training {stats.summary()}"
 
 
 @app.command("verify")
@@ -129,6 +148,8 @@ def describe(manifest: Manifest, engine: Path) -> list[str]:
         f"  versions   {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
         *(f"parity       {_parity(check)}" for check in manifest.parity),
     ]
+    if manifest.training_scores:
+        lines.append(f"training     {manifest.training_scores.summary()}")
     return lines
 
 

@@ -29,7 +29,8 @@ from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .images import save_grid, write_atomic, write_npz_stream
 from .manifest import TensorSpec
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
-from .sampler import Sampler, Scorer
+from .sampler import Sampler
+from .scorer import Scorer, Scores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -94,6 +95,9 @@ def sample_command(
     )
 
 
+NONFINITE = ("error", "drop", "keep")
+
+
 @app.command("likelihood")
 def likelihood_command(
     engine: EngineOption,
@@ -105,23 +109,50 @@ def likelihood_command(
         str | None, typer.Option(help=f"Images to score instead of FILES: {DATA_SPECS_HELP}.")
     ] = None,
     split: Annotated[str, typer.Option(help="With --data: test, train or all.")] = "test",
+    score: Annotated[
+        str,
+        typer.Option(
+            help="nll (a bound on -log2 P(x) / D), complexity (nll minus the PNG bits per "
+            "pixel), typicality (distance of the bits/dim of groups of --m images from the "
+            "training mean, in standard errors), or bpd_density_at_centers (density at bin "
+            "centres: not a bound, can be negative). Higher = more out-of-distribution."
+        ),
+    ] = "nll",
     out: Annotated[
         Path | None,
         typer.Option(
-            help="CSV of per-image scores: split, index, bits_per_dim (--data) or file, "
-            "bits_per_dim (FILES)."
+            help="CSV of per-image scores: split, index, SCORE (--data) or file, SCORE (FILES); "
+            "typicality with --m > 1: one row per group."
         ),
     ] = None,
-    k: Annotated[int, typer.Option(help="VAE: importance samples per image.")] = 100,
-    seed: Annotated[int, typer.Option(help="VAE: seed of the importance samples.")] = 0,
-    batch: Annotated[int, typer.Option(help="Rows per engine call.")] = 256,
+    k: Annotated[
+        int | None,
+        typer.Option(
+            help="Draws per image of the bound: density engines uniform dequantisation "
+            "offsets (default 1, the variational bound; more: the importance-weighted "
+            "bound), elbo engines latents (default 100, the IWAE bound)."
+        ),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
+    m: Annotated[int, typer.Option("--m", help="typicality: images per group (M).")] = 1,
+    nonfinite: Annotated[
+        str,
+        typer.Option(
+            help="Non-finite scores: error (exit 2 naming them), drop (leave them out of the "
+            "CSV and the mean) or keep (write them to the CSV, average the rest)."
+        ),
+    ] = "error",
+    batch: Annotated[int, typer.Option(help="Rows per engine call (images x draws).")] = 256,
     provider: ProviderOption = "auto",
 ) -> None:
-    """Per-image bits/dim (density engines: exact, glow at bin centres; elbo
-    engines: IWAE NLL with K draws) and the mean; high values flag
-    out-of-distribution images."""
+    """Per-image scores and their mean; high values flag out-of-distribution
+    images. The default, nll, is a bound on -log2 P(x) / D for the discrete image
+    (density engines: dequantised with seeded uniform offsets; elbo engines: IWAE
+    with K draws), never negative."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
+    if nonfinite not in NONFINITE:
+        raise UserError(f"unknown --nonfinite {nonfinite!r}; use one of: {', '.join(NONFINITE)}")
     scorer = Scorer(load(engine, provider))
     expected = tuple(scorer.engine.manifest.data_shape)
     splits = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}
@@ -129,10 +160,17 @@ def likelihood_command(
         raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
         _check_writable(out.parent)
+
+    def scored(images: np.ndarray) -> Scores:
+        return scorer.score(images, score, k, seed, batch, m)
+
+    grouped = score == "typicality" and m > 1
     if files:
-        scores = scorer.bits_per_dim(read_image_files(files, expected), k, seed, batch)
-        header, what = ("file", "bits_per_dim"), "files"
-        rows = [(str(path), float(bpd)) for path, bpd in zip(files, scores, strict=True)]
+        result = scored(read_image_files(files, expected))
+        header = ("first_file", "images", score) if grouped else ("file", score)
+        labels = [(str(files[i]),) for i in range(0, len(files), m if grouped else 1)]
+        sizes = [min(m, len(files) - i) for i in range(0, len(files), m)] if grouped else None
+        rows, results, what = _rows(labels, sizes, result.values), [result], "files"
     else:
         loaded = load_data(data, size=expected[1] if data.startswith("folder:") else None)
         if loaded.shape != expected:
@@ -140,25 +178,68 @@ def likelihood_command(
                 f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
                 "(C, H, W); score data like the model's training data"
             )
-        header, what = ("split", "index", "bits_per_dim"), f"{data} {split}"
-        rows = [
-            (name, index, float(bpd))
-            for name in splits[split]
-            for index, bpd in enumerate(
-                scorer.bits_per_dim(getattr(loaded, name).images, k, seed, batch)
-            )
-        ]
-    scores = np.array([row[-1] for row in rows])
-    stderr = scores.std(ddof=1) / math.sqrt(len(scores)) if len(scores) > 1 else 0.0
+        header = ("split", "first_index", "images", score) if grouped else ("split", "index", score)
+        rows, results, what = [], [], f"{data} {split}"
+        for name in splits[split]:
+            images = getattr(loaded, name).images
+            result = scored(images)
+            starts = range(0, len(images), m if grouped else 1)
+            sizes = [min(m, len(images) - i) for i in starts] if grouped else None
+            rows += _rows([(name, i) for i in starts], sizes, result.values)
+            results.append(result)
+    bad = [row for row in rows if not math.isfinite(row[-1])]
+    if bad and nonfinite == "error":
+        raise UserError(
+            f"{len(bad)} of {len(rows)} {score} scores are not finite (first: "
+            f"{' '.join(map(str, bad[0][:-1]))} = {bad[0][-1]}); the model overflows on "
+            "them: pass --nonfinite drop to leave them out, or keep to write them to the CSV"
+        )
+    if nonfinite == "drop":
+        rows = [row for row in rows if math.isfinite(row[-1])]
+    values = np.array([row[-1] for row in rows if math.isfinite(row[-1])])
     if out is not None:
         text = io.StringIO()
         writer = csv.writer(text, lineterminator="\n")
         writer.writerows([header, *rows])
         _write_text(out, text.getvalue())
+    unit = " bits/dim" if score in ("nll", "bpd_density_at_centers", "complexity") else ""
+    count = f"{len(rows)} groups of {m} images" if grouped else f"{len(rows)} images"
+    mean = "no finite score"
+    if len(values):
+        stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
+        mean = f"{score}{unit} mean {values.mean():.4f} +- {stderr:.4f}"
+    notes = [_describe_bound(scorer, results[0])] if results[0].k is not None else []
+    floored = sum(result.floored for result in results)
+    if floored:
+        notes.append(f"{floored} estimates below 0 raised to 0, as -log P(x) >= 0")
+    if bad:
+        verb = "dropped" if nonfinite == "drop" else "kept in the CSV, left out of the mean"
+        notes.append(f"{len(bad)} non-finite {verb}")
     typer.echo(
-        f"{what}: {len(scores)} images, bits/dim mean {scores.mean():.4f} "
-        f"+- {stderr:.4f}" + (f" -> {out}" if out else "")
+        f"{what}: {count}, {mean}"
+        + (f" ({'; '.join(notes)})" if notes else "")
+        + (f" -> {out}" if out else "")
     )
+
+
+def _rows(labels: list[tuple], sizes: list[int] | None, values: np.ndarray) -> list[tuple]:
+    if sizes is None:
+        return [(*label, float(v)) for label, v in zip(labels, values, strict=True)]
+    return [(*label, n, float(v)) for label, n, v in zip(labels, sizes, values, strict=True)]
+
+
+def _describe_bound(scorer: Scorer, result: Scores) -> str:
+    if scorer.exact and not scorer.dequantized:
+        return "exact log P(x) of the discrete image"
+    if scorer.exact:
+        kind = (
+            "dequantised variational bound"
+            if result.k == 1
+            else f"importance-weighted dequantisation bound, K = {result.k}"
+        )
+    else:
+        kind = f"IWAE bound, K = {result.k}"
+    return f"bits/dim: {kind}, seed {result.seed}"
 
 
 @app.command("bench")
@@ -247,6 +328,7 @@ def describe(engine: Engine) -> list[str]:
         f"pixels     n_bits {pixels.n_bits}, discretisation {pixels.discretization_nats:.4f} nats",
         f"checkpoint {ckpt.file} (sha256 {ckpt.sha256[:12]}...), step {ckpt.step}: {metrics}",
         f"export     {manifest.export.exporter}, opset {manifest.export.opset}",
+        *([f"training   {manifest.training_scores.summary()}"] if manifest.training_scores else []),
     ]
 
 

@@ -1,4 +1,4 @@
-"""Sampling and scoring with engines, in batches, with numpy noise.
+"""Sampling with engines, in batches, with numpy noise (scoring: scorer.py).
 
 Noise for item i comes from a stream fixed by (seed, i // BLOCK), never by
 the batch it lands in, so a seed gives the same samples and scores at every
@@ -19,13 +19,13 @@ BLOCK = 256  # items per noise stream: a batch of any size slices these
 
 
 class BlockNoise:
-    """Standard-normal float32 noise of `shapes` per item, item i drawn from
-    np.random.default_rng([seed, i // BLOCK])."""
+    """Standard-normal (or, with `uniform`, U[0, 1)) float32 noise of `shapes`
+    per item, item i drawn from np.random.default_rng([seed, i // BLOCK])."""
 
-    def __init__(self, seed: int, shapes: list[tuple[int, ...]]):
+    def __init__(self, seed: int, shapes: list[tuple[int, ...]], uniform: bool = False):
         if not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a whole number >= 0, got {seed!r}")
-        self.seed, self.shapes = seed, shapes
+        self.seed, self.shapes, self.uniform = seed, shapes, uniform
         self._cached: tuple[int, list[np.ndarray]] | None = None  # batches reuse their block
 
     def take(self, start: int, stop: int) -> list[np.ndarray]:
@@ -40,9 +40,8 @@ class BlockNoise:
     def _block(self, block: int) -> list[np.ndarray]:
         if self._cached is None or self._cached[0] != block:
             rng = np.random.default_rng([self.seed, block])
-            noise = [
-                rng.standard_normal((BLOCK, *shape), dtype=np.float32) for shape in self.shapes
-            ]
+            draw = rng.random if self.uniform else rng.standard_normal
+            noise = [draw((BLOCK, *shape), dtype=np.float32) for shape in self.shapes]
             self._cached = (block, noise)
         return self._cached[1]
 
@@ -156,74 +155,6 @@ class Sampler:
             scaled = [np.float32(temperature) * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
         return self.engine.run(**feeds)["pixels"]
-
-
-class Scorer:
-    """Per-image likelihoods from an engine with output "log_likelihood" (exact,
-    e.g. glow/realnvp density) or "log_weight" (importance sampled, e.g. vae/hvae
-    elbo: the inputs other than "images" without a default take noise of the
-    manifest's latent shapes, in order)."""
-
-    def __init__(self, engine: Engine):
-        engine.require_manifest("scoring")
-        outputs = _outputs(engine)
-        self.exact = "log_likelihood" in outputs
-        images = any(spec.name == "images" for spec in engine.manifest.inputs)
-        if not images or not (self.exact or "log_weight" in outputs):
-            raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
-                "density or elbo engine (output log_likelihood or log_weight)"
-            )
-        self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, ("images",), "scoring")
-        self.dims = math.prod(engine.manifest.data_shape)
-
-    def nll(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
-    ) -> np.ndarray:
-        """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
-        exact (k and seed unused; glow at bin centres). Elbo engines: the
-        importance-sampled bound with k draws of q(z|x),
-        -(logsumexp_k log_weight_k - log k) + the manifest's discretisation
-        nats; draws depend on (seed, image index) only."""
-        _check_count("batch size", batch_size)
-        if len(images) == 0:
-            raise UserError("no images to score; pass at least one")
-        if self.exact:
-            parts = [
-                self.engine.run(images=images[start : start + batch_size])["log_likelihood"]
-                for start in range(0, len(images), batch_size)
-            ]
-            return -np.concatenate(parts).astype(np.float64)
-        return self._importance_nll(images, k, seed, batch_size)
-
-    def bits_per_dim(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
-    ) -> np.ndarray:
-        """`nll` in bits per dimension, float64 (N,): gentrain eval's
-        bpd_center for Glow, its IWAE bpd for a VAE."""
-        return self.nll(images, k, seed, batch_size) / (self.dims * math.log(2))
-
-    def _importance_nll(self, images: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
-        _check_count("k", k)
-        latents = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        noise = BlockNoise(seed, [(k, *latent) for latent in latents])
-        per_call = max(1, batch_size // k)  # batch_size bounds the rows of one graph call
-        nll = np.empty(len(images))
-        for start in range(0, len(images), per_call):
-            chunk = images[start : start + per_call]
-            draws = noise.take(start, start + len(chunk))
-            feeds = {
-                name: eps.reshape(-1, *latent)
-                for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
-            }
-            repeated = np.repeat(np.asarray(chunk), k, axis=0)
-            weights = self.engine.run(images=repeated, **feeds)["log_weight"]
-            weights = weights.astype(np.float64).reshape(len(chunk), k)
-            peak = weights.max(axis=1, keepdims=True)  # logsumexp without overflow
-            log_mean = peak[:, 0] + np.log(np.exp(weights - peak).mean(axis=1))
-            nll[start : start + len(chunk)] = -log_mean
-        return nll + self.engine.manifest.pixels.discretization_nats
 
 
 def _check_count(name: str, value: int) -> None:

@@ -26,7 +26,8 @@ from genrun.errors import UserError
 from genrun.flops import count_flops
 from genrun.images import write_npz_stream
 from genrun.readers import load_data
-from genrun.sampler import Sampler, Scorer
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
 from gentrain.train import TrainConfig, Trainer
@@ -94,11 +95,11 @@ def test_fixing_every_level_repeats_the_first_sample(glow, vae) -> None:
             sampler.sample(2, fixed_levels=levels + 1)
 
 
-def test_glow_bits_per_dim_equal_gentrain_bpd_center(glow, digits) -> None:
+def test_glow_bits_per_dim_equal_gentrain_bpd_density_at_centers(glow, digits) -> None:
     model = model_from_checkpoint(load_checkpoint(glow["checkpoint"]))
     images = digits.test.images[:37]
-    bpd = Scorer(load(glow["density"])).bits_per_dim(images, batch_size=16)
-    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    bpd = Scorer(load(glow["density"])).bits_per_dim_density_at_centers(images, batch_size=16)
+    expected = model.evaluate(torch.from_numpy(images))["bpd_density_at_centers"].numpy()
     assert bpd.shape == (37,) and np.abs(bpd - expected).max() <= 1e-4
 
 
@@ -217,7 +218,7 @@ def test_cli_likelihood_writes_per_image_scores_and_the_mean(glow, vae, digits, 
     assert code == 0, err
     rows = out.read_text().splitlines()
     expected = Scorer(load(glow["density"])).bits_per_dim(digits.test.images)
-    assert rows[0] == "split,index,bits_per_dim" and len(rows) == 1 + len(expected)
+    assert rows[0] == "split,index,nll" and len(rows) == 1 + len(expected)
     assert f"mean {expected.mean():.4f}" in stdout
     code, stdout, err = genrun_cli(
         "likelihood", "--engine", vae["elbo"], "--data", "digits", "--split", "all", "--k", 4

@@ -183,4 +183,4 @@ def test_importance_weighted_dequantisation_bound(mnist) -> None:
     assert torch.allclose(figures["bpd"], draws[0])
     assert (figures["bpd_iw"] <= draws.mean(0) + 1e-6).all()
     assert (figures["bpd_iw"] < draws.mean(0)).any()
-    assert set(model.evaluate(x)) == {"bpd", "bpd_center", "nll"}
+    assert set(model.evaluate(x)) == {"bpd", "bpd_density_at_centers", "nll"}
