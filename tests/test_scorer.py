@@ -38,7 +38,7 @@ from gentrain.models.quantization import dequantize
 from gentrain.train import TrainConfig, Trainer
 
 CLI = InProcessCli(main, "genrun")
-SMALL = dict(batch_size=32, warmup=1, eval_every=40, ckpt_every=40, log_every=40)
+SMALL = dict(batch_size=32, warmup=1, eval_every=20, ckpt_every=20, log_every=20)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,11 @@ def digits():
 
 @pytest.fixture(scope="module")
 def flow(digits, tmp_path_factory) -> dict:
-    """A tiny Glow trained 40 steps on the digits, its density engine and model."""
+    """A tiny Glow trained 20 steps on the digits, its density engine and model."""
     out = tmp_path_factory.mktemp("flow")
     torch.manual_seed(0)
     model = Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=16))
-    config = TrainConfig(steps=40, optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
+    config = TrainConfig(steps=20, optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
     Trainer(model, digits, config, out).fit()
     (engine,) = export_checkpoint(out / "checkpoint.pt", out, "density", name="tiny")
     model = model_from_checkpoint(load_checkpoint(out / "checkpoint.pt")).eval()
