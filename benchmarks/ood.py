@@ -153,7 +153,7 @@ def evaluate(engine_path: Path, test: np.ndarray, sets: dict[str, np.ndarray]):
     scores: dict[str, dict[str, np.ndarray]] = {label: {} for label in SCORES}
     for name, images in every.items():
         started = time.perf_counter()
-        bpd = scorer.bits_per_dim(images, k=stats.k, seed=stats.seed)
+        bpd = scorer.bits_per_dim(images, stats.iw_samples, stats.seed)
         scores["nll"][name] = bpd
         scores["complexity"][name] = bpd - compressed_bits(images, n_bits) / dims
         scores["complexity (WebP)"][name] = bpd - webp_bits(images, n_bits) / dims
@@ -206,7 +206,7 @@ def report(family: str, engine: Path, trained: str, table, means) -> list[str]:
         "",
         f"Training: `gentrain fit {family}` defaults, {trained}. Typicality statistics "
         f"from export: training bits/dim {stats.bpd_mean:.3f} (std {stats.bpd_std:.3f}) over "
-        f"the first {stats.images} training images, K = {stats.k}.",
+        f"the first {stats.images} training images, K = {stats.iw_samples}.",
         "",
         "Mean nll (bits/dim bound) per set: "
         + ", ".join(f"{name} {value:.2f}" for name, value in means.items())

@@ -16,7 +16,7 @@ import typer
 from genrun.errors import run_cli
 from genrun.manifest import Manifest, Parity, read_from_onnx, to_json
 
-from .engines import Engine, export_checkpoint, verify_engine
+from .engines import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import ROLES
 from .onnx import OPSETS
 
@@ -79,7 +79,7 @@ def onnx_command(
     typer.echo(f"all parity checks passed; {engines[0].exporter}, opset {opset}, {precision}")
 
 
-def _training_scores(engine: Engine) -> str:
+def _training_scores(engine: ExportedGraph) -> str:
     """What the engine's manifest carries for the typicality score, in words."""
     if engine.training_scores_note:
         return f"no training statistics ({engine.training_scores_note})"

@@ -55,9 +55,9 @@ def measure(
     write_to_onnx(model, manifest)
     engine = RuntimeEngine(session(model), path, "cpu", default_threads())
     scorer = Scorer(engine)
-    k = scorer.default_k
+    k = scorer.default_iw_samples
     count = min(len(images), MAX_IMAGES, max(1, MAX_ROWS // k))
-    bpd = scorer.bits_per_dim(images[:count], k=k, seed=SEED)
+    bpd = scorer.bits_per_dim(images[:count], iw_samples=k, seed=SEED)
     finite = bpd[np.isfinite(bpd)]
     if len(finite) < 2:
         raise UserError(
@@ -68,7 +68,7 @@ def measure(
         data=spec,
         split="train",
         images=len(finite),
-        k=k,
+        iw_samples=k,
         seed=SEED,
         bpd_mean=float(finite.mean()),
         bpd_std=float(finite.std(ddof=1)),

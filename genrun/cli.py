@@ -27,7 +27,7 @@ from .engine import PROVIDERS, Engine, available_providers, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .images import save_grid, write_atomic, write_npz_stream
-from .manifest import TensorSpec
+from .manifest import IMAGES, TensorSpec
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
 from .sampler import Sampler
 from .scorer import Scorer, Scores
@@ -87,7 +87,7 @@ def sample_command(
             _write_dir(out, progress)
         elif kind == "npz":
             shape = (n, *sampler.engine.manifest.data_shape)
-            _writing(out, lambda: write_npz_stream(out, "images", progress, shape))
+            _writing(out, lambda: write_npz_stream(out, IMAGES, progress, shape))
         else:
             _writing(out, lambda: save_grid(np.concatenate(list(progress)), out))
     typer.echo(
@@ -125,12 +125,14 @@ def likelihood_command(
             "typicality with --m > 1: one row per group."
         ),
     ] = None,
-    k: Annotated[
+    iw_samples: Annotated[
         int | None,
         typer.Option(
-            help="Draws per image of the bound: density engines uniform dequantisation "
+            "--iw-samples",
+            "--k",
+            help="Draws K per image of the bound: density engines uniform dequantisation "
             "offsets (default 1, the variational bound; more: the importance-weighted "
-            "bound), elbo engines latents (default 100, the IWAE bound)."
+            "bound), elbo engines latents (default 100, the IWAE bound).",
         ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the draws.")] = 0,
@@ -162,7 +164,7 @@ def likelihood_command(
         _check_writable(out.parent)
 
     def scored(images: np.ndarray) -> Scores:
-        return scorer.score(images, score, k, seed, batch, m)
+        return scorer.score(images, score, iw_samples, seed, batch, m)
 
     grouped = score == "typicality" and m > 1
     if files:
@@ -208,7 +210,7 @@ def likelihood_command(
     if len(values):
         stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
         mean = f"{score}{unit} mean {values.mean():.4f} +- {stderr:.4f}"
-    notes = [_describe_bound(scorer, results[0])] if results[0].k is not None else []
+    notes = [_describe_bound(scorer, results[0])] if results[0].iw_samples is not None else []
     floored = sum(result.floored for result in results)
     if floored:
         notes.append(f"{floored} estimates below 0 raised to 0, as -log P(x) >= 0")
@@ -234,11 +236,11 @@ def _describe_bound(scorer: Scorer, result: Scores) -> str:
     if scorer.exact:
         kind = (
             "dequantised variational bound"
-            if result.k == 1
-            else f"importance-weighted dequantisation bound, K = {result.k}"
+            if result.iw_samples == 1
+            else f"importance-weighted dequantisation bound, K = {result.iw_samples}"
         )
     else:
-        kind = f"IWAE bound, K = {result.k}"
+        kind = f"IWAE bound, K = {result.iw_samples}"
     return f"bits/dim: {kind}, seed {result.seed}"
 
 

@@ -83,7 +83,7 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
   data          the data spec the images came from.
   split         "train".
   images        how many (the first ones of the split).
-  k             draws per image of the bound (offsets or latents), and
+  iw_samples    draws K per image of the bound (offsets or latents), and
   seed          their seed: typicality scores with the same k.
   bpd_mean      mean bits/dim of those images.
   bpd_std       their standard deviation (ddof 1).
@@ -101,6 +101,36 @@ from .errors import UserError
 MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
 METADATA_KEY = "vaeflow.manifest"
+
+# The names of the tensors, written once: graphs declare them, runtimes look
+# them up. The batch axis is the string BATCH in every shape.
+BATCH = "N"
+IMAGES = "images"  # uint8 images in (encode, density, elbo); float images out (generate, decode)
+PIXELS = "pixels"  # uint8 images out: the float images mapped by PixelMapping.to_uint8
+TEMPERATURE = "temperature"  # per-sample scale of the noise (N,)
+OFFSET = "offset"  # dequantisation offset of a density graph
+LOG_LIKELIHOOD = "log_likelihood"  # exact log P(x) in nats (density)
+BITS_PER_DIM = "bits_per_dim"
+LOG_WEIGHT = "log_weight"  # one importance weight log w in nats (elbo)
+Z = "z"  # a latent code (decode input, autoencoder encode output)
+MU = "mu"  # mean of q(z|x) (vae encode)
+LOGVAR = "logvar"  # log variance of q(z|x) (vae encode)
+EPS = "eps"  # N(0, I) noise of the reparameterisation (vae elbo)
+
+
+def noise_name(i: int) -> str:
+    """Input i of the per-level (flows) or per-group (hvae) noise of generate."""
+    return f"noise_{i}"
+
+
+def latent_name(i: int) -> str:
+    """Output i of a flow's density graph: the latent of level i."""
+    return f"latent_{i}"
+
+
+def eps_name(i: int) -> str:
+    """Input i of the hvae elbo graph: the posterior noise of group i."""
+    return f"{EPS}_{i}"
 
 
 @dataclass
@@ -164,7 +194,7 @@ class TrainingScores:
     data: str
     split: str
     images: int
-    k: int
+    iw_samples: int
     seed: int
     bpd_mean: float
     bpd_std: float
@@ -172,7 +202,8 @@ class TrainingScores:
     def summary(self) -> str:
         return (
             f"bits/dim {self.bpd_mean:.4f} (std {self.bpd_std:.4f}) over the first "
-            f"{self.images} {self.split} images of {self.data}, K = {self.k}, seed {self.seed}"
+            f"{self.images} {self.split} images of {self.data}, K = {self.iw_samples}, "
+            f"seed {self.seed}"
         )
 
 

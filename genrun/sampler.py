@@ -14,6 +14,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 
@@ -72,7 +73,7 @@ class Sampler:
 
     def __init__(self, engine: Engine):
         engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or "pixels" not in _outputs(engine):
+        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
@@ -83,9 +84,9 @@ class Sampler:
                 "sample from; feed your own codes via engine.run(z=...)"
             )
         self.engine = engine
-        self.noise_inputs = _noise_inputs(engine, ("temperature",), "sampling")
+        self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = "temperature" in {s.name for s in engine.manifest.inputs}
+        self.feeds_temperature = TEMPERATURE in {s.name for s in engine.manifest.inputs}
 
     def sample(
         self,
@@ -150,11 +151,11 @@ class Sampler:
     def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         if self.feeds_temperature:
             temperatures = np.full(len(noise[0]), temperature, np.float32)
-            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
+            feeds = {**dict(zip(self.noise_inputs, noise, strict=True)), TEMPERATURE: temperatures}
         else:
             scaled = [np.float32(temperature) * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
-        return self.engine.run(**feeds)["pixels"]
+        return self.engine.run(**feeds)[PIXELS]
 
 
 def _check_count(name: str, value: int) -> None:

@@ -30,11 +30,12 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, OFFSET, TrainingScores
 from .ood import compressed_bits, typicality
 from .sampler import BlockNoise, _check_count, _noise_inputs, _outputs
 
 SCORES = ("nll", "complexity", "typicality", "bpd_density_at_centers")
-DEFAULT_K = {"density": 1, "elbo": 100}  # draws per image when k is None
+DEFAULT_IW_SAMPLES = {"density": 1, "elbo": 100}  # draws K per image when iw_samples is None
 
 
 @dataclass
@@ -46,7 +47,7 @@ class Scores:
     values: np.ndarray
     nonfinite: int  # NaN or infinite values among `values`
     floored: int  # bound estimates below 0 raised to 0 (see the module doc)
-    k: int | None  # draws per image of the bound (None: no bound involved)
+    iw_samples: int | None  # draws K per image of the bound (None: no bound involved)
     seed: int | None  # and their seed
 
     @property
@@ -63,35 +64,43 @@ class Scorer:
     def __init__(self, engine: Engine):
         engine.require_manifest("scoring")
         outputs = _outputs(engine)
-        self.exact = "log_likelihood" in outputs
+        self.exact = LOG_LIKELIHOOD in outputs
         inputs = {spec.name for spec in engine.manifest.inputs}
-        if "images" not in inputs or not (self.exact or "log_weight" in outputs):
+        if IMAGES not in inputs or not (self.exact or LOG_WEIGHT in outputs):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
                 "density or elbo engine (output log_likelihood or log_weight)"
             )
         self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, ("images",), "scoring")
+        self.noise_inputs = [] if self.exact else _noise_inputs(engine, (IMAGES,), "scoring")
         # A density graph without an offset input scores the discrete image itself.
-        self.dequantized = self.exact and "offset" in inputs
+        self.dequantized = self.exact and OFFSET in inputs
         self.dims = math.prod(engine.manifest.data_shape)
-        self.default_k = DEFAULT_K["density" if self.exact else "elbo"]
+        self.default_iw_samples = DEFAULT_IW_SAMPLES["density" if self.exact else "elbo"]
 
     # -- the bound -----------------------------------------------------------------
     def nll(
-        self, images: np.ndarray, k: int | None = None, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
     ) -> np.ndarray:
         """A bound on -log P(x) in nats of each uint8 image, float64 (N,),
         never negative (see the module doc): K seeded draws per image
         (default: 1 offset for density engines, 100 latents for elbo ones)."""
-        return np.fmax(self._raw_nll(images, k, seed, batch_size), 0.0)
+        return np.fmax(self._raw_nll(images, iw_samples, seed, batch_size), 0.0)
 
     def bits_per_dim(
-        self, images: np.ndarray, k: int | None = None, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 256,
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's `bpd`
         (flows, K = 1) or the IWAE `bpd` (VAEs)."""
-        return self.nll(images, k, seed, batch_size) / (self.dims * math.log(2))
+        return self.nll(images, iw_samples, seed, batch_size) / (self.dims * math.log(2))
 
     def bits_per_dim_density_at_centers(
         self, images: np.ndarray, batch_size: int = 256
@@ -108,7 +117,7 @@ class Scorer:
         _check_images(images)
         _check_count("batch size", batch_size)
         parts = [
-            self.engine.run(images=images[start : start + batch_size])["log_likelihood"]
+            self.engine.run(**{IMAGES: images[start : start + batch_size]})[LOG_LIKELIHOOD]
             for start in range(0, len(images), batch_size)
         ]
         return -np.concatenate(parts).astype(np.float64) / (self.dims * math.log(2))
@@ -118,7 +127,7 @@ class Scorer:
         self,
         images: np.ndarray,
         score: str = "nll",
-        k: int | None = None,
+        iw_samples: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
         m: int = 1,
@@ -128,7 +137,7 @@ class Scorer:
         length in bits (Serra et al. 2020); typicality: |group mean bits/dim -
         the training mean| / (training std / sqrt(M)) per group of `m`
         consecutive images (Nalisnick et al. 2019), with the manifest's
-        training statistics and their K; bpd_density_at_centers (no bound)."""
+        training statistics and their K (iw_samples); bpd_density_at_centers (no bound)."""
         if score not in SCORES:
             raise UserError(f"unknown score {score!r}; use one of: {', '.join(SCORES)}")
         if score == "bpd_density_at_centers":
@@ -136,13 +145,14 @@ class Scorer:
             return Scores(score, values, _nonfinite(values), 0, None, None)
         stats = self.training_scores() if score == "typicality" else None
         if stats is not None:
-            if k is not None and k != stats.k:
+            if iw_samples is not None and iw_samples != stats.iw_samples:
                 raise UserError(
-                    f"typicality compares with training statistics computed with k = {stats.k}; "
-                    f"drop --k or pass --k {stats.k}"
+                    "typicality compares with training statistics computed with "
+                    f"iw_samples = {stats.iw_samples}; drop --iw-samples or pass "
+                    f"--iw-samples {stats.iw_samples}"
                 )
-            k, seed = stats.k, stats.seed
-        k = self._k(k)
+            iw_samples, seed = stats.iw_samples, stats.seed
+        k = self._k(iw_samples)
         raw = self._raw_nll(images, k, seed, batch_size)
         floored = int((raw < 0).sum())
         bpd = np.fmax(raw, 0.0) / (self.dims * math.log(2))
@@ -155,7 +165,7 @@ class Scorer:
             values = typicality(bpd, stats.bpd_mean, stats.bpd_std, m)
         return Scores(score, values, _nonfinite(values), floored, k, seed)
 
-    def training_scores(self):
+    def training_scores(self) -> TrainingScores:
         """The manifest's training bits/dim statistics, or a UserError saying
         how to get them."""
         stats = self.engine.manifest.training_scores
@@ -169,23 +179,25 @@ class Scorer:
         return stats
 
     # -- the streamed importance-weighted estimate ---------------------------------
-    def _k(self, k: int | None) -> int:
-        k = self.default_k if k is None else k
-        _check_count("k", k)
+    def _k(self, iw_samples: int | None) -> int:
+        k = self.default_iw_samples if iw_samples is None else iw_samples
+        _check_count("iw_samples", k)
         if not self.dequantized and self.exact and k != 1:
             raise UserError(
                 f"{self.engine.path} has no offset input: its log_likelihood is exact, so "
-                f"k must be 1, got {k}"
+                f"iw_samples must be 1, got {k}"
             )
         return k
 
-    def _raw_nll(self, images: np.ndarray, k: int | None, seed: int, batch_size: int) -> np.ndarray:
+    def _raw_nll(
+        self, images: np.ndarray, iw_samples: int | None, seed: int, batch_size: int
+    ) -> np.ndarray:
         """-(log (1/K) sum_k w_ik) per image before the floor at 0; weights
         streamed in calls of at most `batch_size` rows."""
         images = np.asarray(images)
         _check_images(images)
         _check_count("batch size", batch_size)
-        k = self._k(k)
+        k = self._k(iw_samples)
         if self.exact:
             shapes = [tuple(self.engine.manifest.data_shape)] if self.dequantized else []
             extra = 0.0  # the graph's log P includes the discretisation term
@@ -204,10 +216,10 @@ class Scorer:
 
     def _log_weights(self, images: np.ndarray, draws: list[np.ndarray]) -> np.ndarray:
         if self.exact:
-            feeds = {"offset": draws[0]} if self.dequantized else {}
-            return self.engine.run(images=images, **feeds)["log_likelihood"]
+            feeds = {OFFSET: draws[0]} if self.dequantized else {}
+            return self.engine.run(**{IMAGES: images}, **feeds)[LOG_LIKELIHOOD]
         feeds = dict(zip(self.noise_inputs, draws, strict=True))
-        return self.engine.run(images=images, **feeds)["log_weight"]
+        return self.engine.run(**{IMAGES: images}, **feeds)[LOG_WEIGHT]
 
 
 class _LogMeanExp:

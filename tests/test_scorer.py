@@ -82,7 +82,7 @@ def _strange_images(shape: tuple[int, ...]) -> np.ndarray:
 @given(images=arrays(np.uint8, (3, 1, 8, 8)), seed=st.integers(0, 2**31))
 def test_the_bound_is_the_models_dequantised_bound_and_never_negative(flow, images, seed) -> None:
     scorer, model = flow["scorer"], flow["model"]
-    nll = scorer.nll(images, k=1, seed=seed)
+    nll = scorer.nll(images, iw_samples=1, seed=seed)
     offsets = BlockNoise(seed, [(1, 8, 8)], uniform=True).take(0, len(images))[0]
     with torch.no_grad():
         y = dequantize(torch.from_numpy(images), model.config.n_bits, torch.from_numpy(offsets))
@@ -111,10 +111,10 @@ def test_draws_and_calls_stay_within_the_batch_whatever_k(vae_elbo, digits) -> N
     run = scorer.engine.run
     scorer.engine.run = lambda **feeds: rows.append(len(feeds["images"])) or run(**feeds)
     images = digits.test.images[:2]
-    nll = scorer.nll(images, k=3000, seed=1, batch_size=7)
+    nll = scorer.nll(images, iw_samples=3000, seed=1, batch_size=7)
     assert max(rows) <= 7 and sum(rows) == 6000
     scorer.engine.run = run
-    assert np.allclose(nll, scorer.nll(images, k=3000, seed=1, batch_size=1000), atol=1e-9)
+    assert np.allclose(nll, scorer.nll(images, iw_samples=3000, seed=1, batch_size=1000), atol=1e-9)
 
 
 @pytest.mark.parametrize("which", ["flow", "vae"])
@@ -144,9 +144,13 @@ def test_complexity_is_bits_per_dim_minus_png_bits_per_pixel(flow, digits) -> No
 def test_typicality_statistics_travel_in_the_manifest(flow, digits) -> None:
     manifest = read_from_onnx(flow["path"])
     stats = manifest.training_scores
-    assert manifest.version == 2 and (stats.data, stats.split, stats.k) == ("digits", "train", 1)
+    assert manifest.version == 2 and (stats.data, stats.split, stats.iw_samples) == (
+        "digits",
+        "train",
+        1,
+    )
     train = digits.train.images[: stats.images]
-    bpd = flow["scorer"].bits_per_dim(train, k=stats.k, seed=stats.seed)
+    bpd = flow["scorer"].bits_per_dim(train, stats.iw_samples, stats.seed)
     assert stats.bpd_mean == pytest.approx(bpd.mean(), abs=1e-9)
     assert stats.bpd_std == pytest.approx(bpd.std(ddof=1), abs=1e-9)
     assert from_json(to_json(manifest)).training_scores == stats
@@ -163,8 +167,8 @@ def test_typicality_statistics_travel_in_the_manifest(flow, digits) -> None:
     assert np.allclose(
         values, np.abs(np.array(means) - stats.bpd_mean) / (stats.bpd_std / np.sqrt(sizes))
     )
-    with pytest.raises(UserError, match="computed with k = 1"):
-        flow["scorer"].score(images, "typicality", k=5)
+    with pytest.raises(UserError, match="computed with iw_samples = 1"):
+        flow["scorer"].score(images, "typicality", iw_samples=5)
 
 
 def test_auroc_and_fpr95_match_a_hand_count() -> None:
