@@ -60,7 +60,10 @@ def sample_command(
     ] = 0,
     out: Annotated[
         Path,
-        typer.Option(help="FILE.png (a grid), FILE.npz (array 'images'), or DIR/ (one PNG each)."),
+        typer.Option(
+            help="FILE.png (a grid), FILE.npz (array 'images'), DIR/ (one PNG each), or a "
+            "pipe or device such as /dev/stdout (the npz, streamed)."
+        ),
     ] = Path("samples.png"),
     fixed_levels: Annotated[
         int,
@@ -186,7 +189,9 @@ def bench_command(
     try:
         flops: int | None = count_flops(loaded.path)
         cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
-    except (ImportError, ValueError) as err:  # no `onnx`, or shapes it cannot infer
+    except ImportError:  # the base install has no `onnx` to read the graph with
+        flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
+    except ValueError as err:  # shapes onnx cannot infer
         flops, cost = None, f"FLOPs not counted ({err})"
     # The share of peak compares like with like only on the CPU.
     peak = matmul_peak_gflops(loaded.threads) if loaded.provider == "cpu" else None
