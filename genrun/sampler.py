@@ -78,10 +78,11 @@ class Sampler:
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
             )
-        if engine.family == "ae":
+        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is an autoencoder decoder: an autoencoder has no prior to "
-                "sample from; feed your own codes via engine.run(z=...)"
+                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
+                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
+                "engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
