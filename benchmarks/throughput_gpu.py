@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from throughput import COMPILE_MODES, trained_engines
+from torch.utils import _pytree as pytree
 
 from genexport.engines import export_checkpoint
 from genexport.graphs import build_graph
@@ -71,7 +72,8 @@ def matmul_peak_tflops(device: str, dtype: torch.dtype, seconds: float) -> float
 def torch_rows(model, role, batch, device, args) -> list[tuple[str, object]]:
     """(peer, BenchRow or reason) for eager and the best torch.compile mode."""
     graph = build_graph(model, role)
-    inputs = [t.to(device) for t in graph.sample_inputs(batch, torch.Generator().manual_seed(0))]
+    inputs = graph.sample_inputs(batch, torch.Generator().manual_seed(0))
+    inputs = pytree.tree_map(lambda tensor: tensor.to(device), inputs)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     eager = graph.reference.to(device).eval()
     frozen = graph.module.to(device).eval()
@@ -110,7 +112,7 @@ def build_plans(paths: dict[str, Path], precision: str, workdir: Path, max_batch
     try:
         from genexport.tensorrt import PlanOptions, export_plans
 
-        options = PlanOptions(precision=precision, max_batch=max_batch)
+        options = PlanOptions(precision, opt_batch=min(256, max_batch), max_batch=max_batch)
         return {
             role: export_plans(path, workdir, options=options)[0].path
             for role, path in paths.items()

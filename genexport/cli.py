@@ -102,7 +102,7 @@ def tensorrt_command(
     """Build TensorRT NAME.ROLE[.fp16].plan engines (with a .plan.json sidecar)
     from the verified ONNX graphs, checked against ONNX Runtime CPU at batch
     1, 7, opt and max before anything is written. Needs an NVIDIA GPU and
-    `pip install 'vaeflow[tensorrt]'`."""
+    TensorRT (the package extra "tensorrt")."""
     options = PlanOptions(
         precision, opt_batch, max_batch, workspace_gib, timing_cache, hardware_compat
     )

@@ -240,8 +240,12 @@ def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, n
 
 def bounds(manifest: Manifest) -> dict[str, float]:
     """The bounds the ONNX export held this graph to (its last parity record
-    of its own precision), by output name and round_trip.*."""
-    own = [p for p in manifest.parity if p.precision == manifest.precision]
+    of its own precision, not a plan's), by output name and round_trip.*."""
+    own = [
+        p
+        for p in manifest.parity
+        if p.precision == manifest.precision and p.reference != PLAN_REFERENCE
+    ]
     if not own:
         raise UserError(
             f"the {manifest.family} {manifest.role} manifest records no {manifest.precision} "

@@ -24,7 +24,7 @@ from cli_helpers import InProcessCli
 from genexport.cli import main as genexport_main
 from genexport.engines import export_checkpoint
 from genexport.tensorrt import PlanOptions, export_plans
-from genrun.backends.onnxruntime import OnnxRuntimeRunner, provider_options
+from genrun.backends.onnxruntime import OnnxRuntimeRunner, graph_specs, provider_options
 from genrun.backends.sidecar import read_sidecar, sidecar_path
 from genrun.bench import random_inputs
 from genrun.cli import main as genrun_main
@@ -130,7 +130,7 @@ def test_cuda_graphs_replay_one_graph_per_batch_size(plans) -> None:
     executions = trt.executions
     graphed = Sampler(engine).sample(20, seed=1, batch_size=8)  # batches 8, 8, 4
     assert (graphed == plain).all() and sorted(engine.runner.graphs) == [4, 8]
-    # A capture is recorded, not run: one plain enqueue per new size, then replays.
+    # Per new size one plain enqueue and one captured; a replay enqueues nothing.
     assert trt.executions - executions == 4
 
 
@@ -236,7 +236,7 @@ def test_onnxruntime_gpu_settings_and_io_binding(onnx_engines, tmp_path) -> None
     path = tmp_path / "e.onnx"
     assert provider_options("cuda", path, [])["cudnn_conv_algo_search"] == "EXHAUSTIVE"
     engine = load(onnx_engines["density"])
-    options = provider_options("tensorrt", path, engine.inputs)
+    options = provider_options("tensorrt", path, graph_specs(engine.session.get_inputs()))
     assert options["trt_engine_cache_path"] == str(tmp_path / "e.onnx.trt-cache")
     assert (tmp_path / "e.onnx.trt-cache").is_dir() and "trt_fp16_enable" not in options
     assert options["trt_profile_max_shapes"] == "images:4096x1x8x8"
