@@ -36,14 +36,24 @@ from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sha256, sidecar_p
 from genrun.backends.tensorrt import PlanRunner, import_tensorrt, logger
 from genrun.engine import ort_session
 from genrun.errors import UserError
-from genrun.manifest import Manifest, Parity, TensorSpec, read_from_onnx
+from genrun.manifest import (
+    BATCH,
+    IMAGES,
+    PIXELS,
+    TEMPERATURE,
+    Manifest,
+    Parity,
+    TensorSpec,
+    latent_name,
+    read_from_onnx,
+)
 
 from .onnx import write_atomically
 from .verify import _max_abs as max_abs  # one rule for NaN and infinities
 
 PRECISIONS = ("fp32", "fp16")
 PLAN_REFERENCE = "onnxruntime-cpu"
-TEMPERATURE = 0.7  # what the parity inputs feed a generate graph's temperature
+PARITY_TEMPERATURE = 0.7  # what the parity inputs feed a generate graph's temperature
 SEED = 0
 
 
@@ -222,17 +232,17 @@ def plan_runner(trt: Any, plan: bytes, onnx_path: Path, manifest: Manifest) -> P
 
 def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
     """Parity inputs: random pixels, standard-normal floats, the temperature
-    TEMPERATURE; inputs with a default are left to it."""
+    PARITY_TEMPERATURE; inputs with a default are left to it."""
     rng = np.random.default_rng([SEED, seed])
     feeds = {}
     for spec in specs:
         if spec.default is not None:
             continue
-        shape = [batch if size == "N" else size for size in spec.shape]
+        shape = [batch if size == BATCH else size for size in spec.shape]
         if spec.dtype == "uint8":
             feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.name == "temperature":
-            feeds[spec.name] = np.full(shape, TEMPERATURE, np.float32)
+        elif spec.name == TEMPERATURE:
+            feeds[spec.name] = np.full(shape, PARITY_TEMPERATURE, np.float32)
         else:
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
     return feeds
@@ -287,25 +297,23 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
     tolerance = bounds(generate.manifest)
     if not {"round_trip.images", "round_trip.pixels"} <= tolerance.keys():
         return  # exported one role at a time: no round-trip bound recorded
-    latents = [s.name for s in density.manifest.outputs if s.name.startswith("latent_")]
-    noise = [s.name for s in generate.manifest.inputs if s.name != "temperature"]
+    latents = [latent_name(i) for i in range(len(density.manifest.latent_shapes))]
+    noise = [s.name for s in generate.manifest.inputs if s.name != TEMPERATURE]
     sessions = [ort_session(density.onnx_path), ort_session(generate.onnx_path)]
     errors = {"round_trip.images": 0.0, "round_trip.pixels": 0.0}
     for batch in (1, 7):
-        pixels = seeded_inputs(density.manifest.inputs, batch, batch)["images"]
+        pixels = seeded_inputs(density.manifest.inputs, batch, batch)[IMAGES]
         ones = np.ones(batch, np.float32)
-        got_latents = runners["density"].run({"images": pixels})
+        got_latents = runners["density"].run({IMAGES: pixels})
         feeds = {n: got_latents[latent] for n, latent in zip(noise, latents, strict=True)}
-        got = runners["generate"].run({**feeds, "temperature": ones})
-        want_latents = sessions[0].run(latents, {"images": pixels})
+        got = runners["generate"].run({**feeds, TEMPERATURE: ones})
+        want_latents = sessions[0].run(latents, {IMAGES: pixels})
         feeds = dict(zip(noise, want_latents, strict=True))
-        want_images = sessions[1].run(["images"], {**feeds, "temperature": ones})[0]
+        want_images = sessions[1].run([IMAGES], {**feeds, TEMPERATURE: ones})[0]
         errors["round_trip.images"] = max(
-            errors["round_trip.images"], max_abs(got["images"], want_images)
+            errors["round_trip.images"], max_abs(got[IMAGES], want_images)
         )
-        errors["round_trip.pixels"] = max(
-            errors["round_trip.pixels"], max_abs(got["pixels"], pixels)
-        )
+        errors["round_trip.pixels"] = max(errors["round_trip.pixels"], max_abs(got[PIXELS], pixels))
     for plan in (generate, density):
         last = plan.manifest.parity[-1]
         last.max_abs_error.update(errors)

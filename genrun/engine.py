@@ -22,7 +22,6 @@ import numpy as np
 
 from .backends import BACKEND_BY_SUFFIX
 from .backends.onnxruntime import (
-    BATCH,
     PROVIDERS,
     OnnxRuntimeRunner,
     available_providers,
@@ -32,7 +31,7 @@ from .backends.onnxruntime import (
 )
 from .backends.onnxruntime import create_session as ort_session
 from .errors import UserError
-from .manifest import METADATA_KEY, Manifest, TensorSpec
+from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
 
 __all__ = [
     "BATCH",

@@ -27,7 +27,7 @@ import numpy as np
 import onnxruntime
 
 from ..errors import UserError
-from ..manifest import METADATA_KEY, Manifest, TensorSpec, from_json
+from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, from_json
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
 # the first one this onnxruntime build offers.
@@ -37,7 +37,6 @@ PROVIDERS = {
     "cpu": "CPUExecutionProvider",
 }
 GPU_PROVIDERS = ("tensorrt", "cuda")
-BATCH = "N"
 # ONNX Runtime's tensor types that a foreign graph's inputs may have.
 ORT_DTYPES = {
     "tensor(float)": "float32",

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..manifest import Manifest
+from ..manifest import BATCH, Manifest
 from . import cuda_memory
 from .cuda_memory import CudaGraph, DeviceBuffer, PinnedBuffer, Stream
 from .sidecar import PlanInfo, check_compatible, read_sidecar
@@ -140,7 +140,7 @@ class PlanRunner:
                 if spec is None:
                     raise UserError(f"{self.path}: the plan needs input '{name}'")
                 shape = (
-                    [batch if d == "N" else d for d in spec.shape]
+                    [batch if d == BATCH else d for d in spec.shape]
                     if name in self.dynamic
                     else tuple(self.context.get_tensor_shape(name))  # baked in at batch 1
                 )
