@@ -241,6 +241,11 @@ def targets(rows, engines, fp16, plans, data, batches, args) -> list[str]:
             f"{end_to_end:,.0f} samples/s = {share:.0%} of compute, "
             + ("met" if share >= 0.8 else "missed")
         )
+    else:
+        lines.append(
+            f"`genrun sample` end to end at batch {batch}: {end_to_end:,.0f} samples/s "
+            f"({source.name}, {provider}); its compute throughput not measured (no GPU engine)"
+        )
     # fp16 vs fp32 quality on the test split, on the GPU engines if present.
     gpu = "cuda" if "cuda" in available_providers() else "cpu"
     images = data.test.images
