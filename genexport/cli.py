@@ -4,6 +4,7 @@ genexport onnx runs/demo/checkpoint.pt                  # every graph of the fam
 genexport onnx CKPT --graphs density --precision fp16   # float16 inside, float32 outside
 genexport verify runs/demo/demo.density.onnx --ckpt runs/demo/checkpoint.pt
 genexport info runs/demo/demo.generate.onnx
+genexport tensorrt runs/demo/checkpoint.pt --precision fp16   # TensorRT plans (GPU)
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from genrun.manifest import Manifest, read_from_onnx, to_json
 from .engines import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import FAMILY_GRAPHS, roles
 from .onnx import OPSETS
+from .tensorrt import PlanOptions, export_plans
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -86,6 +88,62 @@ def _training_scores(engine: ExportedGraph) -> str:
         return f"no training statistics ({engine.training_scores_note})"
     stats = engine.training_scores
     return "" if stats is None else f"training {stats.summary()}"
+
+
+@app.command("tensorrt")
+def tensorrt_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="checkpoint.pt (its ONNX engines are exported first) or ENGINE.onnx."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the plans (default: the source's).")
+    ] = None,
+    graphs: Annotated[
+        str | None, typer.Option(help="With a checkpoint: comma-separated roles (default: all).")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (built from the fp16 graph; float32 I/O).")
+    ] = "fp32",
+    opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for.")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the profile.")] = 4096,
+    workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit, GiB.")] = 4.0,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(help="Timing cache read and updated (default: OUT/tensorrt.timing-cache)."),
+    ] = None,
+    hardware_compat: Annotated[
+        str, typer.Option(help="none (this GPU's architecture) or ampere+ (any Ampere or newer).")
+    ] = "none",
+    name: Annotated[
+        str | None, typer.Option(help="With a checkpoint: file name stem, as in `onnx`.")
+    ] = None,
+) -> None:
+    """Build TensorRT NAME.ROLE[.fp16].plan engines (with a .plan.json sidecar)
+    from the verified ONNX graphs, checked against ONNX Runtime CPU at batch
+    1, 7, opt and max before anything is written. Needs an NVIDIA GPU and
+    TensorRT (the package extra "tensorrt")."""
+    options = PlanOptions(
+        precision, opt_batch, max_batch, workspace_gib, timing_cache, hardware_compat
+    )
+    plans = export_plans(source, out, graphs, options, name)
+    rows = [
+        (
+            str(plan.path),
+            _size(len(plan.plan)),
+            "{min}/{opt}/{max}".format(**plan.info.profile),
+            f"{plan.seconds:.1f} s",
+        )
+        for plan in plans
+    ]
+    _table(("plan", "size", "batch min/opt/max", "build + check"), rows)
+    for plan in plans:
+        typer.echo(f"{plan.path.name}: {parity_text(plan.parity)}")
+    info = plans[0].info
+    typer.echo(
+        f"all plan parity checks passed; TensorRT {info.tensorrt} on {info.gpu} "
+        f"(compute capability {info.compute_capability}), {precision}"
+    )
 
 
 @app.command("verify")

@@ -39,12 +39,23 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 MAX_GRID = 10_000
 
 EngineOption = Annotated[
-    Path, typer.Option("--engine", help="An .onnx engine written by `genexport onnx`.")
+    Path,
+    typer.Option(
+        "--engine",
+        help="An .onnx engine (`genexport onnx`) or a TensorRT .plan (`genexport tensorrt`).",
+    ),
 ]
 ProviderOption = Annotated[
     str,
     typer.Option(
-        help=f"ONNX Runtime execution provider: auto (the best present), {', '.join(PROVIDERS)}."
+        help=f"ONNX Runtime execution provider: auto (the best present), {', '.join(PROVIDERS)}"
+        " (a .plan: auto or tensorrt)."
+    ),
+]
+CudaGraphsOption = Annotated[
+    bool,
+    typer.Option(
+        "--cuda-graphs", help="TensorRT .plan: replay one captured CUDA graph per batch size."
     ),
 ]
 
@@ -72,9 +83,10 @@ def sample_command(
         typer.Option(help="Share the first L noise inputs across samples (HVAE: 1 fixes z1)."),
     ] = 0,
     provider: ProviderOption = "auto",
+    cuda_graphs: CudaGraphsOption = False,
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
-    sampler = Sampler(load(engine, provider))
+    sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
     # Checks the arguments before anything is written.
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels)
     kind = _output_kind(out)
@@ -255,11 +267,12 @@ def bench_command(
     batch: Annotated[str, typer.Option(help="Comma-separated batch sizes.")] = "1,16,256",
     seconds: Annotated[float, typer.Option(help="Timed seconds per batch size.")] = 2.0,
     provider: ProviderOption = "auto",
+    cuda_graphs: CudaGraphsOption = False,
 ) -> None:
     """Samples/s, per-call latency (p50/p90/p99), achieved GFLOP/s and its share
     of the machine's measured float32 matmul peak at each batch size, after a
     warm-up, on random inputs of the engine's shapes (medians of the calls)."""
-    loaded = load(engine, provider)
+    loaded = load(engine, provider, cuda_graphs=cuda_graphs)
     try:
         batch_sizes = [int(size) for size in batch.split(",")]
     except ValueError:
@@ -268,7 +281,9 @@ def bench_command(
         ) from None
     rows = bench(loaded, batch_sizes, seconds)
     try:
-        flops: int | None = count_flops(loaded.path)
+        if loaded.onnx_path is None:  # a plan whose source ONNX is not beside it
+            raise ValueError(f"{loaded.plan.onnx_file} is not beside the plan")
+        flops: int | None = count_flops(loaded.onnx_path)
         cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
     except ImportError:  # the base install has no `onnx` to read the graph with
         flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
@@ -328,7 +343,30 @@ def describe(engine: Engine) -> list[str]:
             "outputs",
             *tensor_lines(engine.outputs),
         ]
-    return [labelled("engine", str(engine.path)), provider, *manifest_lines(engine.manifest)]
+    return [
+        labelled("engine", str(engine.path)),
+        provider,
+        *manifest_lines(engine.manifest),
+        *_plan_lines(engine),
+    ]
+
+
+def _plan_lines(engine: Engine) -> list[str]:
+    """A TensorRT plan's build facts (its sidecar), or nothing for ONNX."""
+    plan = engine.plan
+    if plan is None:
+        return []
+    profile = plan.profile
+    return [
+        labelled(
+            "tensorrt",
+            f"{plan.tensorrt}, built on {plan.gpu} (compute capability "
+            f"{plan.compute_capability}, hardware compatibility {plan.hardware_compat}), "
+            f"{plan.precision}",
+        ),
+        f"  profile  batch min {profile['min']}, opt {profile['opt']}, max {profile['max']}; "
+        f"from {plan.onnx_file} (sha256 {plan.onnx_sha256[:12]}...)",
+    ]
 
 
 def _output_kind(out: Path) -> str:

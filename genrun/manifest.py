@@ -308,12 +308,12 @@ def read_with_onnxruntime(session_or_path: Any) -> Manifest:
     """The manifest through onnxruntime (no `onnx` needed): pass an
     InferenceSession, or a path to open one."""
     if isinstance(session_or_path, (str, Path)):
-        import onnxruntime
+        from .engine import ort_session  # the one place sessions are made
 
         path = Path(session_or_path)
         _check_file(path)
         try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = ort_session(path)
         except Exception as err:
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
             raise UserError(

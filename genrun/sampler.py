@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -141,13 +142,32 @@ class Sampler:
     def _batches(
         self, n: int, temperature: float, noise: BlockNoise, batch_size: int, fixed_levels: int
     ) -> Iterator[np.ndarray]:
+        """A pipeline of depth one: while a worker thread runs batch i on the
+        engine (ONNX Runtime and the CUDA stream wait without the GIL), this
+        thread draws batch i+1's noise and the caller writes batch i-1. The
+        same noise in the same order as one call after the other, so the
+        samples are identical; at most two batches are in flight."""
         fixed = noise.take(0, 1)[:fixed_levels]
-        for start in range(0, n, batch_size):
+
+        def levels(start: int) -> list[np.ndarray]:
             stop = min(n, start + batch_size)
-            levels = noise.take(start, stop)
+            drawn = noise.take(start, stop)
             for i, first in enumerate(fixed):
-                levels[i] = np.repeat(first, stop - start, axis=0)
-            yield self._generate(levels, temperature)
+                drawn[i] = np.repeat(first, stop - start, axis=0)
+            return drawn
+
+        starts = range(0, n, batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrun-engine") as worker:
+            running = worker.submit(self._generate, levels(0), temperature)
+            try:
+                for start in starts[1:]:
+                    upcoming = levels(start)  # drawn while the engine runs the batch before
+                    done = running.result()
+                    running = worker.submit(self._generate, upcoming, temperature)
+                    yield done  # written by the caller while the engine runs `upcoming`
+                yield running.result()
+            finally:
+                running.cancel()  # a caller that stops early leaves no queued batch
 
     def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         if self.feeds_temperature:
