@@ -30,7 +30,7 @@ import torch
 from genrun.images import save_grid
 from genrun.readers import load_data
 from gentrain.evaluate import evaluate_images
-from gentrain.models import TRAIN_DEFAULTS, VAE, Glow, GlowConfig, VAEConfig, build_model
+from gentrain.models import FAMILIES, VAE, Glow, GlowConfig, VAEConfig, build_model
 from gentrain.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
@@ -82,7 +82,7 @@ def glow(args, data) -> str:
     model = trainer.final_model
     torch.manual_seed(0)
     started = time.perf_counter()
-    figures = evaluate_images(model, data.test.images, 500)
+    metrics = evaluate_images(model, data.test.images, 500)
     eval_wall = time.perf_counter() - started
     finite = {}
     for t in TEMPERATURES:
@@ -111,9 +111,9 @@ def glow(args, data) -> str:
         f"{trainer.step * GLOW_TRAIN['batch_size'] / wall:.0f} images/s, "
         f"{trainer.step * GLOW_TRAIN['batch_size'] / len(data.train.images):.1f} epochs) |",
         f"| skipped non-finite steps | {trainer.skipped} |",
-        f"| test bits/dim (uniform dequantisation) | {figures['bpd']['mean']:.4f} "
-        f"+- {figures['bpd']['stderr']:.4f} |",
-        f"| test bits/dim (bin centres) | {figures['bpd_center']['mean']:.4f} |",
+        f"| test bits/dim (uniform dequantisation) | {metrics['bpd']['mean']:.4f} "
+        f"+- {metrics['bpd']['stderr']:.4f} |",
+        f"| test bits/dim (bin centres) | {metrics['bpd_density_at_centers']['mean']:.4f} |",
         f"| evaluation wall time | {eval_wall:.1f} s |",
         "| finite samples at T = "
         + ", ".join(map(str, TEMPERATURES))
@@ -136,7 +136,7 @@ def vae(args, data) -> str:
         "# VAE quality on the shared MNIST",
         "",
         f"Machine: {machine()}. Data: {args.data} (8,000 train / 1,000 test). Bernoulli "
-        "likelihood on grey pixels in [0, 1] (the peer's), k = 20, Adam. Test figures in nats "
+        "likelihood on grey pixels in [0, 1] (the peer's), k = 20, Adam. Test metrics in nats "
         "per image: negative ELBO (closed-form KL, one draw) and importance-sampled NLL "
         f"(IWAE bound, K = {args.iw_samples}).",
         "",
@@ -155,7 +155,7 @@ def vae(args, data) -> str:
         model = VAE(VAEConfig(data.shape, **model_options))
         trainer, wall = train(model, data, args.data, Path(args.runs) / "vae", **train_options)
         torch.manual_seed(0)
-        figures = evaluate_images(
+        metrics = evaluate_images(
             trainer.final_model, data.test.images, 100, iw_samples=args.iw_samples
         )
         arch = model_options["arch"] + (
@@ -163,7 +163,7 @@ def vae(args, data) -> str:
         )
         rows.append(
             f"| {name} | {arch} | {describe(train_options)} | {wall:.0f} s | "
-            f"{figures['nelbo']['mean']:.2f} | {figures['nll']['mean']:.2f} |"
+            f"{metrics['nelbo']['mean']:.2f} | {metrics['nll']['mean']:.2f} |"
         )
         print(rows[-1], flush=True)
         if name.startswith("ours, 2"):
@@ -171,7 +171,7 @@ def vae(args, data) -> str:
             save_grid(trainer.final_model.sample(64).numpy(), RESULTS / "vae-samples.png", scale=2)
     rows += [
         "",
-        "Targets: beat the peer on both figures at 10 epochs; best NLL in 2 CPU-minutes "
+        "Targets: beat the peer on both metrics at 10 epochs; best NLL in 2 CPU-minutes "
         "(aim <= 105 nats). Samples of the 2-minute model (decoder means): `vae-samples.png`.",
     ]
     return "\n".join(rows) + "\n"
@@ -205,30 +205,29 @@ def lecture(args, data) -> str:
         f"Machine: {machine()}. Data: {args.data} (8,000 train / 1,000 test). Every model "
         f"of a pair trains for {args.minutes:g} minutes of wall-clock time (the AEs 1.5) on "
         "this machine alone, one after the other, with its family's default training "
-        "settings (`TRAIN_DEFAULTS`), "
+        "settings (its model class's `train_defaults`), "
         "then is evaluated on all 1,000 test images: AE and PCA squared error summed over "
         "the [0, 1] pixels per image; VAE and HVAE -ELBO and importance-sampled NLL "
         f"(K = {args.lecture_iw}) in nats; flows bits/dim (uniform dequantisation) and at "
         "bin centres.",
         "",
-        "| comparison | model | steps | images/s | test figures |",
+        "| comparison | model | steps | images/s | test metrics |",
         "|---|---|---|---|---|",
     ]
     for comparison, runs in LECTURE_PAIRS.items():
         for label, family, model_options, train_options in runs:
             torch.manual_seed(0)
             model = build_model(family, {"data_shape": data.shape, **model_options})
-            options = {**TRAIN_DEFAULTS[family], "minutes": args.minutes, **train_options}
+            options = {**FAMILIES[family].train_defaults, "minutes": args.minutes, **train_options}
             options["epochs"] = 10**6  # the minutes end the run
             trainer, wall = train(model, data, args.data, Path(args.runs) / family, **options)
             trained = trainer.final_model
-            if family == "ae":
-                trained.fit_baselines(torch.from_numpy(data.train.images))
+            trained.fit_baselines(torch.from_numpy(data.train.images))  # the AE's PCA
             torch.manual_seed(0)
-            figures = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
-            keys = HEADLINE.get(family, ("bpd", "bpd_center"))
+            metrics = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
+            keys = HEADLINE.get(family, ("bpd", "bpd_density_at_centers"))
             shown = ", ".join(
-                f"{k} {figures[k]['mean']:.3f} +- {figures[k]['stderr']:.3f}" for k in keys
+                f"{k} {metrics[k]['mean']:.3f} +- {metrics[k]['stderr']:.3f}" for k in keys
             )
             images_per_s = trainer.step * options["batch_size"] / wall
             rows.append(

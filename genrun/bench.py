@@ -5,14 +5,16 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import BATCH, TEMPERATURE
 
-WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed
+WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed (fewer if slow)
 PROBE_BATCH = 16  # rows of the call whose memory growth sizes the larger batches
 # Share of the memory available now (MemAvailable) that one batch may take:
 # inputs, outputs and ONNX Runtime's activations together.
@@ -29,10 +31,9 @@ class BenchRow:
 
 def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[BenchRow]:
     """Warm up, then call the engine on random inputs of each batch size for
-    about `seconds` (warm-up stops early when a call takes the budget; timed
-    calls stop once they add up to it, at least one); samples/s from the median
-    call (a shared machine's stalls move the mean, not the median). A batch
-    size too large for the memory available is refused first (`check_memory`)."""
+    about `seconds` (see `time_calls`); samples/s from the median call (a
+    shared machine's stalls move the mean, not the median). A batch size too
+    large for the memory available is refused first (`check_memory`)."""
     if not batch_sizes or min(batch_sizes) < 1:
         raise UserError(f"batch sizes must be whole numbers >= 1, got {batch_sizes}")
     if not 0 < seconds < math.inf:
@@ -41,45 +42,56 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
     rows = []
     for batch_size in batch_sizes:
         feeds = random_inputs(engine, batch_size)
-        # Warm-up and timed calls both stop at the budget: one slow call is
-        # enough to warm up, one timed call enough to report.
-        started = time.perf_counter()
-        for _ in range(WARMUP_CALLS):
-            engine.run(**feeds)
-            if time.perf_counter() - started > seconds:
-                break
-        latencies: list[float] = []
-        while not latencies or sum(latencies) < seconds:
-            started = time.perf_counter()
-            engine.run(**feeds)
-            latencies.append(time.perf_counter() - started)
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1000
-        rows.append(
-            BenchRow(
-                batch_size=batch_size,
-                calls=len(latencies),
-                samples_per_s=batch_size / float(np.median(latencies)),
-                latency_ms={"p50": p50, "p90": p90, "p99": p99},
-            )
-        )
+        rows.append(timed_row(lambda feeds=feeds: engine.run(**feeds), batch_size, seconds))
     return rows
+
+
+def time_calls(call: Callable[[], object], seconds: float) -> list[float]:
+    """Seconds per call of `call()`: up to WARMUP_CALLS untimed, then timed
+    calls until they add up to `seconds` (at least one). Both stop at the
+    budget, so a call slower than `seconds` is made twice, not eight times.
+    The one timing loop of genrun bench and the benchmarks
+    (benchmarks/throughput*.py time every peer with it). A call that returns
+    before its work is done (a GPU stream) must synchronise itself."""
+    started = time.perf_counter()
+    for _ in range(WARMUP_CALLS):
+        call()
+        if time.perf_counter() - started > seconds:
+            break
+    latencies: list[float] = []
+    while not latencies or sum(latencies) < seconds:
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def timed_row(call: Callable[[], object], batch_size: int, seconds: float) -> BenchRow:
+    """`time_calls` as a BenchRow: samples/s from the median call."""
+    latencies = time_calls(call, seconds)
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1000
+    return BenchRow(
+        batch_size=batch_size,
+        calls=len(latencies),
+        samples_per_s=batch_size / float(np.median(latencies)),
+        latency_ms={"p50": p50, "p90": p90, "p99": p99},
+    )
 
 
 def check_memory(engine: Engine, batch_size: int, available: int | None = None) -> None:
     """Refuse a batch size whose call would take more than MEMORY_SHARE of the
     memory available, measured, not guessed: after a call at one row, one call
     at PROBE_BATCH rows, and the growth of this process's resident memory per
-    row (an overestimate: what is left of fixed costs counts as per-row).
-    Linux only; elsewhere not checked."""
+    row (an overestimate: what is left of fixed costs counts as per-row; at
+    least the row's inputs and outputs). Linux only; elsewhere not checked."""
     available = _available_bytes() if available is None else available
     if available is None or batch_size <= PROBE_BATCH:
         return
     engine.run(**random_inputs(engine, 1))  # one-off costs: sessions warm up, arenas start
     feeds = random_inputs(engine, PROBE_BATCH)
     before = _resident_bytes()
-    engine.run(**feeds)
-    grown = max(_resident_bytes() - before, 0)
     outputs = sum(v.nbytes for v in engine.run(**feeds).values())  # what each call returns
+    grown = max(_resident_bytes() - before, 0)
     per_row = max(grown, outputs + sum(v.nbytes for v in feeds.values())) / PROBE_BATCH
     allowed = int(MEMORY_SHARE * available / per_row)
     if batch_size > allowed:
@@ -116,10 +128,10 @@ def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
     for spec in engine.inputs:
         if spec.default is not None:
             continue
-        shape = [batch_size if size == "N" else size for size in spec.shape]
+        shape = [batch_size if size == BATCH else size for size in spec.shape]
         if spec.dtype == "uint8":
             feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.name == "temperature":
+        elif spec.name == TEMPERATURE:
             feeds[spec.name] = np.full(shape, 0.7, np.float32)
         else:
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(

@@ -1,4 +1,4 @@
-"""Sampling and scoring with engines, in batches, with numpy noise.
+"""Sampling with engines, in batches, with numpy noise (scoring: scorer.py).
 
 Noise for item i comes from a stream fixed by (seed, i // BLOCK), never by
 the batch it lands in, so a seed gives the same samples and scores at every
@@ -7,13 +7,16 @@ batch size (and a run of n is a prefix of a run of n + m).
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 # What a sample with NaN/inf in its continuous "images" becomes: "error" (count
@@ -23,13 +26,13 @@ NONFINITE = ("error", "drop", "keep")
 
 
 class BlockNoise:
-    """Standard-normal float32 noise of `shapes` per item, item i drawn from
-    np.random.default_rng([seed, i // BLOCK])."""
+    """Standard-normal (or, with `uniform`, U[0, 1)) float32 noise of `shapes`
+    per item, item i drawn from np.random.default_rng([seed, i // BLOCK])."""
 
-    def __init__(self, seed: int, shapes: list[tuple[int, ...]]):
+    def __init__(self, seed: int, shapes: list[tuple[int, ...]], uniform: bool = False):
         if not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a whole number >= 0, got {seed!r}")
-        self.seed, self.shapes = seed, shapes
+        self.seed, self.shapes, self.uniform = seed, shapes, uniform
         self._cached: tuple[int, list[np.ndarray]] | None = None  # batches reuse their block
 
     def take(self, start: int, stop: int) -> list[np.ndarray]:
@@ -44,9 +47,8 @@ class BlockNoise:
     def _block(self, block: int) -> list[np.ndarray]:
         if self._cached is None or self._cached[0] != block:
             rng = np.random.default_rng([self.seed, block])
-            noise = [
-                rng.standard_normal((BLOCK, *shape), dtype=np.float32) for shape in self.shapes
-            ]
+            draw = rng.random if self.uniform else rng.standard_normal
+            noise = [draw((BLOCK, *shape), dtype=np.float32) for shape in self.shapes]
             self._cached = (block, noise)
         return self._cached[1]
 
@@ -77,20 +79,21 @@ class Sampler:
 
     def __init__(self, engine: Engine):
         engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or "pixels" not in _outputs(engine):
+        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
             )
-        if engine.family == "ae":
+        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is an autoencoder decoder: an autoencoder has no prior to "
-                "sample from; feed your own codes via engine.run(z=...)"
+                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
+                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
+                "engine.run(z=...)"
             )
         self.engine = engine
-        self.noise_inputs = _noise_inputs(engine, ("temperature",), "sampling")
+        self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = "temperature" in {s.name for s in engine.manifest.inputs}
+        self.feeds_temperature = TEMPERATURE in {s.name for s in engine.manifest.inputs}
 
     def sample(
         self,
@@ -146,15 +149,14 @@ class Sampler:
                 f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
             )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        return SampleBatches(
-            self, n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, nonfinite
-        )
+        pipeline = self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels)
+        return SampleBatches(pipeline, n, nonfinite)
 
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
         temperature input's, else the noise's): 1e39 is finite as a Python
         float but inf in float32, and must be refused, not fed."""
-        name = "temperature" if self.feeds_temperature else self.noise_inputs[0]
+        name = TEMPERATURE if self.feeds_temperature else self.noise_inputs[0]
         dtype = np.dtype(self.engine.manifest.input(name).dtype)
         try:
             scale = float(temperature)
@@ -170,15 +172,56 @@ class Sampler:
             )
         return cast
 
-    def _generate(self, noise: list[np.ndarray], temperature: np.floating) -> dict:
+    def _batches(
+        self,
+        n: int,
+        temperature: np.floating,
+        noise: BlockNoise,
+        batch_size: int,
+        fixed_levels: int,
+    ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """A pipeline of depth one: while a worker thread runs batch i on the
+        engine (ONNX Runtime and the CUDA stream wait without the GIL), this
+        thread draws batch i+1's noise and the caller writes batch i-1. The
+        same noise in the same order as one call after the other, so the
+        samples are identical; at most two batches are in flight. Yields
+        (first sample index, pixels, which rows are non-finite)."""
+        fixed = noise.take(0, 1)[:fixed_levels]
+
+        def levels(start: int) -> list[np.ndarray]:
+            stop = min(n, start + batch_size)
+            drawn = noise.take(start, stop)
+            for i, first in enumerate(fixed):
+                drawn[i] = np.repeat(first, stop - start, axis=0)
+            return drawn
+
+        starts = range(0, n, batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrun-engine") as worker:
+            running = worker.submit(self._generate, levels(0), temperature)
+            try:
+                for previous, start in itertools.pairwise(starts):
+                    upcoming = levels(start)  # drawn while the engine runs the batch before
+                    done = running.result()
+                    running = worker.submit(self._generate, upcoming, temperature)
+                    yield (previous, *done)  # written by the caller while the engine runs
+                yield (starts[-1], *running.result())
+            finally:
+                running.cancel()  # a caller that stops early leaves no queued batch
+
+    def _generate(
+        self, noise: list[np.ndarray], temperature: np.floating
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's pixels, and per row whether its "images" are non-finite."""
         if self.feeds_temperature:
             temperatures = np.full(len(noise[0]), temperature, temperature.dtype)
-            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
+            feeds = {**dict(zip(self.noise_inputs, noise, strict=True)), TEMPERATURE: temperatures}
         else:
             with np.errstate(over="ignore"):  # overflowing noise shows as non-finite samples
                 scaled = [temperature * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
-        return self.engine.run(**feeds)
+        outputs = self.engine.run(**feeds)
+        pixels = outputs[PIXELS]
+        return pixels, nonfinite_rows(outputs.get("images"), len(pixels))
 
 
 class SampleBatches:
@@ -187,21 +230,12 @@ class SampleBatches:
 
     MAX_INDICES = 100  # sample indices kept for the message and the caller
 
-    def __init__(
-        self,
-        sampler: Sampler,
-        n: int,
-        temperature: np.floating,
-        noise: BlockNoise,
-        batch_size: int,
-        fixed_levels: int,
-        policy: str,
-    ):
+    def __init__(self, pipeline: Iterator[tuple[int, np.ndarray, np.ndarray]], n: int, policy: str):
         self.n, self.policy = n, policy
         self.produced = 0  # samples drawn (kept or not)
         self.nonfinite = 0
         self.nonfinite_indices: list[int] = []
-        self._iterator = self._run(sampler, temperature, noise, batch_size, fixed_levels)
+        self._iterator = self._run(pipeline)
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
@@ -212,24 +246,9 @@ class SampleBatches:
     def __len__(self) -> int:
         return self.n
 
-    def _run(
-        self,
-        sampler: Sampler,
-        temperature: np.floating,
-        noise: BlockNoise,
-        batch_size: int,
-        fixed_levels: int,
-    ) -> Iterator[np.ndarray]:
-        fixed = noise.take(0, 1)[:fixed_levels]
-        for start in range(0, self.n, batch_size):
-            stop = min(self.n, start + batch_size)
-            levels = noise.take(start, stop)
-            for i, first in enumerate(fixed):
-                levels[i] = np.repeat(first, stop - start, axis=0)
-            outputs = sampler._generate(levels, temperature)
-            pixels = outputs["pixels"]
-            bad = nonfinite_rows(outputs.get("images"), len(pixels))
-            self.produced = stop
+    def _run(self, pipeline: Iterator[tuple[int, np.ndarray, np.ndarray]]) -> Iterator[np.ndarray]:
+        for start, pixels, bad in pipeline:
+            self.produced = start + len(pixels)
             if bad.any():
                 where = np.flatnonzero(bad)
                 self.nonfinite += len(where)
@@ -263,74 +282,6 @@ def nonfinite_rows(images: np.ndarray | None, rows: int) -> np.ndarray:
     if images is None or not np.issubdtype(images.dtype, np.floating):
         return np.zeros(rows, bool)
     return ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
-
-
-class Scorer:
-    """Per-image likelihoods from an engine with output "log_likelihood" (exact,
-    e.g. glow/realnvp density) or "log_weight" (importance sampled, e.g. vae/hvae
-    elbo: the inputs other than "images" without a default take noise of the
-    manifest's latent shapes, in order)."""
-
-    def __init__(self, engine: Engine):
-        engine.require_manifest("scoring")
-        outputs = _outputs(engine)
-        self.exact = "log_likelihood" in outputs
-        images = any(spec.name == "images" for spec in engine.manifest.inputs)
-        if not images or not (self.exact or "log_weight" in outputs):
-            raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
-                "density or elbo engine (output log_likelihood or log_weight)"
-            )
-        self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, ("images",), "scoring")
-        self.dims = math.prod(engine.manifest.data_shape)
-
-    def nll(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
-    ) -> np.ndarray:
-        """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
-        exact (k and seed unused; glow at bin centres). Elbo engines: the
-        importance-sampled bound with k draws of q(z|x),
-        -(logsumexp_k log_weight_k - log k) + the manifest's discretisation
-        nats; draws depend on (seed, image index) only."""
-        _check_count("batch size", batch_size)
-        if len(images) == 0:
-            raise UserError("no images to score; pass at least one")
-        if self.exact:
-            parts = [
-                self.engine.run(images=images[start : start + batch_size])["log_likelihood"]
-                for start in range(0, len(images), batch_size)
-            ]
-            return -np.concatenate(parts).astype(np.float64)
-        return self._importance_nll(images, k, seed, batch_size)
-
-    def bits_per_dim(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
-    ) -> np.ndarray:
-        """`nll` in bits per dimension, float64 (N,): gentrain eval's
-        bpd_center for Glow, its IWAE bpd for a VAE."""
-        return self.nll(images, k, seed, batch_size) / (self.dims * math.log(2))
-
-    def _importance_nll(self, images: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
-        _check_count("k", k)
-        latents = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        noise = BlockNoise(seed, [(k, *latent) for latent in latents])
-        per_call = max(1, batch_size // k)  # batch_size bounds the rows of one graph call
-        nll = np.empty(len(images))
-        for start in range(0, len(images), per_call):
-            chunk = images[start : start + per_call]
-            draws = noise.take(start, start + len(chunk))
-            feeds = {
-                name: eps.reshape(-1, *latent)
-                for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
-            }
-            repeated = np.repeat(np.asarray(chunk), k, axis=0)
-            weights = self.engine.run(images=repeated, **feeds)["log_weight"]
-            weights = weights.astype(np.float64).reshape(len(chunk), k)
-            peak = weights.max(axis=1, keepdims=True)  # logsumexp without overflow
-            log_mean = peak[:, 0] + np.log(np.exp(weights - peak).mean(axis=1))
-            nll[start : start + len(chunk)] = -log_mean
-        return nll + self.engine.manifest.pixels.discretization_nats
 
 
 def _check_count(name: str, value: int) -> None:

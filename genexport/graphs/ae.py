@@ -8,13 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrun.manifest import PixelMapping, TensorSpec
+from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
 from gentrain.models import AE
-from gentrain.models.vae import means_to_uint8
+from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph
-
-ROLES = ("decode", "encode")
+from .base import BATCH, Builder, Graph
 
 
 class AEDecode(nn.Module):
@@ -51,42 +49,54 @@ def pixel_mapping(model: AE) -> PixelMapping:
     )
 
 
-def build(model: AE, role: str, fold: bool = True) -> Graph:
-    """The export module of `role` for a trained AE (`fold` is Glow's; unused)."""
+def decode_graph(model: AE, fold: bool = True) -> Graph:
+    """Codes -> reconstructions (images) and pixels. No temperature: an AE has
+    no prior, so genrun's Sampler refuses it."""
     config = model.config
-    shape = [BATCH, *config.data_shape]
-    code = [BATCH, config.latent_dim]
-    if role == "decode":
-        module: nn.Module = AEDecode(model)
-        inputs = [TensorSpec("z", "float32", code, "codes, e.g. from the encode graph")]
-        outputs = [
-            TensorSpec(
-                "images", "float32", shape, "reconstructions in [0, 1] (linear AE: unclipped)"
-            ),
-            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
-        ]
-        checks = {"images": "image", "pixels": "pixels"}
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+    module = AEDecode(model)
 
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(n, config.latent_dim, generator=generator),)
-
-    else:
-        module = AEEncode(model)
-        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
-        outputs = [TensorSpec("z", "float32", code, "codes f(x)")]
-        checks = {"z": "latent"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(n, config.latent_dim, generator=generator),)
 
     return Graph(
-        role=role,
+        role="decode",
         module=module,
         reference=module,
-        inputs=inputs,
-        outputs=outputs,
+        inputs=[TensorSpec(Z, "float32", code, "codes, e.g. from the encode graph")],
+        outputs=[
+            TensorSpec(
+                IMAGES, "float32", shape, "reconstructions in [0, 1] (linear AE: unclipped)"
+            ),
+            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
+        ],
         sample_inputs=sample_inputs,
-        checks=checks,
+        checks={IMAGES: "image", PIXELS: "pixels"},
         num_dims=config.num_dims,
         pixel_bits=8,
     )
+
+
+def encode_graph(model: AE, fold: bool = True) -> Graph:
+    """uint8 images -> codes f(x)."""
+    config = model.config
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+    module = AEEncode(model)
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)
+
+    return Graph(
+        role="encode",
+        module=module,
+        reference=module,
+        inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
+        outputs=[TensorSpec(Z, "float32", code, "codes f(x)")],
+        sample_inputs=sample_inputs,
+        checks={Z: "latent"},
+        num_dims=config.num_dims,
+        pixel_bits=8,
+    )
+
+
+BUILDERS: dict[str, Builder] = {"decode": decode_graph, "encode": encode_graph}

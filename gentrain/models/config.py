@@ -1,13 +1,16 @@
 """What every family's config dataclass shares: the image shape it was built
 for, and the plain-dict form that checkpoints store (plain Python values, so
-`torch.load(weights_only=True)` reads them back)."""
+`torch.load(weights_only=True)` reads them back).
+
+A field declared with `option(default, help)` is also an option of `gentrain
+fit FAMILY` (--field-name, or `flag`): its default and help live here only."""
 
 from __future__ import annotations
 
 import numbers
 import types
 import typing
-from dataclasses import asdict, fields
+from dataclasses import asdict, field, fields
 from typing import Any, TypeVar
 
 from genrun.errors import UserError
@@ -34,6 +37,13 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "kl_warmup": (0, 10**9),
     "sigma": (1e-6, 1e6),
 }
+
+
+def option(default: Any, help: str, flag: str | None = None, from_data: str | None = None) -> Any:
+    """A dataclass field that the CLI offers as an option with `help`.
+    `from_data` names a `DataSplit` attribute that gives the default when the
+    option is not passed (the flows' n_bits: the data's own bit depth)."""
+    return field(default=default, metadata={"help": help, "flag": flag, "from_data": from_data})
 
 
 class ModelConfig:
