@@ -334,7 +334,7 @@ def _check_values(manifest: Manifest) -> None:
 
     def sizes(where: str, shape: list, batch: bool = False) -> None:
         for i, size in enumerate(shape):
-            ok = size == BATCH_AXIS if isinstance(size, str) else size >= 1
+            ok = size == BATCH if isinstance(size, str) else size >= 1
             if not ok or (isinstance(size, str) and not batch):
                 raise _Malformed(f"{where}[{i}] must be a size >= 1, got {size!r}")
 
@@ -351,9 +351,6 @@ def _check_values(manifest: Manifest) -> None:
         if not shape:
             raise _Malformed(f"manifest.latent_shapes[{i}] is empty")
         sizes(f"manifest.latent_shapes[{i}]", shape)
-
-
-BATCH_AXIS = "N"
 
 
 def check_graph(
@@ -388,7 +385,7 @@ def check_graph(
                 and len(actual.shape) == len(spec.shape)
                 and all(
                     # A graph that fixes the batch axis cannot take N rows.
-                    (a is None or group == "output") if want == BATCH_AXIS else a in (None, want)
+                    (a is None or group == "output") if want == BATCH else a in (None, want)
                     for a, want in zip(fixed, spec.shape, strict=True)
                 )
             )

@@ -16,7 +16,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import PIXELS, TEMPERATURE
+from .manifest import IMAGES, PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 # What a sample with NaN/inf in its continuous "images" becomes: "error" (count
@@ -221,7 +221,7 @@ class Sampler:
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
         outputs = self.engine.run(**feeds)
         pixels = outputs[PIXELS]
-        return pixels, nonfinite_rows(outputs.get("images"), len(pixels))
+        return pixels, nonfinite_rows(outputs.get(IMAGES), len(pixels))
 
 
 class SampleBatches:
