@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from genrun.backends.onnxruntime import OnnxRuntimeRunner
 from genrun.engine import Engine as RuntimeEngine
 from genrun.engine import default_threads
 from genrun.errors import UserError
@@ -53,7 +54,7 @@ def measure(
     """TrainingScores of the first training images under the engine `model`
     (`manifest` is written into it first, as the runtime reads it)."""
     write_to_onnx(model, manifest)
-    engine = RuntimeEngine(session(model), path, "cpu", default_threads())
+    engine = RuntimeEngine(OnnxRuntimeRunner(session(model), path, "cpu"), path, default_threads())
     scorer = Scorer(engine)
     k = scorer.default_iw_samples
     count = min(len(images), MAX_IMAGES, max(1, MAX_ROWS // k))
