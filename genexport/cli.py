@@ -13,11 +13,12 @@ from typing import Annotated
 
 import typer
 
+from genrun.describe import labelled, manifest_lines, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import Manifest, Parity, read_from_onnx, to_json
+from genrun.manifest import Manifest, read_from_onnx, to_json
 
 from .engines import export_checkpoint, verify_engine
-from .graphs import ROLES
+from .graphs import FAMILY_GRAPHS, roles
 from .onnx import OPSETS
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -36,7 +37,7 @@ def onnx_command(
         str | None,
         typer.Option(
             help="Comma-separated roles (default: all of the family's): "
-            + "; ".join(f"{family}: {','.join(roles)}" for family, roles in ROLES.items())
+            + "; ".join(f"{family}: {','.join(roles(family))}" for family in FAMILY_GRAPHS)
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, one of {OPSETS}.")] = OPSETS[0],
@@ -64,7 +65,7 @@ def onnx_command(
     _table(("engine", "size", "nodes", "fp32 nodes before -> after folding", "export"), rows)
     for engine in engines:
         for check in engine.parity:
-            typer.echo(f"{engine.path.name}: {_parity(check)}")
+            typer.echo(f"{engine.path.name}: {parity_text(check)}")
     typer.echo(f"all parity checks passed; {engines[0].exporter}, opset {opset}, {precision}")
 
 
@@ -76,7 +77,7 @@ def verify_command(
     """Re-run an engine's parity check against its checkpoint in PyTorch."""
     manifest, check = verify_engine(engine, ckpt)
     typer.echo(f"{engine.name} ({manifest.family} {manifest.role}, {manifest.precision})")
-    typer.echo(f"  {_parity(check)}")
+    typer.echo(f"  {parity_text(check)}")
     typer.echo("ok: every output within its bound")
 
 
@@ -95,60 +96,11 @@ def info_command(
 
 
 def describe(manifest: Manifest, engine: Path) -> list[str]:
-    """The manifest as aligned, readable lines."""
-    ckpt, export, pixels = manifest.checkpoint, manifest.export, manifest.pixels
-    nodes = f"{export.nodes} nodes"
-    if export.nodes_unfolded:
-        nodes += (
-            f" (float32: {export.nodes_unfolded} before, {export.nodes_folded} after "
-            "folding ActNorm into the 1x1 convolutions)"
-        )
-    lines = [
-        f"engine       {engine} ({_size(engine.stat().st_size)}), manifest v{manifest.version}",
-        f"model        {manifest.family} {manifest.role}, {manifest.precision}, "
-        f"images {manifest.data_shape}",
-        "inputs",
-        *_tensors(manifest.inputs),
-        "outputs",
-        *_tensors(manifest.outputs),
-        f"latents      {', '.join(str(s) for s in manifest.latent_shapes)}",
-        f"pixels       n_bits {pixels.n_bits}, float images in {pixels.value_range}"
-        + (f", {pixels.likelihood}" if pixels.likelihood else ""),
-        f"  from uint8 {pixels.from_uint8}",
-        f"  to uint8   {pixels.to_uint8}",
-        f"  discretisation term {pixels.discretization_nats:.4f} nats",
+    """The engine file and its size, then the manifest (genrun's printer)."""
+    return [
+        labelled("engine", f"{engine} ({_size(engine.stat().st_size)})"),
+        *manifest_lines(manifest),
     ]
-    if manifest.temperature:
-        lines.append(f"temperature  {manifest.temperature}")
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
-    lines += [
-        f"checkpoint   {ckpt.file}, sha256 {ckpt.sha256[:16]}..., step {ckpt.step}",
-        f"  test       {metrics}",
-        f"  data       {ckpt.data.get('spec', '?')}",
-        f"export       {export.exporter}, opset {export.opset}, {nodes}",
-        f"  versions   {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
-        *(f"parity       {_parity(check)}" for check in manifest.parity),
-    ]
-    return lines
-
-
-def _tensors(specs) -> list[str]:
-    lines = []
-    for spec in specs:
-        shape = "[" + ", ".join(str(d) for d in spec.shape) + "]"
-        default = f" (default {spec.default:g})" if spec.default is not None else ""
-        lines.append(f"  {spec.name:<14} {spec.dtype:<8} {shape:<16} {spec.description}{default}")
-    return lines
-
-
-def _parity(check: Parity) -> str:
-    batches = ", ".join(str(n) for n in check.batch_sizes)
-    errors = ", ".join(
-        f"{key} {error:.2g} (<= {check.tolerance[key]:.2g})"
-        for key, error in check.max_abs_error.items()
-    )
-    subject = f"{check.precision} graph vs {check.reference}"
-    return f"{subject} at batch {batches}: max abs error {errors}"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> None:

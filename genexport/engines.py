@@ -33,11 +33,12 @@ from gentrain.models import GenerativeModel
 from .fp16 import to_float16
 from .graphs import (
     FAMILY_GRAPHS,
-    ROLES,
     Graph,
     build_graph,
     check_actnorm_initialized,
+    folds_actnorm,
     pixel_mapping,
+    roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
 from .verify import merge, parity, round_trip
@@ -71,10 +72,10 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
     """The checkpoint's payload and its model, or a one-line UserError."""
     payload = load_checkpoint(checkpoint)
     family = payload.get("family")
-    if family not in ROLES:
+    if family not in FAMILY_GRAPHS:
         raise UserError(
             f"{checkpoint} holds a model of unknown family {family!r}; genexport exports: "
-            f"{', '.join(ROLES)}"
+            f"{', '.join(FAMILY_GRAPHS)}"
         )
     model = model_from_checkpoint(payload)
     check_actnorm_initialized(model)
@@ -83,16 +84,17 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
 
 def parse_roles(family: str, names: str | None) -> list[str]:
     """'generate,density' -> the roles, checked against the family's."""
+    known = roles(family)
     if names is None:
-        return list(ROLES[family])
-    roles = [name.strip() for name in names.split(",") if name.strip()]
-    for role in roles:
-        if role not in ROLES[family]:
+        return list(known)
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    for role in chosen:
+        if role not in known:
             raise UserError(
                 f"a {family} model has no '{role}' graph; --graphs takes a comma-separated "
-                f"list of: {', '.join(ROLES[family])}"
+                f"list of: {', '.join(known)}"
             )
-    return list(dict.fromkeys(roles))
+    return list(dict.fromkeys(chosen))
 
 
 def default_name(checkpoint: Path) -> str:
@@ -151,7 +153,7 @@ def _export_role(
     exported, exporter = to_onnx(graph, opset)
     check_standard(exported)
     nodes_folding = None
-    if model.family == "glow":
+    if folds_actnorm(model.family):
         unfolded, _ = to_onnx(build_graph(model, role, fold=False), opset)
         nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
     float32 = session(exported)
@@ -182,8 +184,6 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
         if hasattr(config, "latent_shapes")  # one noise input per level or group
         else [[config.latent_dim]]
     )
-    # Each family's graphs module says how its temperature acts.
-    temperature = FAMILY_GRAPHS[model.family].TEMPERATURE_EFFECT
     return Manifest(
         family=model.family,
         role=engine.graph.role,
@@ -193,7 +193,7 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
         data_shape=list(config.data_shape),
         latent_shapes=latent_shapes,
         pixels=pixel_mapping(model),
-        temperature=temperature if engine.graph.role == "generate" else None,
+        temperature=engine.graph.temperature,
         checkpoint=info,
         parity=engine.parity,
         export=ExportInfo(

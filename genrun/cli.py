@@ -22,13 +22,14 @@ from PIL import Image
 
 from .atomic import atomic_folder, is_stream, resolve_target, write_atomic
 from .bench import bench
+from .describe import labelled, manifest_lines, tensor_lines
 from .engine import PROVIDERS, Engine, available_providers, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .images import save_grid, write_npz_stream
-from .manifest import BITS_PER_DIM, IMAGES, TensorSpec
+from .manifest import BITS_PER_DIM, IMAGES
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
-from .sampler import Sampler, Scorer
+from .sampler import DEFAULT_IW_SAMPLES, Sampler, Scorer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -118,7 +119,7 @@ def likelihood_command(
     iw_samples: Annotated[
         int,
         typer.Option("--iw-samples", "--k", help="VAE: importance samples K per image."),
-    ] = 100,
+    ] = DEFAULT_IW_SAMPLES,
     seed: Annotated[int, typer.Option(help="VAE: seed of the importance samples.")] = 0,
     batch: Annotated[int, typer.Option(help="Rows per engine call.")] = 256,
     provider: ProviderOption = "auto",
@@ -230,41 +231,24 @@ def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> Non
 
 
 def describe(engine: Engine) -> list[str]:
-    manifest = engine.manifest
-    provider = f"provider   {engine.provider} (present: {', '.join(available_providers())})"
-    if manifest is None:  # a foreign graph: only what the graph itself says
+    """The engine file, the provider, then its manifest (or a foreign graph's tensors)."""
+    provider = labelled(
+        "provider", f"{engine.provider} (present: {', '.join(available_providers())})"
+    )
+    if engine.manifest is None:  # a foreign graph: only what the graph itself says
         return [
-            f"engine     {engine.path}, no vaeflow manifest (bench and run work; sample and "
-            "likelihood need one: re-export with `genexport onnx CKPT`)",
+            labelled(
+                "engine",
+                f"{engine.path}, no vaeflow manifest (bench and run work; sample and "
+                "likelihood need one: re-export with `genexport onnx CKPT`)",
+            ),
             provider,
             "inputs",
-            *_tensors(engine.inputs),
+            *tensor_lines(engine.inputs),
             "outputs",
-            *_tensors(engine.outputs),
+            *tensor_lines(engine.outputs),
         ]
-    pixels, ckpt = manifest.pixels, manifest.checkpoint
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
-    return [
-        f"engine     {engine.path}, manifest v{manifest.version}",
-        f"model      {manifest.family} {manifest.role}, {manifest.precision}, "
-        f"images {manifest.data_shape}, latents {manifest.latent_shapes}",
-        provider,
-        "inputs",
-        *_tensors(manifest.inputs),
-        "outputs",
-        *_tensors(manifest.outputs),
-        f"pixels     n_bits {pixels.n_bits}, discretisation {pixels.discretization_nats:.4f} nats",
-        f"checkpoint {ckpt.file} (sha256 {ckpt.sha256[:12]}...), step {ckpt.step}: {metrics}",
-        f"export     {manifest.export.exporter}, opset {manifest.export.opset}",
-    ]
-
-
-def _tensors(specs: list[TensorSpec]) -> list[str]:
-    return [
-        f"  {spec.name:<14} {spec.dtype:<8} {spec.shape!s:<18} {spec.description}"
-        + ("" if spec.default is None else f" (default {spec.default:g})")
-        for spec in specs
-    ]
+    return [labelled("engine", str(engine.path)), provider, *manifest_lines(engine.manifest)]
 
 
 def _output_kind(out: Path) -> str:

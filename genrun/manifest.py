@@ -50,11 +50,13 @@ pixels          PixelMapping, how float images relate to uint8 pixels:
                 VAE importance-sampled NLL in bits/dim =
                 (-(logsumexp_k log_weight_k - log K) + this) / (D ln 2).
   likelihood    vae and hvae: the decoder likelihood and what "images" holds.
-temperature     how the sampling temperature acts, or null when the role has
-                none (glow generate: each noise_i is multiplied by the
-                per-sample temperature before the reverse flow; 1 is the model,
-                0 the mode; hvae generate: z_l = mu_l + T sigma_l noise_l under
-                each group's prior, 0 giving the prior means group by group).
+temperature     how the sampling temperature acts, or null when the role does
+                not sample from a prior (a sampler refuses such an engine: the
+                ae decode graph). glow generate: each noise_i is multiplied by
+                the per-sample temperature before the reverse flow; 1 is the
+                model, 0 the mode; hvae generate: z_l = mu_l + T sigma_l noise_l
+                under each group's prior, 0 giving the prior means group by
+                group; vae decode: the runtime feeds z = T noise.
 checkpoint      CheckpointInfo: file name, sha256 of the checkpoint file, training
                 step, the last test metrics the checkpoint recorded, model
                 config and data {spec, shape}.

@@ -17,6 +17,10 @@ from .errors import UserError
 from .manifest import IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
+# Importance samples K per image of an elbo engine unless told: a runtime's
+# trade of time for a tighter bound (gentrain eval's offline default is the
+# family's default_iw_samples, 1000 for the VAEs).
+DEFAULT_IW_SAMPLES = 100
 
 
 class BlockNoise:
@@ -79,10 +83,11 @@ class Sampler:
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
             )
-        if engine.family == "ae":
+        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is an autoencoder decoder: an autoencoder has no prior to "
-                "sample from; feed your own codes via engine.run(z=...)"
+                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
+                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
+                "engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
@@ -180,7 +185,11 @@ class Scorer:
         self.dims = math.prod(engine.manifest.data_shape)
 
     def nll(
-        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int = DEFAULT_IW_SAMPLES,
+        seed: int = 0,
+        batch_size: int = 256,
     ) -> np.ndarray:
         """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
         exact (iw_samples and seed unused; glow at bin centres). Elbo engines: the
@@ -199,7 +208,11 @@ class Scorer:
         return self._importance_nll(images, iw_samples, seed, batch_size)
 
     def bits_per_dim(
-        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int = DEFAULT_IW_SAMPLES,
+        seed: int = 0,
+        batch_size: int = 256,
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's
         bpd_center for Glow, its IWAE bpd for a VAE."""

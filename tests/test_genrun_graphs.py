@@ -48,8 +48,9 @@ def _save(
     initializers: list[onnx.TensorProto] = (),
     manifest: dict | None = None,
 ) -> Path:
-    """Write a graph; with `manifest` (family, role, data_shape, latent_shapes)
-    attach a vaeflow manifest whose tensor specs are the graph's own."""
+    """Write a graph; with `manifest` (family, role, data_shape, latent_shapes,
+    optionally temperature) attach a vaeflow manifest whose tensor specs are
+    the graph's own."""
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model, full_check=True)
@@ -72,11 +73,10 @@ def _save(
                 outputs=specs(outputs),
                 precision="fp32",
                 pixels=PixelMapping(8, [0.0, 1.0], "x / 255", "round(255 x)", 10.0),
-                temperature=None,
                 checkpoint=CheckpointInfo("c.pt", "00" * 32, 0, {}, {}, {}),
                 parity=[],
                 export=ExportInfo("hand-made", 18, len(nodes), None, None, {}),
-                **manifest,
+                **{"temperature": None, **manifest},
             ),
         )
     onnx.save(model, str(path))
@@ -117,6 +117,8 @@ def _generate_graph(path: Path, family: str, temperature: bool) -> Path:
     outputs = [_value("images", FLOAT, ["N", 1, 1, 5]), _value("pixels", UINT8, ["N", 1, 1, 5])]
     role = "decode" if family == "ae" else "generate"
     manifest = dict(family=family, role=role, data_shape=[1, 1, 5], latent_shapes=[[2], [3]])
+    # A sampler's manifest says how its temperature acts; an AE has no prior, so none.
+    manifest["temperature"] = None if family == "ae" else "scales the noise"
     return _save(path, nodes, inputs, outputs, constants, manifest)
 
 
