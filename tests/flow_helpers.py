@@ -30,7 +30,8 @@ def assert_invertible(
     The layer (a module) is converted to float64 for the Jacobian check;
     tensors in `kwargs` (a split prior's `h`) are cut to the first item.
     """
-    takes_reverse = "reverse" in inspect.signature(layer).parameters
+    call = layer.forward if isinstance(layer, torch.nn.Module) else layer
+    takes_reverse = "reverse" in inspect.signature(call).parameters
     if takes_reverse:
         y, logdet = layer(x, torch.zeros(len(x), dtype=x.dtype), **kwargs)
         x_back, logdet_back = layer(y, logdet, reverse=True, **kwargs)

@@ -145,6 +145,7 @@ def test_vae_graphs_pass_parity(vae_exported) -> None:
     assert elbo.output("log_weight").shape == ["N"]
 
 
+@pytest.mark.slow  # exporting the fp16 engines: 18 s on 2 loaded cores
 def test_every_graph_uses_standard_operators_only(glow_engines, vae_exported, fp16_engines) -> None:
     for path in [*glow_engines[0].values(), *vae_exported.values(), *fp16_engines]:
         model = onnx.load(str(path))
@@ -156,6 +157,7 @@ def test_every_graph_uses_standard_operators_only(glow_engines, vae_exported, fp
         assert not any(i.data_location == external for i in model.graph.initializer), path
 
 
+@pytest.mark.slow  # exporting the fp16 engines: 18 s on 2 loaded cores
 def test_fp16_graphs_keep_float32_io_and_sums_and_bounded_error(fp16_engines) -> None:
     assert [path.name.split(".", 1)[1] for path in fp16_engines] == [
         "density.fp16.onnx",

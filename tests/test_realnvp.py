@@ -256,6 +256,7 @@ def engines(trained, tmp_path_factory) -> dict[str, Path]:
     return {engine.graph.role: engine.path for engine in export_checkpoint(trained[0], out)}
 
 
+@pytest.mark.slow  # the trained RealNVP and its engines: 22 s on 2 loaded cores
 def test_engines_pass_parity_with_glow_shaped_manifests(trained, engines) -> None:
     from genrun.manifest import read_from_onnx
     from gentrain.checkpoint import load_checkpoint
@@ -282,6 +283,7 @@ def test_engines_pass_parity_with_glow_shaped_manifests(trained, engines) -> Non
     assert density.parity[0].max_abs_error["bits_per_dim"] <= 1e-4
 
 
+@pytest.mark.slow  # the trained RealNVP and its engines: 22 s on 2 loaded cores
 def test_genrun_samples_and_scores_like_gentrain_eval(trained, engines) -> None:
     import genrun
     from genrun.readers import load_data
