@@ -117,4 +117,4 @@ def _size(n_bytes: int) -> str:
 
 
 def main() -> None:
-    run_cli(app, "genexport")
+    run_cli(app, "genexport", extra="export")

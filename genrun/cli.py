@@ -12,9 +12,7 @@ import csv
 import io
 import math
 import os
-import shutil
 import sys
-import uuid
 from pathlib import Path
 from typing import Annotated
 
@@ -22,12 +20,13 @@ import numpy as np
 import typer
 from PIL import Image
 
+from .atomic import atomic_folder, is_stream, resolve_target, write_atomic
 from .bench import bench
 from .describe import labelled, manifest_lines, tensor_lines
 from .engine import PROVIDERS, Engine, available_providers, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
-from .images import save_grid, write_atomic, write_npz_stream
+from .images import save_grid, write_npz_stream
 from .manifest import BITS_PER_DIM, IMAGES
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
 from .sampler import DEFAULT_IW_SAMPLES, Sampler, Scorer
@@ -62,7 +61,10 @@ def sample_command(
     ] = 0,
     out: Annotated[
         Path,
-        typer.Option(help="FILE.png (a grid), FILE.npz (array 'images'), or DIR/ (one PNG each)."),
+        typer.Option(
+            help="FILE.png (a grid), FILE.npz (array 'images'), DIR/ (one PNG each), or a "
+            "pipe or device such as /dev/stdout (the npz, streamed)."
+        ),
     ] = Path("samples.png"),
     fixed_levels: Annotated[
         int,
@@ -80,7 +82,7 @@ def sample_command(
             f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
             "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
         )
-    _check_writable(out.parent)
+    _check_writable(out)
     # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
     with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
         if kind == "dir":
@@ -91,7 +93,8 @@ def sample_command(
         else:
             _writing(out, lambda: save_grid(np.concatenate(list(progress)), out))
     typer.echo(
-        f"{n} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}"
+        f"{n} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}",
+        err=_is_stdout(out),
     )
 
 
@@ -132,7 +135,7 @@ def likelihood_command(
     if split not in splits:
         raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
-        _check_writable(out.parent)
+        _check_writable(out)
     if files:
         scores = scorer.bits_per_dim(read_image_files(files, expected), iw_samples, seed, batch)
         header, what = ("file", BITS_PER_DIM), "files"
@@ -161,7 +164,8 @@ def likelihood_command(
         _write_text(out, text.getvalue())
     typer.echo(
         f"{what}: {len(scores)} images, bits/dim mean {scores.mean():.4f} "
-        f"+- {stderr:.4f}" + (f" -> {out}" if out else "")
+        f"+- {stderr:.4f}" + (f" -> {out}" if out else ""),
+        err=out is not None and _is_stdout(out),
     )
 
 
@@ -186,7 +190,9 @@ def bench_command(
     try:
         flops: int | None = count_flops(loaded.path)
         cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
-    except (ImportError, ValueError) as err:  # no `onnx`, or shapes it cannot infer
+    except ImportError:  # the base install has no `onnx` to read the graph with
+        flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
+    except ValueError as err:  # shapes onnx cannot infer
         flops, cost = None, f"FLOPs not counted ({err})"
     # The share of peak compares like with like only on the CPU.
     peak = matmul_peak_gflops(loaded.threads) if loaded.provider == "cpu" else None
@@ -248,13 +254,18 @@ def describe(engine: Engine) -> list[str]:
 def _output_kind(out: Path) -> str:
     if out.suffix.lower() in (".png", ".npz"):
         return out.suffix.lower()[1:]
+    if is_stream(out):
+        return "npz"  # a pipe or device (/dev/stdout): the array, streamed
     if out.suffix:
         raise UserError(f"--out {out}: use a .png grid, an .npz file or a folder")
     return "dir"
 
 
-def _check_writable(folder: Path) -> None:
+def _check_writable(out: Path) -> None:
     """Fail before the work, not after: the folder must exist or be creatable."""
+    if is_stream(out):
+        return  # a pipe or device is written into where it is, not beside it
+    folder = resolve_target(out).parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -263,25 +274,29 @@ def _check_writable(folder: Path) -> None:
         raise UserError(f"{folder} is not writable; pick a writable --out")
 
 
+def _is_stdout(out: Path) -> bool:
+    """Whether `out` is this process's stdout: the summary then goes to stderr."""
+    try:
+        return os.path.samestat(os.stat(out), os.fstat(sys.stdout.fileno()))
+    except (OSError, ValueError, io.UnsupportedOperation):
+        return False
+
+
 def _write_dir(out: Path, batches) -> None:
     """One PNG per sample, streamed batch by batch into a hidden folder that is
     renamed to `out` only when complete."""
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out} exists and is not an empty folder; pick a new --out")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex}.tmp")
     try:
-        tmp.mkdir()
-        index = 0
-        for batch in batches:
-            for image in batch:
-                picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-                Image.fromarray(picture).save(tmp / f"{index:06d}.png")
-                index += 1
-        os.replace(tmp, out)
+        with atomic_folder(out) as tmp:
+            index = 0
+            for batch in batches:
+                for image in batch:
+                    picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
+                    Image.fromarray(picture).save(tmp / f"{index:06d}.png")
+                    index += 1
     except OSError as err:
         raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _writing(out: Path, write) -> None:

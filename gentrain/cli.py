@@ -366,4 +366,4 @@ def figures_command(
 
 
 def main() -> None:
-    run_cli(app, "gentrain")
+    run_cli(app, "gentrain", extra="train")
