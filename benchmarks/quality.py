@@ -113,7 +113,7 @@ def glow(args, data) -> str:
         f"| skipped non-finite steps | {trainer.skipped} |",
         f"| test bits/dim (uniform dequantisation) | {metrics['bpd']['mean']:.4f} "
         f"+- {metrics['bpd']['stderr']:.4f} |",
-        f"| test bits/dim (bin centres) | {metrics['bpd_center']['mean']:.4f} |",
+        f"| test bits/dim (bin centres) | {metrics['bpd_density_at_centers']['mean']:.4f} |",
         f"| evaluation wall time | {eval_wall:.1f} s |",
         "| finite samples at T = "
         + ", ".join(map(str, TEMPERATURES))
@@ -225,7 +225,7 @@ def lecture(args, data) -> str:
             trained.fit_baselines(torch.from_numpy(data.train.images))  # the AE's PCA
             torch.manual_seed(0)
             metrics = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
-            keys = HEADLINE.get(family, ("bpd", "bpd_center"))
+            keys = HEADLINE.get(family, ("bpd", "bpd_density_at_centers"))
             shown = ", ".join(
                 f"{k} {metrics[k]['mean']:.3f} +- {metrics[k]['stderr']:.3f}" for k in keys
             )

@@ -4,6 +4,7 @@ genexport onnx runs/demo/checkpoint.pt                  # every graph of the fam
 genexport onnx CKPT --graphs density --precision fp16   # float16 inside, float32 outside
 genexport verify runs/demo/demo.density.onnx --ckpt runs/demo/checkpoint.pt
 genexport info runs/demo/demo.generate.onnx
+genexport tensorrt runs/demo/checkpoint.pt --precision fp16   # TensorRT plans (GPU)
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from genrun.describe import labelled, manifest_lines, parity_text
 from genrun.errors import run_cli
 from genrun.manifest import Manifest, read_from_onnx, to_json
 
-from .engines import export_checkpoint, verify_engine
+from .engines import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import FAMILY_GRAPHS, roles
 from .onnx import OPSETS
+from .tensorrt import PlanOptions, export_plans
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -48,10 +50,17 @@ def onnx_command(
         str | None,
         typer.Option(help="File name stem (default: the run folder's name or the file's stem)."),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Training data for the density/elbo manifest's training bits/dim "
+            "(typicality score); default: the checkpoint's data spec."
+        ),
+    ] = None,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
     at batch sizes 1, 7 and 64 before anything is written."""
-    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name)
+    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name, data)
     rows = [
         (
             str(engine.path),
@@ -66,7 +75,75 @@ def onnx_command(
     for engine in engines:
         for check in engine.parity:
             typer.echo(f"{engine.path.name}: {parity_text(check)}")
+    for engine in engines:
+        stats = _training_scores(engine)
+        if stats:
+            typer.echo(f"{engine.path.name}: {stats}")
     typer.echo(f"all parity checks passed; {engines[0].exporter}, opset {opset}, {precision}")
+
+
+def _training_scores(engine: ExportedGraph) -> str:
+    """What the engine's manifest carries for the typicality score, in words."""
+    if engine.training_scores_note:
+        return f"no training statistics ({engine.training_scores_note})"
+    stats = engine.training_scores
+    return "" if stats is None else f"training {stats.summary()}"
+
+
+@app.command("tensorrt")
+def tensorrt_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="checkpoint.pt (its ONNX engines are exported first) or ENGINE.onnx."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the plans (default: the source's).")
+    ] = None,
+    graphs: Annotated[
+        str | None, typer.Option(help="With a checkpoint: comma-separated roles (default: all).")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (built from the fp16 graph; float32 I/O).")
+    ] = "fp32",
+    opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for.")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the profile.")] = 4096,
+    workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit, GiB.")] = 4.0,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(help="Timing cache read and updated (default: OUT/tensorrt.timing-cache)."),
+    ] = None,
+    hardware_compat: Annotated[
+        str, typer.Option(help="none (this GPU's architecture) or ampere+ (any Ampere or newer).")
+    ] = "none",
+    name: Annotated[
+        str | None, typer.Option(help="With a checkpoint: file name stem, as in `onnx`.")
+    ] = None,
+) -> None:
+    """Build TensorRT NAME.ROLE[.fp16].plan engines (with a .plan.json sidecar)
+    from the verified ONNX graphs, checked against ONNX Runtime CPU at batch
+    1, 7, opt and max before anything is written. Needs an NVIDIA GPU and
+    TensorRT (the package extra "tensorrt")."""
+    options = PlanOptions(
+        precision, opt_batch, max_batch, workspace_gib, timing_cache, hardware_compat
+    )
+    plans = export_plans(source, out, graphs, options, name)
+    rows = [
+        (
+            str(plan.path),
+            _size(len(plan.plan)),
+            "{min}/{opt}/{max}".format(**plan.info.profile),
+            f"{plan.seconds:.1f} s",
+        )
+        for plan in plans
+    ]
+    _table(("plan", "size", "batch min/opt/max", "build + check"), rows)
+    for plan in plans:
+        typer.echo(f"{plan.path.name}: {parity_text(plan.parity)}")
+    info = plans[0].info
+    typer.echo(
+        f"all plan parity checks passed; TensorRT {info.tensorrt} on {info.gpu} "
+        f"(compute capability {info.compute_capability}), {precision}"
+    )
 
 
 @app.command("verify")

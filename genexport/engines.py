@@ -24,6 +24,7 @@ from genrun.manifest import (
     ExportInfo,
     Manifest,
     Parity,
+    TrainingScores,
     read_from_onnx,
     write_to_onnx,
 )
@@ -41,6 +42,8 @@ from .graphs import (
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
+from .training_scores import ROLES as SCORING_ROLES
+from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
 PRECISIONS = ("fp32", "fp16")
@@ -59,6 +62,8 @@ class ExportedGraph:
     parity: list[Parity]
     seconds: float
     path: Path
+    training_scores: TrainingScores | None = None  # density, elbo: in the manifest
+    training_scores_note: str = ""  # why a scoring role's manifest has none
 
     @property
     def nodes(self) -> int:
@@ -109,8 +114,12 @@ def export_checkpoint(
     opset: int = OPSETS[0],
     precision: str = "fp32",
     name: str | None = None,
+    data: str | None = None,
 ) -> list[ExportedGraph]:
-    """Export, verify and write the engines of a checkpoint; returns them."""
+    """Export, verify and write the engines of a checkpoint; returns them.
+    Density and elbo engines also carry the training split's bits/dim
+    statistics (from `data`, default the checkpoint's data spec) when that
+    data can be read."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -139,8 +148,17 @@ def export_checkpoint(
     if failures:
         raise UserError(f"parity check failed, no engine written: {'; '.join(failures)}")
     info = checkpoint_info(checkpoint, payload)
+    scoring = any(engine.graph.role in SCORING_ROLES for engine in engines)
+    train_images, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
     for engine in engines:
-        write_to_onnx(engine.model, manifest(model, engine, info))
+        written = manifest(model, engine, info)
+        scores_images = engine.graph.role in SCORING_ROLES
+        if scores_images and train_images is not None:
+            stats = measure(engine.model, written, engine.path, train_images, spec)
+            written.training_scores = engine.training_scores = stats
+        elif scores_images:
+            engine.training_scores_note = why_not
+        write_to_onnx(engine.model, written)
     write_atomically({engine.path: engine.model.SerializeToString() for engine in engines})
     return engines
 

@@ -23,6 +23,7 @@ from onnx import numpy_helper
 from torch.utils import _pytree as pytree
 
 from genrun.atomic import write_all_atomic
+from genrun.engine import ort_session
 
 from .graphs import BATCH, Graph
 
@@ -116,10 +117,8 @@ def opset_of(model: onnx.ModelProto) -> int:
 def session(model: onnx.ModelProto | str | Path) -> onnxruntime.InferenceSession:
     """A CPU onnxruntime session, quiet about overridable initializers (the
     graphs' optional inputs are exactly that)."""
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model)
+    return ort_session(source)  # genrun.engine: the one place sessions are made
 
 
 def write_atomically(files: dict[Path, bytes]) -> None:

@@ -73,6 +73,7 @@ def manifest_lines(manifest: Manifest) -> list[str]:
         labelled("export", f"{export.exporter}, opset {export.opset}, {nodes}"),
         f"  versions {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
         *(labelled("parity", parity_text(check)) for check in manifest.parity),
+        *([labelled("training", stats.summary())] if (stats := manifest.training_scores) else []),
     ]
 
 

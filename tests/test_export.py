@@ -85,14 +85,14 @@ def test_glow_parity_at_every_batch_size_is_recorded(glow_engines, role) -> None
 def test_density_engine_matches_gentrain_eval_on_real_images(
     glow_engines, glow_checkpoint, digits
 ) -> None:
-    """Default offset (bin centres) = `gentrain eval`'s bpd_center, at an odd batch size."""
+    """Default offset (bin centres) = `gentrain eval`'s bpd_density_at_centers, at batch 37."""
     from genexport.onnx import session
     from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(glow_checkpoint))
     images = digits.test.images[:5]
     bpd, log_px, *_ = session(glow_engines[0]["density"]).run(None, {"images": images})
-    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    expected = model.evaluate(torch.from_numpy(images))["bpd_density_at_centers"].numpy()
     assert np.abs(bpd - expected).max() <= 1e-4
     assert np.allclose(-log_px / (64 * np.log(2)), bpd, atol=1e-5)
 

@@ -24,7 +24,8 @@ from genrun.engine import available_providers, load
 from genrun.errors import UserError
 from genrun.flops import count_flops
 from genrun.images import write_npz_stream
-from genrun.sampler import Sampler, Scorer
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 
 CLI = InProcessCli(main, "genrun")
@@ -62,13 +63,14 @@ def test_fixing_every_level_repeats_the_first_sample(glow_exported, vae_exported
             sampler.sample(2, fixed_levels=levels + 1)
 
 
-def test_glow_bits_per_dim_equal_gentrain_bpd_center(
+def test_glow_bits_per_dim_equal_gentrain_bpd_density_at_centers(
     glow_exported, glow_checkpoint, digits
 ) -> None:
     model = model_from_checkpoint(load_checkpoint(glow_checkpoint))
     images = digits.test.images[:37]
-    bpd = Scorer(load(glow_exported["density"])).bits_per_dim(images, batch_size=16)
-    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    scorer = Scorer(load(glow_exported["density"]))
+    bpd = scorer.bits_per_dim_density_at_centers(images, batch_size=16)
+    expected = model.evaluate(torch.from_numpy(images))["bpd_density_at_centers"].numpy()
     assert bpd.shape == (37,) and np.abs(bpd - expected).max() <= 1e-4
 
 
@@ -201,7 +203,7 @@ def test_cli_likelihood_writes_per_image_scores_and_the_mean(
     assert code == 0, err
     rows = out.read_text().splitlines()
     expected = Scorer(load(glow_exported["density"])).bits_per_dim(digits.test.images)
-    assert rows[0] == "split,index,bits_per_dim" and len(rows) == 1 + len(expected)
+    assert rows[0] == "split,index,nll" and len(rows) == 1 + len(expected)
     assert f"mean {expected.mean():.4f}" in stdout
     code, stdout, err = genrun_cli(
         "likelihood",

@@ -165,4 +165,4 @@ def test_importance_weighted_dequantisation_bound(mnist) -> None:
     assert torch.allclose(metrics["bpd"], draws[0])
     assert (metrics["bpd_iw"] <= draws.mean(0) + 1e-6).all()
     assert (metrics["bpd_iw"] < draws.mean(0)).any()
-    assert set(model.evaluate(x)) == {"bpd", "bpd_center", "nll"}
+    assert set(model.evaluate(x)) == {"bpd", "bpd_density_at_centers", "nll"}

@@ -290,10 +290,10 @@ def test_genrun_samples_and_scores_like_gentrain_eval(trained, engines) -> None:
     checkpoint, metrics = trained
     images = load_data("digits").test.images
     scorer = genrun.Scorer(genrun.load(engines["density"], provider="cpu"))
-    bpd = scorer.bits_per_dim(images, batch_size=64)
-    assert abs(bpd.mean() - metrics["bpd_center"]["mean"]) <= 1e-4
+    bpd = scorer.bits_per_dim_density_at_centers(images, batch_size=64)
+    assert abs(bpd.mean() - metrics["bpd_density_at_centers"]["mean"]) <= 1e-4
     model = model_from_checkpoint(load_checkpoint(checkpoint))
-    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].double().numpy()
+    expected = model.evaluate(torch.from_numpy(images))["bpd_density_at_centers"].double().numpy()
     assert np.abs(bpd - expected).max() <= 1e-4
     sampler = genrun.Sampler(genrun.load(engines["generate"], provider="cpu"))
     samples = sampler.sample(10, temperature=0.7, seed=3, batch_size=4)

@@ -228,7 +228,8 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
                 "float32",
                 shape,
                 "dequantisation offset in [0, 1) per pixel; uniform noise gives the "
-                "variational bound, 0.5 the deterministic bpd_center of `gentrain eval`",
+                "variational bound (what genrun scores), 0.5 the density at bin centres "
+                "(`gentrain eval`'s bpd_density_at_centers, not a bound)",
                 default=0.5,
             ),
         ],
