@@ -20,7 +20,6 @@ import genrun
 from genexport import cli as genexport_cli
 from genexport.graphs import BATCH, FAMILY_GRAPHS, Graph, register_graphs
 from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
-from genrun.readers import load_data
 from genrun.sampler import BlockNoise
 from gentrain import cli as gentrain_cli
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
@@ -126,7 +125,7 @@ def toy_registered():
     gentrain_cli.fit_app.registered_commands[:] = commands
 
 
-def test_a_registered_family_fits_exports_and_samples(toy_registered, tmp_path) -> None:
+def test_a_registered_family_fits_exports_and_samples(toy_registered, digits, tmp_path) -> None:
     code, out, err = GENTRAIN.run("fit", "toy", "--help")
     assert code == 0 and "--latent-dim" in out and "Size of the latent code." in out, err
 
@@ -140,8 +139,8 @@ def test_a_registered_family_fits_exports_and_samples(toy_registered, tmp_path) 
     model = model_from_checkpoint(payload).eval()
     torch.manual_seed(0)
     first = Toy(ToyConfig(model.config.data_shape, latent_dim=3))
-    digits = torch.as_tensor(load_data("digits").test.images)
-    assert model.squared_error(digits).mean() < 0.5 * first.squared_error(digits).mean()
+    test = torch.as_tensor(digits.test.images)
+    assert model.squared_error(test).mean() < 0.5 * first.squared_error(test).mean()
 
     code, out, err = GENEXPORT.run("onnx", run / "checkpoint.pt")
     assert code == 0 and "all parity checks passed" in out, err

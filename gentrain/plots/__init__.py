@@ -52,7 +52,7 @@ KINDS: dict[str, PlotKind] = {
         8,
     ),
     "hvae-levels": PlotKind(
-        sampling.hvae_levels, samples_levels, "latent levels to hold fixed", 36
+        sampling.hvae_levels, samples_levels, "latent groups to hold fixed", 36
     ),
 }
 PLOT_KINDS = tuple(KINDS)
