@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -55,6 +56,9 @@ Ema = Annotated[
 Clip = Annotated[float | None, typer.Option(help="Max gradient norm (0: no clipping).")]
 EvalEvery = Annotated[int, typer.Option(help="Steps between test evaluations.")]
 CkptEvery = Annotated[int, typer.Option(help="Steps between checkpoints.")]
+CkptMinutes = Annotated[
+    float, typer.Option(help="Also checkpoint every this many minutes of training (0: off).")
+]
 Seed = Annotated[int, typer.Option(help="Seed of weights, batches and noise.")]
 Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
 Out = Annotated[Path | None, typer.Option(help="Run folder (default runs/FAMILY).")]
@@ -81,6 +85,7 @@ SHARED_FIT_OPTIONS = [
         ("ema", Ema, None),
         ("eval_every", EvalEvery, 500),
         ("ckpt_every", CkptEvery, 1000),
+        ("ckpt_minutes", CkptMinutes, 5.0),
         ("seed", Seed, 0),
         ("device", Device, "auto"),
         ("out", Out, None),
@@ -167,7 +172,8 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
             f"continue with `gentrain fit {family} --resume --out {out}`",
             err=True,
         )
-        raise typer.Exit(130) from None
+        # 130 after Ctrl-C, 143 after SIGTERM: the shell's 128 + signal number.
+        raise typer.Exit(128 + (trainer.stop_signal or signal.SIGINT)) from None
     model = trainer.final_model
     name, images = model.preview(torch.as_tensor(data.test.images[:64]))
     grid = save_grid(images.cpu().numpy(), out / f"{name}.png", nrow=8, scale=_scale(data.shape))
