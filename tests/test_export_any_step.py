@@ -26,6 +26,9 @@ from gentrain.models import HVAE, Glow, GlowConfig, HVAEConfig
 from gentrain.train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 GLOW_STEPS = {"early": 10, "middle": 100, "late": 400}
+# The flow's reverse is where parity broke; the late checkpoint also exports
+# the density graph and runs the round trip through both (each role ~10 s).
+GLOW_ROLES = {"early": "generate", "middle": "generate", "late": None}
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +58,7 @@ def _train_along(model, data, steps: dict[str, int], out: Path, **config) -> dic
 @pytest.fixture(scope="module")
 def glow_run(mnist_subset, tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
-    model = Glow(GlowConfig(mnist_subset.shape, levels=2, depth=2, hidden=16))
+    model = Glow(GlowConfig(mnist_subset.shape, levels=2, depth=1, hidden=16))
     return _train_along(
         model,
         mnist_subset,
@@ -72,7 +75,7 @@ def glow_run(mnist_subset, tmp_path_factory) -> dict[str, Path]:
 @pytest.mark.slow
 @pytest.mark.parametrize("stage", list(GLOW_STEPS))
 def test_glow_exports_at_every_stage_of_training(glow_run, stage, tmp_path) -> None:
-    engines = export_checkpoint(glow_run[stage], tmp_path)
+    engines = export_checkpoint(glow_run[stage], tmp_path, GLOW_ROLES[stage])
     for engine in engines:
         manifest = read_from_onnx(engine.path)
         assert manifest.checkpoint.step == GLOW_STEPS[stage]
@@ -84,7 +87,8 @@ def test_glow_exports_at_every_stage_of_training(glow_run, stage, tmp_path) -> N
     # float32 rounding there, and the bound that follows from it.
     rounding = generate.conditioning["images"]
     assert generate.tolerance["images"] == max(1e-4, CONDITIONING_FACTOR * rounding)
-    assert "round_trip.images" in generate.conditioning
+    if stage == "late":
+        assert "round_trip.images" in generate.conditioning
     assert generate.tolerance["pixels"] == pytest.approx(255 / 255)  # one 8-bit level
 
 
