@@ -188,6 +188,7 @@ def report() -> None:
             f"{nf['1.0']} | {e['max_abs_finite']['1.0']:.3g} | {e['test_bpd']:.4f} | "
             f"{e['cpu_s']:.0f} |"
         )
+    lines += ["", *cost_of_the_floor(runs)]
     for e in (e for e in store if "export" in e):
         lines += ["", f"## `genexport onnx` of {e['family']} ({e['variant']}) at step {e['step']}"]
         lines += ["", f"{e['seconds']} s."]
@@ -208,6 +209,28 @@ def report() -> None:
                 )
     (RESULTS / "finite-samples.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def cost_of_the_floor(runs: list[dict]) -> list[str]:
+    """Test bits/dim of Glow with the floor minus without, at each step both
+    reached, with the CPU seconds each took (equal steps are equal work: the
+    floor adds a few elementwise operations per coupling)."""
+    by = {(e["variant"], e["step"]): e for e in runs if e["family"] == "glow"}
+    rows = [
+        f"| {step} | {by['floor', step]['test_bpd'] - by['old', step]['test_bpd']:+.4f} | "
+        f"{by['floor', step]['cpu_s']:.0f} | {by['old', step]['cpu_s']:.0f} |"
+        for step in STEPS
+        if ("floor", step) in by and ("old", step) in by
+    ]
+    if not rows:
+        return []
+    return [
+        "## Cost of the floor in bits/dim (Glow)",
+        "",
+        "| step | test bpd, floor - old | CPU s floor | CPU s old |",
+        "|---|---|---|---|",
+        *rows,
+    ]
 
 
 def main() -> None:
