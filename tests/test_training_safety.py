@@ -28,7 +28,7 @@ from gentrain.models import Glow, GlowConfig
 from gentrain.train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 gentrain = InProcessCli(main, "gentrain")
-STEPS = 100
+STEPS = 160
 KILLS = 12
 
 
@@ -118,7 +118,7 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tiny_mnist, tmp
     kills, steps_seen = 0, []
     while kills < KILLS:
         pid = _fork(lambda: _train(tiny_mnist, killed))
-        time.sleep(moments.uniform(0.1, 1.2))
+        time.sleep(moments.uniform(0.02, 0.3))  # a few steps per life at ~25 steps/s
         os.kill(pid, signal.SIGKILL)
         status = _wait(pid)
         assert status in (0, -signal.SIGKILL), status
