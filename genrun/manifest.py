@@ -174,14 +174,20 @@ class Parity:
     batch_sizes: list[int]
     max_abs_error: dict[str, float]
     tolerance: dict[str, float]
+    # Per output, the reference's own float32 rounding (max |float32 - float64|)
+    # that a tolerance was scaled by: how ill-conditioned the model is there.
+    conditioning: dict[str, float] = field(default_factory=dict)
+    # Values finite on one side only, each with the input that produced it.
+    misses: list[str] = field(default_factory=list)
 
     def failures(self) -> list[str]:
-        """'name error > tolerance' for every value over its bound."""
-        return [
+        """'name error > tolerance' for every value over its bound, then every miss."""
+        over = [
             f"{key} {error:.3g} > {self.tolerance[key]:.3g}"
             for key, error in self.max_abs_error.items()
             if not error <= self.tolerance[key]  # NaN fails too
         ]
+        return over + self.misses
 
 
 @dataclass

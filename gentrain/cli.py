@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import signal
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -165,7 +166,8 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
             f"continue with `gentrain fit {family} --resume --out {out}`",
             err=True,
         )
-        raise typer.Exit(130) from None
+        # 130 after Ctrl-C, 143 after SIGTERM: the shell's 128 + signal number.
+        raise typer.Exit(128 + (trainer.stop_signal or signal.SIGINT)) from None
     model = trainer.final_model
     name, images = model.preview(torch.as_tensor(data.test.images[:64]))
     grid = save_grid(images.cpu().numpy(), out / f"{name}.png", nrow=8, scale=_scale(data.shape))

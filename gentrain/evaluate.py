@@ -8,6 +8,8 @@ import math
 import numpy as np
 import torch
 
+from genrun.errors import UserError
+
 from .data import chunks
 from .models import GenerativeModel
 
@@ -29,6 +31,13 @@ def evaluate_images(
     summary = {}
     for key, parts in per_image.items():
         values = torch.cat(parts)
+        bad = int((~torch.isfinite(values)).sum())
+        if bad:  # a mean of them would print as nan or inf: refuse, never report it
+            raise UserError(
+                f"{key} is not finite for {bad} of {len(values)} images: the model's weights "
+                "hold NaN or inf, or it overflows on these images; evaluate an earlier "
+                "checkpoint or retrain"
+            )
         stderr = values.std().item() / math.sqrt(len(values)) if len(values) > 1 else 0.0
         summary[key] = {"mean": values.mean().item(), "stderr": stderr}
     return summary

@@ -1,12 +1,14 @@
 """The training loop, shared by every family: warm-up, gradient clipping,
 skipping non-finite steps, periodic test evaluation, a JSON-lines metrics log,
-atomic checkpoints, clean Ctrl-C and exact resume."""
+atomic checkpoints (every `ckpt_every` steps and every `ckpt_minutes`), a clean
+stop on Ctrl-C or SIGTERM and exact resume (docs/training-safety.md)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import math
+import os
 import signal
 import time
 from dataclasses import asdict, dataclass, fields
@@ -48,6 +50,7 @@ class TrainConfig:
     # Test evaluations and checkpoints also happen at the end.
     eval_every: int = option(500, "Steps between test evaluations.")
     ckpt_every: int = option(1000, "Steps between checkpoints.")
+    ckpt_minutes: float = option(5.0, "Also checkpoint every this many minutes (0: off).")
     log_every: int = 50  # steps between training-metric lines in metrics.jsonl
     max_bad_steps: int = 20  # consecutive non-finite steps before giving up
     seed: int = option(0, "Seed of weights, batches and noise.")
@@ -64,6 +67,8 @@ class TrainConfig:
             )
         if self.batch_size < 1 or self.lr <= 0 or (self.steps is not None and self.steps < 1):
             raise UserError("--batch-size, --lr and --steps must be positive")
+        if self.ckpt_minutes < 0:
+            raise UserError(f"--ckpt-minutes must be 0 (off) or positive, got {self.ckpt_minutes}")
         if self.minutes is not None and self.minutes <= 0:
             raise UserError(f"--minutes must be positive, got {self.minutes}")
         if not 0 <= self.ema < 1:
@@ -136,24 +141,33 @@ class WeightAverage:
                 average.copy_(current)
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C; what schedulers and `timeout` send
+
+
 class _StopFlag:
-    """Turns Ctrl-C into a flag the loop checks between steps, so the step in
-    flight finishes and the checkpoint is consistent."""
+    """Turns Ctrl-C and SIGTERM into a flag the loop checks between steps, so
+    the step in flight finishes and the checkpoint is consistent. `signum`
+    says which arrived (the CLI exits with 128 + signum: 130 or 143)."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.signum: int | None = None
+
+    @property
+    def raised(self) -> bool:
+        return self.signum is not None
 
     def __enter__(self) -> _StopFlag:
-        self._previous = signal.signal(signal.SIGINT, self._handle)
+        self._previous = {sig: signal.signal(sig, self._handle) for sig in STOP_SIGNALS}
         return self
 
     def _handle(self, signum, frame) -> None:
-        if self.raised:  # a second Ctrl-C stops at once
+        if self.raised:  # a second signal stops at once
             raise KeyboardInterrupt
-        self.raised = True
+        self.signum = signum
 
     def __exit__(self, *exc) -> None:
-        signal.signal(signal.SIGINT, self._previous)
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 class Trainer:
@@ -177,6 +191,7 @@ class Trainer:
         self.step = 0
         self.skipped = 0
         self.last_metrics: dict[str, float] = {}
+        self.stop_signal: int | None = None  # SIGINT or SIGTERM when fit() stopped on one
         if resume is None:
             torch.manual_seed(config.seed)
             self._data_dependent_init()
@@ -232,7 +247,28 @@ class Trainer:
         }
 
     def save(self) -> Path:
-        return save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
+        path = save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
+        self._saved_at = time.perf_counter()
+        return path
+
+    def _checkpoint_due(self) -> bool:
+        """`ckpt_every` steps or `ckpt_minutes` since the last save: a run longer
+        than either can always resume, whatever its length."""
+        minutes = self.config.ckpt_minutes
+        by_time = minutes > 0 and time.perf_counter() - self._saved_at >= minutes * 60
+        return self.step % self.config.ckpt_every == 0 or by_time
+
+    def _truncate_metrics(self) -> None:
+        """Drop metrics.jsonl records past the step training restarts from (a
+        killed run logged them after its last checkpoint; the resumed run logs
+        them again) and any line a kill cut short, so no step appears twice."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        kept = [line for line in path.read_text().splitlines() if _step_of(line) <= self.step]
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
 
     # -- the loop -------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
@@ -272,6 +308,8 @@ class Trainer:
     def fit(self) -> dict[str, float]:
         """Train to `total_steps`; returns the final test metrics."""
         self.out.mkdir(parents=True, exist_ok=True)
+        self._truncate_metrics()
+        self._saved_at = time.perf_counter()
         config, headline = self.config, self.model.headline_metric
         progress = Progress(self.total_steps, self.step, every=config.log_every)
         window: list[dict[str, float]] = []
@@ -282,6 +320,7 @@ class Trainer:
                 if stop.raised:
                     progress.close()
                     self.save()
+                    self.stop_signal = stop.signum
                     raise KeyboardInterrupt
                 metrics = self._train_step()
                 if metrics is None:
@@ -311,7 +350,7 @@ class Trainer:
                 if self.step % config.eval_every == 0 or last:
                     self.last_metrics = test_objective(self.final_model, self.data, self.device)
                     self._log({"step": self.step, "split": "test", **self.last_metrics})
-                if self.step % config.ckpt_every == 0 or last:
+                if self._checkpoint_due() or last:
                     self.save()
                 if out_of_time:
                     break
@@ -338,6 +377,14 @@ class Trainer:
                 "time": time.time(),
             }
         )
+
+
+def _step_of(line: str) -> float:
+    """The step of one metrics.jsonl line; infinite for a line cut short."""
+    try:
+        return float(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return math.inf
 
 
 def _cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -13,8 +13,9 @@ import math
 from typing import TYPE_CHECKING
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from ..stable import log_sigmoid
 
 if TYPE_CHECKING:
     from .config import VAEConfig
@@ -58,8 +59,9 @@ class Bernoulli(Likelihood):
     discrete = True
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
-        bce = F.binary_cross_entropy_with_logits(params, x.expand_as(params), reduction="none")
-        return -bce.sum(PIXEL_DIMS)
+        # x log s(l) + (1 - x) log s(-l) = x l + log s(-l): minus the binary
+        # cross-entropy, written so that exported graphs stay finite (../stable.py).
+        return (x * params + log_sigmoid(-params)).sum(PIXEL_DIMS)
 
     def mean(self, params: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(params)

@@ -144,7 +144,9 @@ class VAE(ImportanceWeighted, GenerativeModel):
         one-sample estimate log q(z|x) - log p(z)."""
         mu, logvar, flow_params = self.encoder.statistics(x)
         z = self.encoder.sample(mu, logvar, eps)
-        log_q = self.encoder.log_prob(z, mu, logvar)
+        # log q(z|x) at z = mu + sigma * eps is -(log 2 pi + logvar + eps^2) / 2: no
+        # exp(-logvar) of an unbounded logvar, so exported graphs stay finite too.
+        log_q = -0.5 * (LOG_2PI + logvar + eps**2).sum(-1)
         if self.posterior_flow is not None:
             if kl == "closed":
                 raise UserError(CLOSED_KL_WITH_FLOW)
