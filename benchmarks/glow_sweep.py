@@ -107,7 +107,7 @@ def run(name, model_options, train_options, speed, args) -> dict:
     wall = time.perf_counter() - started
     torch.manual_seed(0)
     model = trainer.final_model
-    figures = evaluate_images(model, data.test.images, 500, trainer.device)
+    metrics = evaluate_images(model, data.test.images, 500, trainer.device)
     finite = []
     for temperature in (0.0, 0.5, 0.7, 1.0):
         torch.manual_seed(1)
@@ -117,7 +117,7 @@ def run(name, model_options, train_options, speed, args) -> dict:
         "name": name,
         "steps": steps,
         "wall_s": wall,
-        "bpd": figures["bpd"]["mean"],
+        "bpd": metrics["bpd"]["mean"],
         "skipped": trainer.skipped,
         "finite": finite,
     }

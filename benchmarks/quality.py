@@ -82,7 +82,7 @@ def glow(args, data) -> str:
     model = trainer.final_model
     torch.manual_seed(0)
     started = time.perf_counter()
-    figures = evaluate_images(model, data.test.images, 500)
+    metrics = evaluate_images(model, data.test.images, 500)
     eval_wall = time.perf_counter() - started
     finite = {}
     for t in TEMPERATURES:
@@ -111,9 +111,9 @@ def glow(args, data) -> str:
         f"{trainer.step * GLOW_TRAIN['batch_size'] / wall:.0f} images/s, "
         f"{trainer.step * GLOW_TRAIN['batch_size'] / len(data.train.images):.1f} epochs) |",
         f"| skipped non-finite steps | {trainer.skipped} |",
-        f"| test bits/dim (uniform dequantisation) | {figures['bpd']['mean']:.4f} "
-        f"+- {figures['bpd']['stderr']:.4f} |",
-        f"| test bits/dim (bin centres) | {figures['bpd_center']['mean']:.4f} |",
+        f"| test bits/dim (uniform dequantisation) | {metrics['bpd']['mean']:.4f} "
+        f"+- {metrics['bpd']['stderr']:.4f} |",
+        f"| test bits/dim (bin centres) | {metrics['bpd_center']['mean']:.4f} |",
         f"| evaluation wall time | {eval_wall:.1f} s |",
         "| finite samples at T = "
         + ", ".join(map(str, TEMPERATURES))
@@ -136,7 +136,7 @@ def vae(args, data) -> str:
         "# VAE quality on the shared MNIST",
         "",
         f"Machine: {machine()}. Data: {args.data} (8,000 train / 1,000 test). Bernoulli "
-        "likelihood on grey pixels in [0, 1] (the peer's), k = 20, Adam. Test figures in nats "
+        "likelihood on grey pixels in [0, 1] (the peer's), k = 20, Adam. Test metrics in nats "
         "per image: negative ELBO (closed-form KL, one draw) and importance-sampled NLL "
         f"(IWAE bound, K = {args.iw_samples}).",
         "",
@@ -155,7 +155,7 @@ def vae(args, data) -> str:
         model = VAE(VAEConfig(data.shape, **model_options))
         trainer, wall = train(model, data, args.data, Path(args.runs) / "vae", **train_options)
         torch.manual_seed(0)
-        figures = evaluate_images(
+        metrics = evaluate_images(
             trainer.final_model, data.test.images, 100, iw_samples=args.iw_samples
         )
         arch = model_options["arch"] + (
@@ -163,7 +163,7 @@ def vae(args, data) -> str:
         )
         rows.append(
             f"| {name} | {arch} | {describe(train_options)} | {wall:.0f} s | "
-            f"{figures['nelbo']['mean']:.2f} | {figures['nll']['mean']:.2f} |"
+            f"{metrics['nelbo']['mean']:.2f} | {metrics['nll']['mean']:.2f} |"
         )
         print(rows[-1], flush=True)
         if name.startswith("ours, 2"):
@@ -171,7 +171,7 @@ def vae(args, data) -> str:
             save_grid(trainer.final_model.sample(64).numpy(), RESULTS / "vae-samples.png", scale=2)
     rows += [
         "",
-        "Targets: beat the peer on both figures at 10 epochs; best NLL in 2 CPU-minutes "
+        "Targets: beat the peer on both metrics at 10 epochs; best NLL in 2 CPU-minutes "
         "(aim <= 105 nats). Samples of the 2-minute model (decoder means): `vae-samples.png`.",
     ]
     return "\n".join(rows) + "\n"
@@ -211,7 +211,7 @@ def lecture(args, data) -> str:
         f"(K = {args.lecture_iw}) in nats; flows bits/dim (uniform dequantisation) and at "
         "bin centres.",
         "",
-        "| comparison | model | steps | images/s | test figures |",
+        "| comparison | model | steps | images/s | test metrics |",
         "|---|---|---|---|---|",
     ]
     for comparison, runs in LECTURE_PAIRS.items():
@@ -225,10 +225,10 @@ def lecture(args, data) -> str:
             if family == "ae":
                 trained.fit_baselines(torch.from_numpy(data.train.images))
             torch.manual_seed(0)
-            figures = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
+            metrics = evaluate_images(trained, data.test.images, 100, iw_samples=args.lecture_iw)
             keys = HEADLINE.get(family, ("bpd", "bpd_center"))
             shown = ", ".join(
-                f"{k} {figures[k]['mean']:.3f} +- {figures[k]['stderr']:.3f}" for k in keys
+                f"{k} {metrics[k]['mean']:.3f} +- {metrics[k]['stderr']:.3f}" for k in keys
             )
             images_per_s = trainer.step * options["batch_size"] / wall
             rows.append(

@@ -43,15 +43,12 @@ from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, wr
 from .verify import merge, parity, round_trip
 
 PRECISIONS = ("fp32", "fp16")
-TEMPERATURE = (
-    "every noise_i is multiplied by the sample's temperature before the reverse flow: "
-    "1 samples the model, 0 gives its mode, about 0.7 trades diversity for quality"
-)
 
 
 @dataclass
-class Engine:
-    """One verified graph, in memory until written to `path`."""
+class ExportedGraph:
+    """One exported, verified ONNX graph, in memory until written to `path`
+    (genrun's `Engine` is an engine file loaded for running)."""
 
     graph: Graph
     model: onnx.ModelProto
@@ -110,7 +107,7 @@ def export_checkpoint(
     opset: int = OPSETS[0],
     precision: str = "fp32",
     name: str | None = None,
-) -> list[Engine]:
+) -> list[ExportedGraph]:
     """Export, verify and write the engines of a checkpoint; returns them."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
@@ -148,7 +145,7 @@ def export_checkpoint(
 
 def _export_role(
     model: GenerativeModel, role: str, opset: int, precision: str, path: Path
-) -> Engine:
+) -> ExportedGraph:
     started = time.perf_counter()
     graph = build_graph(model, role)
     exported, exporter = to_onnx(graph, opset)
@@ -164,7 +161,7 @@ def _export_role(
         check_standard(exported)
         checks.append(parity(graph, session(exported), "fp16", reference=float32))
     seconds = time.perf_counter() - started
-    return Engine(graph, exported, precision, exporter, nodes_folding, checks, seconds, path)
+    return ExportedGraph(graph, exported, precision, exporter, nodes_folding, checks, seconds, path)
 
 
 def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
@@ -178,15 +175,15 @@ def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
     )
 
 
-def manifest(model: GenerativeModel, engine: Engine, info: CheckpointInfo) -> Manifest:
+def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo) -> Manifest:
     config = model.config
     latent_shapes = (
         [list(shape) for shape in config.latent_shapes()]
         if hasattr(config, "latent_shapes")  # one noise input per level or group
         else [[config.latent_dim]]
     )
-    # A family whose temperature acts otherwise than Glow's says how in its graphs module.
-    temperature = getattr(FAMILY_GRAPHS[model.family], "TEMPERATURE", TEMPERATURE)
+    # Each family's graphs module says how its temperature acts.
+    temperature = FAMILY_GRAPHS[model.family].TEMPERATURE_EFFECT
     return Manifest(
         family=model.family,
         role=engine.graph.role,

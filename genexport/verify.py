@@ -15,7 +15,7 @@ import onnxruntime
 import torch
 from torch.utils import _pytree as pytree
 
-from genrun.manifest import Parity
+from genrun.manifest import IMAGES, TEMPERATURE, Parity
 from gentrain.models.quantization import dequantize
 
 from .graphs import Graph, nats_per_bpd
@@ -118,10 +118,10 @@ def round_trip(
     errors = {"round_trip.images": 0.0, "round_trip.pixels": 0.0}
     for n in BATCH_SIZES:
         pixels, _ = density.sample_inputs(n, torch.Generator().manual_seed(SEED + n))
-        latents = density_engine.run(_latent_names(density), {"images": pixels.numpy()})
-        noise = [spec.name for spec in generate.inputs if spec.name != "temperature"]
+        latents = density_engine.run(_latent_names(density), {IMAGES: pixels.numpy()})
+        noise = [spec.name for spec in generate.inputs if spec.name != TEMPERATURE]
         feeds = dict(zip(noise, latents, strict=True))
-        images, back = generate_engine.run(None, {**feeds, "temperature": np.ones(n, np.float32)})
+        images, back = generate_engine.run(None, {**feeds, TEMPERATURE: np.ones(n, np.float32)})
         centres = dequantize(pixels, generate.pixel_bits).numpy()
         _accumulate(
             errors,

@@ -10,6 +10,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import BATCH, TEMPERATURE
 
 WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed
 MIN_CALLS = 5  # enough for a median even when one call takes the whole budget
@@ -62,10 +63,10 @@ def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
     for spec in engine.inputs:
         if spec.default is not None:
             continue
-        shape = [batch_size if size == "N" else size for size in spec.shape]
+        shape = [batch_size if size == BATCH else size for size in spec.shape]
         if spec.dtype == "uint8":
             feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.name == "temperature":
+        elif spec.name == TEMPERATURE:
             feeds[spec.name] = np.full(shape, 0.7, np.float32)
         else:
             feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(

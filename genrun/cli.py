@@ -27,7 +27,7 @@ from .engine import PROVIDERS, Engine, available_providers, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .images import save_grid, write_atomic, write_npz_stream
-from .manifest import TensorSpec
+from .manifest import BITS_PER_DIM, IMAGES, TensorSpec
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
 from .sampler import Sampler, Scorer
 
@@ -86,7 +86,7 @@ def sample_command(
             _write_dir(out, progress)
         elif kind == "npz":
             shape = (n, *sampler.engine.manifest.data_shape)
-            _writing(out, lambda: write_npz_stream(out, "images", progress, shape))
+            _writing(out, lambda: write_npz_stream(out, IMAGES, progress, shape))
         else:
             _writing(out, lambda: save_grid(np.concatenate(list(progress)), out))
     typer.echo(
@@ -112,7 +112,10 @@ def likelihood_command(
             "bits_per_dim (FILES)."
         ),
     ] = None,
-    k: Annotated[int, typer.Option(help="VAE: importance samples per image.")] = 100,
+    iw_samples: Annotated[
+        int,
+        typer.Option("--iw-samples", "--k", help="VAE: importance samples K per image."),
+    ] = 100,
     seed: Annotated[int, typer.Option(help="VAE: seed of the importance samples.")] = 0,
     batch: Annotated[int, typer.Option(help="Rows per engine call.")] = 256,
     provider: ProviderOption = "auto",
@@ -130,8 +133,8 @@ def likelihood_command(
     if out is not None:
         _check_writable(out.parent)
     if files:
-        scores = scorer.bits_per_dim(read_image_files(files, expected), k, seed, batch)
-        header, what = ("file", "bits_per_dim"), "files"
+        scores = scorer.bits_per_dim(read_image_files(files, expected), iw_samples, seed, batch)
+        header, what = ("file", BITS_PER_DIM), "files"
         rows = [(str(path), float(bpd)) for path, bpd in zip(files, scores, strict=True)]
     else:
         loaded = load_data(data, size=expected[1] if data.startswith("folder:") else None)
@@ -140,12 +143,12 @@ def likelihood_command(
                 f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
                 "(C, H, W); score data like the model's training data"
             )
-        header, what = ("split", "index", "bits_per_dim"), f"{data} {split}"
+        header, what = ("split", "index", BITS_PER_DIM), f"{data} {split}"
         rows = [
             (name, index, float(bpd))
             for name in splits[split]
             for index, bpd in enumerate(
-                scorer.bits_per_dim(getattr(loaded, name).images, k, seed, batch)
+                scorer.bits_per_dim(getattr(loaded, name).images, iw_samples, seed, batch)
             )
         ]
     scores = np.array([row[-1] for row in rows])

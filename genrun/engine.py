@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime
 
 from .errors import UserError
-from .manifest import METADATA_KEY, Manifest, TensorSpec, read_with_onnxruntime
+from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, read_with_onnxruntime
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
 # the first one this onnxruntime build offers.
@@ -25,7 +25,6 @@ PROVIDERS = {
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
-BATCH = "N"
 # ONNX Runtime's tensor types that a foreign graph's inputs may have.
 ORT_DTYPES = {
     "tensor(float)": "float32",

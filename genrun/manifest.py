@@ -89,6 +89,36 @@ from .errors import UserError
 MANIFEST_VERSION = 1
 METADATA_KEY = "vaeflow.manifest"
 
+# The names of the tensors, written once: graphs declare them, runtimes look
+# them up. The batch axis is the string BATCH in every shape.
+BATCH = "N"
+IMAGES = "images"  # uint8 images in (encode, density, elbo); float images out (generate, decode)
+PIXELS = "pixels"  # uint8 images out: the float images mapped by PixelMapping.to_uint8
+TEMPERATURE = "temperature"  # per-sample scale of the noise (N,)
+OFFSET = "offset"  # dequantisation offset of a density graph
+LOG_LIKELIHOOD = "log_likelihood"  # exact log P(x) in nats (density)
+BITS_PER_DIM = "bits_per_dim"
+LOG_WEIGHT = "log_weight"  # one importance weight log w in nats (elbo)
+Z = "z"  # a latent code (decode input, autoencoder encode output)
+MU = "mu"  # mean of q(z|x) (vae encode)
+LOGVAR = "logvar"  # log variance of q(z|x) (vae encode)
+EPS = "eps"  # N(0, I) noise of the reparameterisation (vae elbo)
+
+
+def noise_name(i: int) -> str:
+    """Input i of the per-level (flows) or per-group (hvae) noise of generate."""
+    return f"noise_{i}"
+
+
+def latent_name(i: int) -> str:
+    """Output i of a flow's density graph: the latent of level i."""
+    return f"latent_{i}"
+
+
+def eps_name(i: int) -> str:
+    """Input i of the hvae elbo graph: the posterior noise of group i."""
+    return f"{EPS}_{i}"
+
 
 @dataclass
 class TensorSpec:

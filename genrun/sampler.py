@@ -14,6 +14,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
+from .manifest import IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 
@@ -73,7 +74,7 @@ class Sampler:
 
     def __init__(self, engine: Engine):
         engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or "pixels" not in _outputs(engine):
+        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
@@ -84,9 +85,9 @@ class Sampler:
                 "sample from; feed your own codes via engine.run(z=...)"
             )
         self.engine = engine
-        self.noise_inputs = _noise_inputs(engine, ("temperature",), "sampling")
+        self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = "temperature" in {s.name for s in engine.manifest.inputs}
+        self.feeds_temperature = TEMPERATURE in {s.name for s in engine.manifest.inputs}
 
     def sample(
         self,
@@ -151,11 +152,11 @@ class Sampler:
     def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         if self.feeds_temperature:
             temperatures = np.full(len(noise[0]), temperature, np.float32)
-            feeds = dict(zip(self.noise_inputs, noise, strict=True), temperature=temperatures)
+            feeds = {**dict(zip(self.noise_inputs, noise, strict=True)), TEMPERATURE: temperatures}
         else:
             scaled = [np.float32(temperature) * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
-        return self.engine.run(**feeds)["pixels"]
+        return self.engine.run(**feeds)[PIXELS]
 
 
 class Scorer:
@@ -167,45 +168,48 @@ class Scorer:
     def __init__(self, engine: Engine):
         engine.require_manifest("scoring")
         outputs = _outputs(engine)
-        self.exact = "log_likelihood" in outputs
-        images = any(spec.name == "images" for spec in engine.manifest.inputs)
-        if not images or not (self.exact or "log_weight" in outputs):
+        self.exact = LOG_LIKELIHOOD in outputs
+        images = any(spec.name == IMAGES for spec in engine.manifest.inputs)
+        if not images or not (self.exact or LOG_WEIGHT in outputs):
             raise UserError(
                 f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
                 "density or elbo engine (output log_likelihood or log_weight)"
             )
         self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, ("images",), "scoring")
+        self.noise_inputs = [] if self.exact else _noise_inputs(engine, (IMAGES,), "scoring")
         self.dims = math.prod(engine.manifest.data_shape)
 
     def nll(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
+        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
     ) -> np.ndarray:
         """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
-        exact (k and seed unused; glow at bin centres). Elbo engines: the
-        importance-sampled bound with k draws of q(z|x),
-        -(logsumexp_k log_weight_k - log k) + the manifest's discretisation
+        exact (iw_samples and seed unused; glow at bin centres). Elbo engines: the
+        importance-sampled bound with K = iw_samples draws of q(z|x),
+        -(logsumexp_k log_weight_k - log K) + the manifest's discretisation
         nats; draws depend on (seed, image index) only."""
         _check_count("batch size", batch_size)
         if len(images) == 0:
             raise UserError("no images to score; pass at least one")
         if self.exact:
             parts = [
-                self.engine.run(images=images[start : start + batch_size])["log_likelihood"]
+                self.engine.run(**{IMAGES: images[start : start + batch_size]})[LOG_LIKELIHOOD]
                 for start in range(0, len(images), batch_size)
             ]
             return -np.concatenate(parts).astype(np.float64)
-        return self._importance_nll(images, k, seed, batch_size)
+        return self._importance_nll(images, iw_samples, seed, batch_size)
 
     def bits_per_dim(
-        self, images: np.ndarray, k: int = 100, seed: int = 0, batch_size: int = 256
+        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's
         bpd_center for Glow, its IWAE bpd for a VAE."""
-        return self.nll(images, k, seed, batch_size) / (self.dims * math.log(2))
+        return self.nll(images, iw_samples, seed, batch_size) / (self.dims * math.log(2))
 
-    def _importance_nll(self, images: np.ndarray, k: int, seed: int, batch_size: int) -> np.ndarray:
-        _check_count("k", k)
+    def _importance_nll(
+        self, images: np.ndarray, iw_samples: int, seed: int, batch_size: int
+    ) -> np.ndarray:
+        _check_count("iw_samples", iw_samples)
+        k = iw_samples
         latents = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
         noise = BlockNoise(seed, [(k, *latent) for latent in latents])
         per_call = max(1, batch_size // k)  # batch_size bounds the rows of one graph call
@@ -218,7 +222,7 @@ class Scorer:
                 for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
             }
             repeated = np.repeat(np.asarray(chunk), k, axis=0)
-            weights = self.engine.run(images=repeated, **feeds)["log_weight"]
+            weights = self.engine.run(**{IMAGES: repeated}, **feeds)[LOG_WEIGHT]
             weights = weights.astype(np.float64).reshape(len(chunk), k)
             peak = weights.max(axis=1, keepdims=True)  # logsumexp without overflow
             log_mean = peak[:, 0] + np.log(np.exp(weights - peak).mean(axis=1))

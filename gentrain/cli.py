@@ -290,10 +290,10 @@ def eval_command(
     seed: Annotated[int, typer.Option(help="Seed of the evaluation noise.")] = 0,
     device: Device = "auto",
     json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the figures as JSON.")
+        Path | None, typer.Option("--json", help="Also write the metrics as JSON.")
     ] = None,
 ) -> None:
-    """Test-split figures: flows bits/dim; VAEs negative ELBO and importance-sampled NLL;
+    """Test-split metrics: flows bits/dim; VAEs negative ELBO and importance-sampled NLL;
     autoencoders MSE beside PCA's at the same k (fitted on the training split)."""
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
@@ -311,18 +311,18 @@ def eval_command(
         raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
     model.fit_baselines(torch.as_tensor(split.train.images))
     torch.manual_seed(seed)
-    figures = evaluate_images(
+    metrics = evaluate_images(
         model, split.test.images, batch_size, pick_device(device), iw_samples=iw_samples
     )
     typer.echo(
         f"{model.family} on {spec} test split ({len(split.test.images)} images), "
         f"step {payload['step']}:"
     )
-    for key, value in figures.items():
+    for key, value in metrics.items():
         typer.echo(f"  {key:<12} {value['mean']:10.4f} +- {value['stderr']:.4f}")
     if json_out:
         json_out.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "data": spec, "figures": figures}, indent=2)
+            json.dumps({"checkpoint": str(checkpoint), "data": spec, "metrics": metrics}, indent=2)
         )
 
 

@@ -1,4 +1,4 @@
-"""Test figures over a whole split: per-image values from the model's
+"""Test metrics over a whole split: per-image values from the model's
 `evaluate`, reduced to means with their standard errors."""
 
 from __future__ import annotations

@@ -145,7 +145,7 @@ class Trained:
     steps: int
     seconds: float
     train_images: int
-    figures: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, float]]
     iw_samples: int
 
 
@@ -226,7 +226,7 @@ def _train(
     train = data.train if run.subset is None else _subset(data.train, run.subset, seed)
     split = DataSplit(train=train, test=test, spec=data.spec, bits=data.bits)
     options = {**TRAIN_DEFAULTS[run.family], "epochs": run.epochs}
-    # Test figures are computed once at the end, below; the trainer evaluates then too.
+    # Test metrics are computed once at the end, below; the trainer evaluates then too.
     options.update(data=data.spec, minutes=minutes, seed=seed, device=device)
     options.update(eval_every=10**9, ckpt_every=10**9, log_every=500)
     if smoke:
@@ -246,9 +246,9 @@ def _train(
     model.fit_baselines(torch.as_tensor(train.images))
     torch.manual_seed(seed)
     iw_samples = min(run.iw_samples, SMOKE_IW_SAMPLES) if smoke else run.iw_samples
-    figures = evaluate_images(model, test.images, 256, pick_device(device), iw_samples=iw_samples)
+    metrics = evaluate_images(model, test.images, 256, pick_device(device), iw_samples=iw_samples)
     return Trained(
-        run, chosen, model, trainer.step, seconds, len(train.images), figures, iw_samples
+        run, chosen, model, trainer.step, seconds, len(train.images), metrics, iw_samples
     )
 
 
@@ -266,25 +266,25 @@ def _index(
         f"Written by `{command}`: data `{spec}`, {len(test.images):,} test images. "
         f"The AE and VAE train on a seeded subset of (at most) {SUBSET:,} training images "
         "(as in the lecture), Glow and the HVAE on the whole training split "
-        f"({len(data.train.images):,} images). Figures are means +- standard errors over "
+        f"({len(data.train.images):,} images). Metrics are means +- standard errors over "
         "the test images: MSE summed over pixels in [0, 1]; -ELBO and NLL (importance "
         "sampled, K draws) in nats; bits/dim. Every checkpoint is in `runs/NAME/`; redraw "
         "a picture with `gentrain plot KIND runs/NAME/checkpoint.pt --out FILE.png`.",
         "",
-        "| model | config | train images | steps | training time | test figures |",
+        "| model | config | train images | steps | training time | test metrics |",
         "|---|---|---|---|---|---|",
     ]
     for t in trained.values():
         config = ", ".join(f"{k} {v}" for k, v in t.options.items()) or "defaults"
-        figures = "; ".join(
+        metrics = "; ".join(
             f"{name} {value['mean']:.3f} +- {value['stderr']:.3f}"
-            for name, value in t.figures.items()
+            for name, value in t.metrics.items()
         )
         if t.iw_samples > 1:
-            figures += f" (K = {t.iw_samples})"
+            metrics += f" (K = {t.iw_samples})"
         lines.append(
             f"| {t.run.label} (`runs/{t.run.family}/{CHECKPOINT_NAME}`) | {config} | "
-            f"{t.train_images:,} | {t.steps:,} | {t.seconds:.0f} s | {figures} |"
+            f"{t.train_images:,} | {t.steps:,} | {t.seconds:.0f} s | {metrics} |"
         )
     missing = [run.label for run in RUNS if run.family not in trained]
     if missing:
@@ -303,10 +303,10 @@ def _index(
 
 
 def _numbers(runs: list[Trained]) -> str:
-    """The headline test figure of each model a picture shows."""
+    """The headline test metric of each model a picture shows."""
     parts = []
     for t in runs:
         headline = t.model.headline_metric
-        value = t.figures.get(headline, {}).get("mean", math.nan)
+        value = t.metrics.get(headline, {}).get("mean", math.nan)
         parts.append(f"{t.run.label}: test {headline} {value:.3f} after {t.steps:,} steps")
     return "; ".join(parts)

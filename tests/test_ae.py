@@ -104,15 +104,15 @@ def test_eval_reports_mse_and_pca_mse(ae_run, digits, tmp_path) -> None:
     code, out, err = CLI.run("eval", ae_run / "checkpoint.pt", "--json", tmp_path / "eval.json")
     assert code == 0, err
     assert "pca_mse" in out
-    figures = json.loads((tmp_path / "eval.json").read_text())["figures"]
+    metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     model = model_from_checkpoint(load_checkpoint(ae_run / "checkpoint.pt"))
     test = torch.as_tensor(digits.test.images)
     pca = PCA.fit(torch.as_tensor(digits.train.images), 2)
     x = test.float() / 255
-    assert figures["pca_mse"]["mean"] == pytest.approx(pca.squared_error(x).mean().item())
-    assert figures["mse"]["mean"] == pytest.approx(model.squared_error(x).mean().item(), rel=1e-5)
+    assert metrics["pca_mse"]["mean"] == pytest.approx(pca.squared_error(x).mean().item())
+    assert metrics["mse"]["mean"] == pytest.approx(model.squared_error(x).mean().item(), rel=1e-5)
     # Mean over images of a sum over 64 pixels in [0, 1]: between 0 and 64.
-    assert 0 < figures["pca_mse"]["mean"] < figures["mse"]["mean"] < 64  # 20 steps: PCA wins
+    assert 0 < metrics["pca_mse"]["mean"] < metrics["mse"]["mean"] < 64  # 20 steps: PCA wins
 
 
 def test_sample_command_is_a_one_line_error(ae_run, tmp_path) -> None:

@@ -105,12 +105,12 @@ def test_glow_bits_per_dim_equal_gentrain_bpd_center(glow, digits) -> None:
 def test_vae_nll_is_seeded_batch_independent_and_tighter_with_more_draws(vae, digits) -> None:
     scorer = Scorer(load(vae["elbo"]))
     images = digits.test.images[:30]
-    nll = scorer.nll(images, k=20, seed=1)
-    assert np.allclose(nll, scorer.nll(images, k=20, seed=1, batch_size=7))
-    assert not np.allclose(nll, scorer.nll(images, k=20, seed=2))
+    nll = scorer.nll(images, iw_samples=20, seed=1)
+    assert np.allclose(nll, scorer.nll(images, iw_samples=20, seed=1, batch_size=7))
+    assert not np.allclose(nll, scorer.nll(images, iw_samples=20, seed=2))
     # One draw is the ELBO; the importance-weighted bound is tighter on average.
-    assert scorer.nll(images, k=1).mean() > scorer.nll(images, k=200).mean()
-    assert np.allclose(scorer.bits_per_dim(images, k=20, seed=1), nll / (64 * np.log(2)))
+    assert scorer.nll(images, iw_samples=1).mean() > scorer.nll(images, iw_samples=200).mean()
+    assert np.allclose(scorer.bits_per_dim(images, iw_samples=20, seed=1), nll / (64 * np.log(2)))
 
 
 def test_engine_exposes_manifest_and_provider(glow) -> None:
@@ -220,7 +220,15 @@ def test_cli_likelihood_writes_per_image_scores_and_the_mean(glow, vae, digits, 
     assert rows[0] == "split,index,bits_per_dim" and len(rows) == 1 + len(expected)
     assert f"mean {expected.mean():.4f}" in stdout
     code, stdout, err = genrun_cli(
-        "likelihood", "--engine", vae["elbo"], "--data", "digits", "--split", "all", "--k", 4
+        "likelihood",
+        "--engine",
+        vae["elbo"],
+        "--data",
+        "digits",
+        "--split",
+        "all",
+        "--iw-samples",
+        4,
     )
     assert code == 0, err
     assert "1797 images" in stdout

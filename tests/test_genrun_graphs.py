@@ -199,7 +199,7 @@ def test_scorer_importance_samples_every_latent_group(tmp_path) -> None:
     assert scorer.noise_inputs == ["eps_0", "eps_1"] and not scorer.exact
     images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 1, 2, 2) * 10
     k = 7
-    nll = scorer.nll(images, k=k, seed=3, batch_size=10)  # 1 image per call of 7 rows
+    nll = scorer.nll(images, iw_samples=k, seed=3, batch_size=10)  # 1 image per call of 7 rows
     rng = np.random.default_rng([3, 0])
     eps_0 = rng.standard_normal((BLOCK, k, 3), dtype=np.float32)[:5]
     eps_1 = rng.standard_normal((BLOCK, k, 2), dtype=np.float32)[:5]
@@ -210,7 +210,7 @@ def test_scorer_importance_samples_every_latent_group(tmp_path) -> None:
     )
     expected = -(np.log(np.exp(weights).mean(axis=1))) + 10.0  # + discretisation nats
     assert np.abs(nll - expected).max() < 1e-4
-    assert np.allclose(scorer.nll(images, k=k, seed=3, batch_size=1000), nll)
+    assert np.allclose(scorer.nll(images, iw_samples=k, seed=3, batch_size=1000), nll)
 
 
 def test_engines_without_a_usable_output_are_refused(tmp_path) -> None:

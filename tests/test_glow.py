@@ -171,7 +171,7 @@ def test_importance_weighted_dequantisation_bound(mnist) -> None:
     _perturb(model, 0.02)
     model.eval()
     torch.manual_seed(5)
-    figures = model.evaluate(x, iw_samples=6)
+    metrics = model.evaluate(x, iw_samples=6)
     torch.manual_seed(5)
     with torch.no_grad():
         draws = torch.stack(
@@ -180,7 +180,7 @@ def test_importance_weighted_dequantisation_bound(mnist) -> None:
                 for _ in range(6)
             ]
         )
-    assert torch.allclose(figures["bpd"], draws[0])
-    assert (figures["bpd_iw"] <= draws.mean(0) + 1e-6).all()
-    assert (figures["bpd_iw"] < draws.mean(0)).any()
+    assert torch.allclose(metrics["bpd"], draws[0])
+    assert (metrics["bpd_iw"] <= draws.mean(0) + 1e-6).all()
+    assert (metrics["bpd_iw"] < draws.mean(0)).any()
     assert set(model.evaluate(x)) == {"bpd", "bpd_center", "nll"}

@@ -145,18 +145,18 @@ def test_training_lowers_the_negative_elbo_on_mnist(mnist) -> None:
     assert test_nelbo() < before - 100
 
 
-def test_fixed_groups_share_their_latents_and_only_those() -> None:
+def test_fixed_levels_share_their_latents_and_only_those() -> None:
     model = _tiny()
     for fixed in (0, 1, 2, 3):
         torch.manual_seed(0)
-        images, latents = model.sample_with_latents(6, temperature=1.0, fixed_groups=fixed)
+        images, latents = model.sample_with_latents(6, temperature=1.0, fixed_levels=fixed)
         assert images.shape == (6, 1, 16, 16) and images.dtype == torch.uint8
         for group, z in enumerate(latents):
             shared = bool((z == z[:1]).all())
             assert shared == (group < fixed), (fixed, group)
     assert model.training  # sampling ran in eval mode and put the mode back
-    with pytest.raises(UserError, match="fixed_groups must be from 0 to 3"):
-        model.sample(2, fixed_groups=4)
+    with pytest.raises(UserError, match="fixed_levels must be from 0 to 3"):
+        model.sample(2, fixed_levels=4)
 
 
 def test_temperature_zero_is_deterministic() -> None:
@@ -232,7 +232,7 @@ def test_genrun_samples_with_fixed_levels_and_scores_like_gentrain(engines, crop
     assert np.abs(images.astype(int) - expected.numpy().astype(int)).max() <= 1
 
     k, test = 16, crops.test.images[:6]
-    nll = genrun.Scorer(genrun.load(paths["elbo"])).nll(test, k=k, seed=3, batch_size=32)
+    nll = genrun.Scorer(genrun.load(paths["elbo"])).nll(test, iw_samples=k, seed=3, batch_size=32)
     draws = BlockNoise(3, [(k, *s) for s in model.config.latent_shapes()]).take(0, len(test))
     eps = [torch.from_numpy(d).transpose(0, 1) for d in draws]  # (K, N, C, H, W)
     with torch.no_grad():

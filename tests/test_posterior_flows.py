@@ -110,8 +110,8 @@ def test_vae_with_planar_flow_trains_on_mnist(mnist) -> None:
     assert model.config.kl == "mc"  # the default with a flow
     first, last = first_and_last_losses(model, mnist.train.images)
     assert last < 0.6 * first, (first, last)
-    figures = model.evaluate(torch.as_tensor(mnist.train.images[:16]), iw_samples=20)
-    assert (figures["nll"] <= figures["nelbo"] + 5).all()  # one-draw nelbo vs the K=20 bound
+    metrics = model.evaluate(torch.as_tensor(mnist.train.images[:16]), iw_samples=20)
+    assert (metrics["nll"] <= metrics["nelbo"] + 5).all()  # one-draw nelbo vs the K=20 bound
 
 
 def test_log_weight_includes_the_flow() -> None:

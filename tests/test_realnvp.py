@@ -245,14 +245,14 @@ def test_loss_decreases_on_real_mnist(mnist) -> None:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> tuple[Path, dict]:
     """A tiny RealNVP with batch norm (the interesting case to export) trained 10
-    steps by `gentrain fit realnvp` on the digits, and `gentrain eval`'s figures."""
+    steps by `gentrain fit realnvp` on the digits, and `gentrain eval`'s metrics."""
     out = tmp_path_factory.mktemp("realnvp")
     tiny = ("--hidden", "8", "--blocks", "0", "--norm", "batchnorm", "--steps", "10")
     code, _, err = GENTRAIN.run("fit", "realnvp", *tiny, "--device", "cpu", "--out", out)
     assert code == 0, err
     code, _, err = GENTRAIN.run("eval", out / "checkpoint.pt", "--json", out / "eval.json")
     assert code == 0, err
-    return out / "checkpoint.pt", json.loads((out / "eval.json").read_text())["figures"]
+    return out / "checkpoint.pt", json.loads((out / "eval.json").read_text())["metrics"]
 
 
 @pytest.fixture(scope="module")
@@ -294,11 +294,11 @@ def test_genrun_samples_and_scores_like_gentrain_eval(trained, engines) -> None:
     from genrun.readers import load_data
     from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 
-    checkpoint, figures = trained
+    checkpoint, metrics = trained
     images = load_data("digits").test.images
     scorer = genrun.Scorer(genrun.load(engines["density"], provider="cpu"))
     bpd = scorer.bits_per_dim(images, batch_size=64)
-    assert abs(bpd.mean() - figures["bpd_center"]["mean"]) <= 1e-4
+    assert abs(bpd.mean() - metrics["bpd_center"]["mean"]) <= 1e-4
     model = model_from_checkpoint(load_checkpoint(checkpoint))
     expected = model.evaluate(torch.from_numpy(images))["bpd_center"].double().numpy()
     assert np.abs(bpd - expected).max() <= 1e-4

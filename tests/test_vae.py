@@ -57,8 +57,8 @@ def test_iwae_bound_rises_with_k_and_nll_is_below_nelbo() -> None:
         # Per-image differences cancel the image-to-image spread.
         rise, standard_error = _mean_and_standard_error(bounds[high] - bounds[low])
         assert rise > 4 * standard_error
-    figures = model.evaluate(x, iw_samples=100)
-    assert figures["nll"].mean() < figures["nelbo"].mean()
+    metrics = model.evaluate(x, iw_samples=100)
+    assert metrics["nll"].mean() < metrics["nelbo"].mean()
 
 
 def test_single_sample_iwae_is_the_elbo_in_expectation() -> None:
@@ -128,8 +128,8 @@ def test_nll_with_1000_samples_on_256_images_decodes_in_bounded_passes() -> None
     model.decoder.register_forward_pre_hook(
         lambda _, args: passes.append(args[0].shape[:-1].numel())
     )
-    figures = model.evaluate(x, iw_samples=1000, chunk=4096)
-    assert figures["nll"].isfinite().all()
+    metrics = model.evaluate(x, iw_samples=1000, chunk=4096)
+    assert metrics["nll"].isfinite().all()
     assert max(passes) <= 4096
     assert sum(passes) == 256 + 1000 * 256  # the ELBO draw, then every importance sample once
 
@@ -171,9 +171,9 @@ def test_every_configuration_runs(arch, shape, likelihood, pixels) -> None:
     assert all(isinstance(v, float) for v in objective.metrics.values())
     objective.loss.backward()
 
-    figures = model.evaluate(x, iw_samples=5, chunk=8)
-    assert set(figures) == {"nelbo", "rec", "kl", "nll", "bpd"}
-    for value in figures.values():
+    metrics = model.evaluate(x, iw_samples=5, chunk=8)
+    assert set(metrics) == {"nelbo", "rec", "kl", "nll", "bpd"}
+    for value in metrics.values():
         assert value.shape == (4,) and value.dtype == torch.float32 and value.isfinite().all()
 
     images = model.sample(3, temperature=0.7)

@@ -17,7 +17,7 @@ from gentrain.models import GenerativeModel
 
 from . import ae, glow, hvae, realnvp, vae
 from .base import BATCH, Graph, nats_per_bpd
-from .glow import check_actnorm_initialized
+from .multiscale import check_actnorm_initialized
 
 FAMILY_GRAPHS: dict[str, ModuleType] = {
     "ae": ae,

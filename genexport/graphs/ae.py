@@ -8,13 +8,14 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrun.manifest import PixelMapping, TensorSpec
+from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
 from gentrain.models import AE
-from gentrain.models.vae import means_to_uint8
+from gentrain.models.quantization import means_to_uint8
 
 from .base import BATCH, Graph
 
 ROLES = ("decode", "encode")
+TEMPERATURE_EFFECT = None  # nothing to sample
 
 
 class AEDecode(nn.Module):
@@ -58,23 +59,23 @@ def build(model: AE, role: str, fold: bool = True) -> Graph:
     code = [BATCH, config.latent_dim]
     if role == "decode":
         module: nn.Module = AEDecode(model)
-        inputs = [TensorSpec("z", "float32", code, "codes, e.g. from the encode graph")]
+        inputs = [TensorSpec(Z, "float32", code, "codes, e.g. from the encode graph")]
         outputs = [
             TensorSpec(
-                "images", "float32", shape, "reconstructions in [0, 1] (linear AE: unclipped)"
+                IMAGES, "float32", shape, "reconstructions in [0, 1] (linear AE: unclipped)"
             ),
-            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
         ]
-        checks = {"images": "image", "pixels": "pixels"}
+        checks = {IMAGES: "image", PIXELS: "pixels"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             return (torch.randn(n, config.latent_dim, generator=generator),)
 
     else:
         module = AEEncode(model)
-        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
-        outputs = [TensorSpec("z", "float32", code, "codes f(x)")]
-        checks = {"z": "latent"}
+        inputs = [TensorSpec(IMAGES, "uint8", shape, "images to encode")]
+        outputs = [TensorSpec(Z, "float32", code, "codes f(x)")]
+        checks = {Z: "latent"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)

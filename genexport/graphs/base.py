@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genrun.manifest import TensorSpec
+from genrun.manifest import BATCH, TensorSpec
 
-BATCH = "N"  # the name of the dynamic batch axis in every graph and manifest
+__all__ = ["BATCH", "Graph", "nats_per_bpd"]
 
 
 @dataclass

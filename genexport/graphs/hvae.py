@@ -9,21 +9,29 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrun.manifest import TensorSpec
+from genrun.manifest import (
+    IMAGES,
+    LOG_WEIGHT,
+    PIXELS,
+    TEMPERATURE,
+    TensorSpec,
+    eps_name,
+    noise_name,
+)
 from gentrain.models import HVAE
-from gentrain.models.vae import means_to_uint8
+from gentrain.models.quantization import means_to_uint8
 
 from .base import BATCH, Graph
 from .vae import pixel_mapping
 
 ROLES = ("generate", "elbo")
-TEMPERATURE = (
+TEMPERATURE_EFFECT = (
     "each group's noise_l is multiplied by the sample's temperature: "
     "z_l = mu_l + temperature * sigma_l * noise_l under the prior p(z_l | z_<l); "
     "1 samples the model, 0 gives the prior means group by group"
 )
 
-__all__ = ["ROLES", "TEMPERATURE", "build", "pixel_mapping"]
+__all__ = ["ROLES", "TEMPERATURE_EFFECT", "build", "pixel_mapping"]
 
 
 class HVAEGenerate(nn.Module):
@@ -68,16 +76,16 @@ def build(model: HVAE, role: str, fold: bool = True) -> Graph:
         module = HVAEGenerate(model)
         inputs = [
             *(
-                TensorSpec(f"noise_{i}", "float32", [BATCH, *s], f"N(0, I) noise of group {i}")
+                TensorSpec(noise_name(i), "float32", [BATCH, *s], f"N(0, I) noise of group {i}")
                 for i, s in enumerate(shapes)
             ),
-            TensorSpec("temperature", "float32", [BATCH], "per-sample scale of the noise"),
+            TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
         ]
         outputs = [
-            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
-            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+            TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
         ]
-        checks = {"images": "image", "pixels": "pixels"}
+        checks = {IMAGES: "image", PIXELS: "pixels"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple:
             return noise(n, generator), torch.rand(n, generator=generator)
@@ -85,20 +93,18 @@ def build(model: HVAE, role: str, fold: bool = True) -> Graph:
     else:
         module = HVAEElbo(model)
         inputs = [
-            TensorSpec("images", "uint8", shape, "images to score"),
+            TensorSpec(IMAGES, "uint8", shape, "images to score"),
             *(
                 TensorSpec(
-                    f"eps_{i}", "float32", [BATCH, *s], f"N(0, I) posterior noise of group {i}"
+                    eps_name(i), "float32", [BATCH, *s], f"N(0, I) posterior noise of group {i}"
                 )
                 for i, s in enumerate(shapes)
             ),
         ]
         outputs = [
-            TensorSpec(
-                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
-            )
+            TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")
         ]
-        checks = {"log_weight": "nats"}
+        checks = {LOG_WEIGHT: "nats"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple:
             with torch.no_grad():

@@ -8,13 +8,24 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrun.manifest import PixelMapping, TensorSpec
+from genrun.manifest import (
+    EPS,
+    IMAGES,
+    LOG_WEIGHT,
+    LOGVAR,
+    MU,
+    PIXELS,
+    PixelMapping,
+    TensorSpec,
+    Z,
+)
 from gentrain.models import VAE
-from gentrain.models.vae import means_to_uint8
+from gentrain.models.quantization import means_to_uint8
 
 from .base import BATCH, Graph
 
 ROLES = ("decode", "encode", "elbo")
+TEMPERATURE_EFFECT = None  # no graph takes a temperature: a runtime scales z itself
 
 
 class VAEDecode(nn.Module):
@@ -79,38 +90,36 @@ def build(model: VAE, role: str, fold: bool = True) -> Graph:
             return VAEDecode(model)(torch.randn(n, config.latent_dim, generator=generator))[1]
 
     if role == "decode":
-        inputs = [TensorSpec("z", "float32", code, "latent code; N(0, T^2 I) samples")]
+        inputs = [TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples")]
         outputs = [
-            TensorSpec("images", "float32", shape, "pixel means or probabilities in [0, 1]"),
-            TensorSpec("pixels", "uint8", shape, "images mapped to uint8"),
+            TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
         ]
-        checks = {"images": "image", "pixels": "pixels"}
+        checks = {IMAGES: "image", PIXELS: "pixels"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             return (torch.randn(n, config.latent_dim, generator=generator),)
 
     elif role == "encode":
-        inputs = [TensorSpec("images", "uint8", shape, "images to encode")]
+        inputs = [TensorSpec(IMAGES, "uint8", shape, "images to encode")]
         outputs = [
-            TensorSpec("mu", "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
-            TensorSpec("logvar", "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
+            TensorSpec(MU, "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
+            TensorSpec(LOGVAR, "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
         ]
-        checks = {"mu": "latent", "logvar": "latent"}
+        checks = {MU: "latent", LOGVAR: "latent"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             return (images(n, generator),)
 
     else:
         inputs = [
-            TensorSpec("images", "uint8", shape, "images to score"),
-            TensorSpec("eps", "float32", code, "N(0, I) noise of the reparameterisation"),
+            TensorSpec(IMAGES, "uint8", shape, "images to score"),
+            TensorSpec(EPS, "float32", code, "N(0, I) noise of the reparameterisation"),
         ]
         outputs = [
-            TensorSpec(
-                "log_weight", "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats"
-            )
+            TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")
         ]
-        checks = {"log_weight": "nats"}
+        checks = {LOG_WEIGHT: "nats"}
 
         def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
             return images(n, generator), torch.randn(n, config.latent_dim, generator=generator)

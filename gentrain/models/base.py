@@ -51,7 +51,7 @@ class GenerativeModel(nn.Module):
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, iw_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Per-image test figures on a uint8 batch, each a float tensor (N,);
+        """Per-image test metrics on a uint8 batch, each a float tensor (N,);
         `iw_samples` importance samples tighten the family's likelihood bound."""
         raise NotImplementedError
 

@@ -97,15 +97,15 @@ class MultiScaleFlow(GenerativeModel):
             for _ in range(iw_samples)
         ]
         log_center = self.log_prob(dequantize(x, n_bits))
-        figures = {
+        metrics = {
             "bpd": bits_per_dim(draws[0], dims, n_bits),
             "bpd_center": bits_per_dim(log_center, dims, n_bits),
             "nll": -(draws[0] - discretization_nats(dims, n_bits)),
         }
         if iw_samples > 1:
             log_mean = torch.logsumexp(torch.stack(draws), 0) - math.log(iw_samples)
-            figures["bpd_iw"] = bits_per_dim(log_mean, dims, n_bits)
-        return figures
+            metrics["bpd_iw"] = bits_per_dim(log_mean, dims, n_bits)
+        return metrics
 
     def noise(self, n: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
         """Standard-normal latents for n samples, from the global torch RNG."""

@@ -1,4 +1,4 @@
-"""Discrete pixels <-> continuous flow inputs, and the bits/dim formula.
+"""Discrete pixels <-> continuous model values, and the bits/dim formula.
 
 A flow models a density over continuous y. Pixels are integers, so (as in
 openai/glow) we keep the top `n_bits` of each pixel, add uniform noise inside
@@ -10,6 +10,9 @@ The scaling has Jacobian (1 / 2^n_bits)^D, so the probability of the discrete
 image is bounded below by log p(y) - D log(2^n_bits). Every bits/dim in this
 toolkit (training, evaluation, exported density graphs) comes from
 `bits_per_dim` below, so the numbers compare with published ones.
+
+The (H)VAE's and the autoencoder's images are values in [0, 1] instead:
+`means_to_uint8` maps them to pixels.
 """
 
 from __future__ import annotations
@@ -44,3 +47,9 @@ def discretization_nats(num_dims: int, n_bits: int) -> float:
 def bits_per_dim(log_py: torch.Tensor, num_dims: int, n_bits: int) -> torch.Tensor:
     """Per-image bits/dim of the discrete image from the continuous log-density."""
     return -(log_py - discretization_nats(num_dims, n_bits)) / (num_dims * math.log(2.0))
+
+
+def means_to_uint8(mean: torch.Tensor) -> torch.Tensor:
+    """Pixel values in [0, 1] (decoder means, reconstructions) -> uint8 images,
+    for samples and exported decoders alike."""
+    return (mean.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -65,4 +65,4 @@ def samples(model: GenerativeModel) -> bool:
 
 def samples_levels(model: GenerativeModel) -> bool:
     """Hierarchical models that can hold their top latent groups fixed."""
-    return samples(model) and "fixed_groups" in inspect.signature(model.sample).parameters
+    return samples(model) and "fixed_levels" in inspect.signature(model.sample).parameters

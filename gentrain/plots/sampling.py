@@ -35,7 +35,7 @@ def hvae_levels(inputs: PlotInputs):
     fig, axes = new_figure(3.6 * len(levels), 4.0, 1, len(levels))
     for ax, (fixed, title) in zip(axes[0], levels, strict=True):
         torch.manual_seed(inputs.seed)
-        images = model.sample(n, model.default_temperature, fixed_groups=fixed)
+        images = model.sample(n, model.default_temperature, fixed_levels=fixed)
         show_images(ax, images.cpu().numpy(), math.ceil(math.sqrt(n)), title)
     fig.suptitle(f"{label}: samples at T = {model.default_temperature}")
     return fig

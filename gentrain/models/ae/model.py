@@ -17,7 +17,7 @@ from torch import nn
 from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
-from ..vae.model import means_to_uint8
+from ..quantization import means_to_uint8
 from ..vae.networks import build_networks
 from .config import AEConfig
 from .pca import PCA
@@ -64,15 +64,15 @@ class AE(GenerativeModel):
 
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, iw_samples: int = 1) -> dict[str, torch.Tensor]:
-        """Per-image figures (N,) of uint8 images: mse, the squared error summed
+        """Per-image metrics (N,) of uint8 images: mse, the squared error summed
         over the pixels in [0, 1] (the lecture's convention: a sum, not a mean
         over pixels), and pca_mse, PCA's in the same units, once
         `fit_baselines` has run. `iw_samples` is unused: nothing is random."""
         x = self.to_float(x)
-        figures = {"mse": self.squared_error(x)}
+        metrics = {"mse": self.squared_error(x)}
         if self.pca is not None:
-            figures["pca_mse"] = self.pca.squared_error(x)
-        return figures
+            metrics["pca_mse"] = self.pca.squared_error(x)
+        return metrics
 
     def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
         raise UserError(

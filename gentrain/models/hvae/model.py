@@ -33,9 +33,8 @@ from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
 from ..importance import iwae_bound
-from ..quantization import discretization_nats
+from ..quantization import discretization_nats, means_to_uint8
 from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
-from ..vae.model import means_to_uint8
 from .cells import cell_stack, downsample, upsample
 from .config import HVAEConfig
 
@@ -254,11 +253,11 @@ class HVAE(GenerativeModel):
         """Standard-normal eps for every group, with leading dimensions `lead`."""
         return [torch.randn(*lead, *s, device=self.device) for s in self.config.latent_shapes()]
 
-    def iwae_bound(self, x: torch.Tensor, k: int, chunk: int = 2048) -> torch.Tensor:
+    def iwae_bound(self, x: torch.Tensor, iw_samples: int, chunk: int = 2048) -> torch.Tensor:
         """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
         uint8 images; K = 1 is the MC ELBO. Each top-down pass holds at most
         `chunk` images (samples x batch), so memory is bounded whatever K."""
-        return iwae_bound(self.log_weight, self._noise, self.to_float(x), k, chunk)
+        return iwae_bound(self.log_weight, self._noise, self.to_float(x), iw_samples, chunk)
 
     def objective(self, x: torch.Tensor) -> Objective:
         """Mean of -log p(x|z) + beta * sum_l KL_l in nats per image, one fresh
@@ -293,7 +292,7 @@ class HVAE(GenerativeModel):
     def evaluate(
         self, x: torch.Tensor, iw_samples: int = 100, chunk: int = 2048
     ) -> dict[str, torch.Tensor]:
-        """Per-image test figures (N,) of uint8 images, all in nats but bpd:
+        """Per-image test metrics (N,) of uint8 images, all in nats but bpd:
         nelbo = rec + kl (beta = 1) with each group's closed-form KL at one
         draw, and the importance-sampled nll with K = iw_samples."""
         rec, kls, _ = self._infer(self.to_float(x), self._noise(len(x)))
@@ -305,20 +304,20 @@ class HVAE(GenerativeModel):
 
     @torch.no_grad()
     def sample_with_latents(
-        self, n: int, temperature: float = 1.0, fixed_groups: int = 0
+        self, n: int, temperature: float = 1.0, fixed_levels: int = 0
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """n decoder means as uint8 and their latents z_1 ... z_L. The first
-        `fixed_groups` groups take one noise draw shared by every sample, so
+        `fixed_levels` groups take one noise draw shared by every sample, so
         with 1 all samples share z_1, with 2 also z_2. Runs in eval mode
         (BatchNorm's running statistics), whatever mode the model is in."""
-        if not 0 <= fixed_groups <= self.config.groups:
+        if not 0 <= fixed_levels <= self.config.groups:
             raise UserError(
-                f"fixed_groups must be from 0 to {self.config.groups} (the model's groups), "
-                f"got {fixed_groups}"
+                f"fixed_levels must be from 0 to {self.config.groups} (the model's groups), "
+                f"got {fixed_levels}"
             )
         shapes = self.config.latent_shapes()
         eps = [
-            torch.randn(1 if group < fixed_groups else n, *shape, device=self.device).expand(
+            torch.randn(1 if group < fixed_levels else n, *shape, device=self.device).expand(
                 n, *shape
             )
             for group, shape in enumerate(shapes)
@@ -330,6 +329,6 @@ class HVAE(GenerativeModel):
         return means_to_uint8(self.decoder.likelihood.mean(params)), latents
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, fixed_groups: int = 0) -> torch.Tensor:
+    def sample(self, n: int, temperature: float = 1.0, fixed_levels: int = 0) -> torch.Tensor:
         """n decoder means (probabilities for Bernoulli) as uint8 (n, C, H, W)."""
-        return self.sample_with_latents(n, temperature, fixed_groups)[0]
+        return self.sample_with_latents(n, temperature, fixed_levels)[0]

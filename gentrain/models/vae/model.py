@@ -29,7 +29,7 @@ from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
 from ..importance import iwae_bound
-from ..quantization import discretization_nats
+from ..quantization import discretization_nats, means_to_uint8
 from .config import CLOSED_KL_WITH_FLOW, KL_ESTIMATORS, VAEConfig
 from .likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
 from .networks import build_networks
@@ -173,12 +173,12 @@ class VAE(GenerativeModel):
         rec, kl_term = self._elbo_terms(x, self._noise(len(x)), kl)
         return -(rec + kl_term)
 
-    def iwae_bound(self, x: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    def iwae_bound(self, x: torch.Tensor, iw_samples: int, chunk: int = 4096) -> torch.Tensor:
         """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
         uint8 images (Burda et al. 2016); K = 1 is the MC ELBO. Each decoder
         pass holds at most `chunk` images (samples x batch), so memory is
         bounded whatever K."""
-        return iwae_bound(self.log_weight, self._noise, self.to_float(x), k, chunk)
+        return iwae_bound(self.log_weight, self._noise, self.to_float(x), iw_samples, chunk)
 
     def objective(self, x: torch.Tensor) -> Objective:
         """Mean negative ELBO in nats per image, with a fresh reparameterisation draw."""
@@ -201,7 +201,7 @@ class VAE(GenerativeModel):
     def evaluate(
         self, x: torch.Tensor, iw_samples: int = 100, chunk: int = 4096
     ) -> dict[str, torch.Tensor]:
-        """Per-image test figures (N,) of uint8 images, all in nats but bpd:
+        """Per-image test metrics (N,) of uint8 images, all in nats but bpd:
         nelbo = rec + kl with the closed-form KL (one draw for rec; with a
         posterior flow the one-draw Monte Carlo KL), and the importance-sampled
         nll with K = iw_samples (an upper bound on -log p(x))."""
@@ -230,8 +230,3 @@ class VAE(GenerativeModel):
     def decode_mean(self, z: torch.Tensor) -> torch.Tensor:
         """Codes (N, k) -> the decoder's means as uint8 images (N, C, H, W)."""
         return means_to_uint8(self.decoder.likelihood.mean(self.decode(z.to(self.device))))
-
-
-def means_to_uint8(mean: torch.Tensor) -> torch.Tensor:
-    """Pixel means in [0, 1] -> uint8 images (samples and exported decoders)."""
-    return (mean.clamp(0, 1) * 255).round().to(torch.uint8)

@@ -1,0 +1,241 @@
+"""The multi-scale flows' graphs (Glow, RealNVP): `generate` (noise per level,
+temperature -> images) and `density` (uint8 images -> bits/dim, log P(x),
+latents), run on a frozen flow.
+
+`freeze_flow` makes the flow exportable: Glow's LU-decomposed 1x1
+convolutions, whose matrix ops (inverse, slogdet, lu) have no ONNX form,
+become constant matrices computed once in float64, folded together with the
+ActNorm before them into a single 1x1 convolution with bias in each direction.
+The role modules only call the model's own methods (`reverse`, `log_prob_of`,
+`dequantize`, `bits_per_dim`), so a formula lives in one place.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from genrun.errors import UserError
+from genrun.manifest import (
+    BITS_PER_DIM,
+    IMAGES,
+    LOG_LIKELIHOOD,
+    OFFSET,
+    PIXELS,
+    TEMPERATURE,
+    PixelMapping,
+    TensorSpec,
+    latent_name,
+    noise_name,
+)
+from gentrain.models import GenerativeModel
+from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
+from gentrain.models.multiscale import MultiScaleFlow
+from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
+
+from .base import BATCH, Graph
+
+ROLES = ("generate", "density")
+TEMPERATURE_EFFECT = (
+    "every noise_i is multiplied by the sample's temperature before the reverse flow: "
+    "1 samples the model, 0 gives its mode, about 0.7 trades diversity for quality"
+)
+
+
+class Baked1x1(nn.Module):
+    """y = W x + b per pixel with W, W^-1 and log|det W| fixed at export time
+    (computed in float64), under the layers' contract
+    forward(x, logdet, reverse) -> (y, logdet)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, logdet_per_pixel: float):
+        super().__init__()
+        inverse = torch.linalg.inv(weight)
+        self.register_buffer("weight", weight.float()[:, :, None, None])
+        self.register_buffer("inverse", inverse.float()[:, :, None, None])
+        # x = W^-1 (y - b) = W^-1 y - W^-1 b: the reverse is a conv with bias too.
+        self.register_buffer("bias", None if bias is None else bias.float())
+        self.register_buffer("inverse_bias", None if bias is None else (-inverse @ bias).float())
+        self.logdet_per_pixel = logdet_per_pixel
+
+    @classmethod
+    def from_conv(cls, conv: InvConv1x1) -> Baked1x1:
+        """The 1x1 convolution alone (ActNorm stays a layer of its own)."""
+        weight, logabsdet = copy.deepcopy(conv).double().weight_and_logabsdet()
+        return cls(weight.detach(), None, logabsdet.item())
+
+    @classmethod
+    def fold(cls, norm: ActNorm, conv: InvConv1x1) -> Baked1x1:
+        """ActNorm then the 1x1 convolution as one affine map:
+        W diag(e^s) (x + b) = W' x + W' b with W' = W diag(e^s)."""
+        weight, logabsdet = copy.deepcopy(conv).double().weight_and_logabsdet()
+        logs, shift = norm.logs.detach().double().flatten(), norm.bias.detach().double().flatten()
+        folded = weight.detach() * torch.exp(logs)[None, :]
+        return cls(folded, folded @ shift, (logs.sum() + logabsdet).item())
+
+    def forward(
+        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        dlogdet = x.shape[2] * x.shape[3] * self.logdet_per_pixel
+        if reverse:
+            y = F.conv2d(x, self.inverse, self.inverse_bias)
+            return y, None if logdet is None else logdet - dlogdet
+        y = F.conv2d(x, self.weight, self.bias)
+        return y, None if logdet is None else logdet + dlogdet
+
+
+def check_actnorm_initialized(model: GenerativeModel) -> None:
+    """An ActNorm that never saw data is the identity: the checkpoint is untrained."""
+    if not all(m.initialized for m in model.modules() if isinstance(m, ActNorm)):
+        raise UserError(
+            "the checkpoint's ActNorm layers were never initialised from data (no training "
+            f"step ran); train it with `gentrain fit {model.family}` before exporting"
+        )
+
+
+def freeze_flow(model: MultiScaleFlow, fold: bool = True) -> MultiScaleFlow:
+    """A copy of `model` whose flow steps export: each 1x1 convolution baked
+    as constants and, with `fold`, merged with the ActNorm before it. The
+    couplings and priors are the trained modules themselves. Any other
+    multi-scale flow (RealNVP: no 1x1 convolutions) is copied in eval mode with
+    its ActNorm flags made constants."""
+    check_actnorm_initialized(model)
+    frozen = copy.deepcopy(model).eval()
+    for norm in frozen.modules():
+        if isinstance(norm, ActNorm):
+            # A buffer is a graph input to torch.export, so `if not initialized`
+            # would be a data-dependent branch; as a constant it folds away.
+            del norm._buffers["initialized"]
+            norm.initialized = True
+    for step in frozen.modules():
+        if isinstance(step, FlowStep):
+            norm, conv, coupling = step.layers
+            linear = [Baked1x1.fold(norm, conv)] if fold else [norm, Baked1x1.from_conv(conv)]
+            step.layers = nn.ModuleList([*linear, coupling])
+    return frozen
+
+
+# -- the roles -------------------------------------------------------------------
+class FlowGenerate(nn.Module):
+    """(noise per level, temperature (N,)) -> (images y, uint8 pixels)."""
+
+    def __init__(self, flow: MultiScaleFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(
+        self, noise: list[torch.Tensor], temperature: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        y = self.flow.reverse(noise, temperature)
+        return y, quantize(y, self.flow.config.n_bits)
+
+
+class FlowDensity(nn.Module):
+    """(uint8 images, dequantisation offset) -> (bits/dim, log P(x) in nats,
+    latents per level)."""
+
+    def __init__(self, flow: MultiScaleFlow) -> None:
+        super().__init__()
+        self.flow = flow
+
+    def forward(self, images: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        config = self.flow.config
+        y = dequantize(images, config.n_bits, offset)
+        latents, logdet = self.flow(y)
+        log_py = self.flow.log_prob_of(latents, logdet)
+        log_px = log_py - discretization_nats(config.num_dims, config.n_bits)
+        return bits_per_dim(log_py, config.num_dims, config.n_bits), log_px, *latents
+
+
+def pixel_mapping(model: MultiScaleFlow) -> PixelMapping:
+    """How the flow's floats y in [-0.5, 0.5] relate to uint8 pixels."""
+    config = model.config
+    bins = 2**config.n_bits
+    return PixelMapping(
+        n_bits=config.n_bits,
+        value_range=[-0.5, 0.5],
+        from_uint8=(
+            f"y = (floor(x / {2 ** (8 - config.n_bits)}) + offset) / {bins} - 0.5, "
+            "offset in [0, 1) (0.5: bin centres)"
+        ),
+        to_uint8=f"x = round(clip(floor((y + 0.5) * {bins}), 0, {bins - 1}) "
+        f"* {255 / (bins - 1):g})",
+        discretization_nats=discretization_nats(config.num_dims, config.n_bits),
+    )
+
+
+def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
+    """The export module and reference of `role` for a trained multi-scale
+    flow (Glow, RealNVP)."""
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    latents = [
+        TensorSpec(latent_name(i), "float32", [BATCH, *s], f"standard-normal latent of level {i}")
+        for i, s in enumerate(config.latent_shapes())
+    ]
+    frozen = freeze_flow(model, fold)
+    if role == "generate":
+        noise = [
+            TensorSpec(noise_name(i), "float32", spec.shape, f"N(0, I) noise of level {i}")
+            for i, spec in enumerate(latents)
+        ]
+
+        def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+            drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
+            return drawn, torch.rand(n, generator=generator)
+
+        return Graph(
+            role=role,
+            module=FlowGenerate(frozen),
+            reference=FlowGenerate(model),
+            inputs=[
+                *noise,
+                TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
+            ],
+            outputs=[
+                TensorSpec(IMAGES, "float32", shape, "continuous images y, see pixels"),
+                TensorSpec(PIXELS, "uint8", shape, "images quantised to uint8"),
+            ],
+            sample_inputs=generate_inputs,
+            checks={IMAGES: "image", PIXELS: "pixels"},
+            num_dims=config.num_dims,
+            pixel_bits=config.n_bits,
+        )
+
+    def density_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        noise = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
+        with torch.no_grad():
+            _, pixels = FlowGenerate(model)(noise, torch.full((n,), model.default_temperature))
+        return pixels, torch.rand(n, *config.data_shape, generator=generator)
+
+    return Graph(
+        role=role,
+        module=FlowDensity(frozen),
+        reference=FlowDensity(model),
+        inputs=[
+            TensorSpec(IMAGES, "uint8", shape, "images to score"),
+            TensorSpec(
+                OFFSET,
+                "float32",
+                shape,
+                "dequantisation offset in [0, 1) per pixel; uniform noise gives the "
+                "variational bound, 0.5 the deterministic bpd_center of `gentrain eval`",
+                default=0.5,
+            ),
+        ],
+        outputs=[
+            TensorSpec(BITS_PER_DIM, "float32", [BATCH], "bits/dim incl. discretisation"),
+            TensorSpec(LOG_LIKELIHOOD, "float32", [BATCH], "log P(x) in nats of the uint8 image"),
+            *latents,
+        ],
+        sample_inputs=density_inputs,
+        checks={
+            BITS_PER_DIM: "bpd",
+            LOG_LIKELIHOOD: "nats",
+            **{spec.name: "latent" for spec in latents},
+        },
+        num_dims=config.num_dims,
+        pixel_bits=config.n_bits,
+    )
