@@ -40,6 +40,17 @@ MAX_GRID = 10_000
 EngineOption = Annotated[
     Path, typer.Option("--engine", help="An .onnx engine written by `genexport onnx`.")
 ]
+RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray", help="Run on Ray (vaeflow[ray]): a local Ray, or the cluster of --ray-address."
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to run on (implies --ray): ray://HOST:10001, or auto."),
+]
+ActorsOption = Annotated[int, typer.Option(help="With --ray: engine actors (one engine each).")]
 ProviderOption = Annotated[
     str,
     typer.Option(
@@ -61,19 +72,33 @@ def sample_command(
     ] = 0,
     out: Annotated[
         Path,
-        typer.Option(help="FILE.png (a grid), FILE.npz (array 'images'), or DIR/ (one PNG each)."),
+        typer.Option(
+            help="FILE.png (a grid), FILE.npz (array 'images'), DIR/ (one PNG each), or with "
+            "--ray DIR.parquet (parquet shards of rows index, pixels)."
+        ),
     ] = Path("samples.png"),
     fixed_levels: Annotated[
         int,
         typer.Option(help="Share the first L noise inputs across samples (HVAE: 1 fixes z1)."),
     ] = 0,
     provider: ProviderOption = "auto",
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
     sampler = Sampler(load(engine, provider))
     # Checks the arguments before anything is written.
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels)
     kind = _output_kind(out)
+    if ray or ray_address or kind == "parquet":  # the same samples, made by Ray actors
+        batches = _ray_samples(
+            engine, out, kind, ray_address, actors, provider, n=n, temperature=temperature,
+            seed=seed, batch_size=batch, fixed_levels=fixed_levels,
+        )  # fmt: skip
+        if batches is None:  # written as parquet shards
+            typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
+            return
     if kind == "png" and n > MAX_GRID:
         raise UserError(
             f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
@@ -119,6 +144,9 @@ def likelihood_command(
     seed: Annotated[int, typer.Option(help="VAE: seed of the importance samples.")] = 0,
     batch: Annotated[int, typer.Option(help="Rows per engine call.")] = 256,
     provider: ProviderOption = "auto",
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
 ) -> None:
     """Per-image bits/dim (density engines: exact, glow at bin centres; elbo
     engines: IWAE NLL with K draws) and the mean; high values flag
@@ -132,8 +160,11 @@ def likelihood_command(
         raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
         _check_writable(out.parent)
-    if files:
-        scores = scorer.bits_per_dim(read_image_files(files, expected), iw_samples, seed, batch)
+    on_ray = ray or ray_address is not None
+    score = _ray_scorer(engine, ray_address, actors, provider) if on_ray else scorer.bits_per_dim
+    if files:  # on Ray the actors read the files
+        images = files if on_ray else read_image_files(files, expected)
+        scores = score(images, iw_samples, seed, batch)
         header, what = ("file", BITS_PER_DIM), "files"
         rows = [(str(path), float(bpd)) for path, bpd in zip(files, scores, strict=True)]
     else:
@@ -148,7 +179,7 @@ def likelihood_command(
             (name, index, float(bpd))
             for name in splits[split]
             for index, bpd in enumerate(
-                scorer.bits_per_dim(getattr(loaded, name).images, iw_samples, seed, batch)
+                score(getattr(loaded, name).images, iw_samples, seed, batch)
             )
         ]
     scores = np.array([row[-1] for row in rows])
@@ -261,11 +292,42 @@ def _tensors(specs: list[TensorSpec]) -> list[str]:
     ]
 
 
+def _ray_samples(engine: Path, out: Path, kind: str, address, actors, provider, **options):
+    """Sample batches from Ray actors, or None once written as parquet shards."""
+    from . import distributed
+
+    distributed.start(address)
+    if kind != "parquet":
+        return distributed.sample_batches(engine, actors=actors, provider=provider, **options)
+    _check_writable(out.parent)
+    dataset = distributed.sample_dataset(engine, actors=actors, provider=provider, **options)
+    distributed.write_parquet(dataset, out)
+    return None
+
+
+def _ray_scorer(engine: Path, address, actors: int, provider: str):
+    """A `Scorer.bits_per_dim` whose work runs on Ray actors."""
+    from . import distributed
+
+    distributed.start(address)
+
+    def score(images, iw_samples: int, seed: int, batch: int) -> np.ndarray:
+        return distributed.score(
+            engine, images, iw_samples, seed, batch, actors=actors, provider=provider
+        )
+
+    return score
+
+
 def _output_kind(out: Path) -> str:
+    if out.suffix.lower() == ".parquet":
+        return "parquet"
     if out.suffix.lower() in (".png", ".npz"):
         return out.suffix.lower()[1:]
     if out.suffix:
-        raise UserError(f"--out {out}: use a .png grid, an .npz file or a folder")
+        raise UserError(
+            f"--out {out}: use a .png grid, an .npz file, a folder or (with --ray) DIR.parquet"
+        )
     return "dir"
 
 

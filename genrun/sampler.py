@@ -113,10 +113,12 @@ class Sampler:
         seed: int = 0,
         batch_size: int = 256,
         fixed_levels: int = 0,
+        first: int = 0,
     ) -> Iterator[np.ndarray]:
         """The same n samples as `sample`, as uint8 batches of up to batch_size
         (memory stays bounded for any n). The first `fixed_levels` noise inputs
-        are item 0's draw for every sample (an HVAE with 1: samples sharing z1)."""
+        are item 0's draw for every sample (an HVAE with 1: samples sharing z1).
+        `first` > 0 yields only items first..n-1 (a worker's share of a run)."""
         _check_count("n", n)
         _check_count("batch size", batch_size)
         try:
@@ -136,13 +138,19 @@ class Sampler:
                 f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
             )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        return self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels)
+        return self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first)
 
     def _batches(
-        self, n: int, temperature: float, noise: BlockNoise, batch_size: int, fixed_levels: int
+        self,
+        n: int,
+        temperature: float,
+        noise: BlockNoise,
+        batch_size: int,
+        fixed_levels: int,
+        first: int = 0,
     ) -> Iterator[np.ndarray]:
         fixed = noise.take(0, 1)[:fixed_levels]
-        for start in range(0, n, batch_size):
+        for start in range(first, n, batch_size):
             stop = min(n, start + batch_size)
             levels = noise.take(start, stop)
             for i, first in enumerate(fixed):
@@ -180,13 +188,19 @@ class Scorer:
         self.dims = math.prod(engine.manifest.data_shape)
 
     def nll(
-        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int = 100,
+        seed: int = 0,
+        batch_size: int = 256,
+        first: int = 0,
     ) -> np.ndarray:
         """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
         exact (iw_samples and seed unused; glow at bin centres). Elbo engines: the
         importance-sampled bound with K = iw_samples draws of q(z|x),
         -(logsumexp_k log_weight_k - log K) + the manifest's discretisation
-        nats; draws depend on (seed, image index) only."""
+        nats; draws depend on (seed, image index) only, images[0] being
+        image `first` of the whole set (a worker's share scores as the whole)."""
         _check_count("batch size", batch_size)
         if len(images) == 0:
             raise UserError("no images to score; pass at least one")
@@ -196,17 +210,23 @@ class Scorer:
                 for start in range(0, len(images), batch_size)
             ]
             return -np.concatenate(parts).astype(np.float64)
-        return self._importance_nll(images, iw_samples, seed, batch_size)
+        return self._importance_nll(images, iw_samples, seed, batch_size, first)
 
     def bits_per_dim(
-        self, images: np.ndarray, iw_samples: int = 100, seed: int = 0, batch_size: int = 256
+        self,
+        images: np.ndarray,
+        iw_samples: int = 100,
+        seed: int = 0,
+        batch_size: int = 256,
+        first: int = 0,
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's
         bpd_center for Glow, its IWAE bpd for a VAE."""
-        return self.nll(images, iw_samples, seed, batch_size) / (self.dims * math.log(2))
+        nll = self.nll(images, iw_samples, seed, batch_size, first)
+        return nll / (self.dims * math.log(2))
 
     def _importance_nll(
-        self, images: np.ndarray, iw_samples: int, seed: int, batch_size: int
+        self, images: np.ndarray, iw_samples: int, seed: int, batch_size: int, first: int = 0
     ) -> np.ndarray:
         _check_count("iw_samples", iw_samples)
         k = iw_samples
@@ -216,7 +236,7 @@ class Scorer:
         nll = np.empty(len(images))
         for start in range(0, len(images), per_call):
             chunk = images[start : start + per_call]
-            draws = noise.take(start, start + len(chunk))
+            draws = noise.take(first + start, first + start + len(chunk))
             feeds = {
                 name: eps.reshape(-1, *latent)
                 for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
