@@ -71,7 +71,7 @@ def test_configs_parse_and_match_the_engines(checkpoints, tmp_path) -> None:
                 assert tensor.data_type == TYPES[spec.dtype]
                 dims = list(spec.shape[1:])  # the batch axis is Triton's
                 assert list(tensor.dims) == (dims or [1])
-                assert list(tensor.reshape.shape) == dims
+                assert tensor.HasField("reshape") == (not dims)  # [1] -> [] for scalars
         for tensor, spec in zip(config.input, manifest.inputs, strict=True):
             assert tensor.optional == (spec.default is not None)
         stored = from_json(config.parameters[METADATA_KEY].string_value)
