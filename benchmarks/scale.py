@@ -134,9 +134,11 @@ one batch, took {startup:.1f} s); one process excludes the engine load.
 ## What this says about N machines
 
 Measured: one machine with 2 cores, 1 and 2 actors (one ONNX Runtime thread
-each). Two actors cannot beat one process with 2 threads here: they share the
-same 2 cores, and Ray adds its scheduling and the copy of each result through
-the object store to the driver.
+each), every Ray run including the start of its actor pool (Ray Data builds
+the pool per run: each actor loads the engine) and the copy of every result
+through Ray's object store to the driver. On 2 shared cores two actors have
+no spare core to run on that one process with 2 threads does not already use,
+so here Ray can only add overhead; what it buys is more machines.
 
 Extrapolated, not measured (no cluster here): the work is embarrassingly
 parallel (each unit is whole noise blocks, no exchange between actors), so

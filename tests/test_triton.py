@@ -49,6 +49,7 @@ def _config(folder: Path):
     return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
+@pytest.mark.slow  # exports five engines (about 45 s on 2 loaded cores)
 def test_configs_parse_and_match_the_engines(checkpoints, tmp_path) -> None:
     repo = tmp_path / "repo"
     code, _, err = cli.run("triton", checkpoints["glow"], checkpoints["vae"], "--out", repo)
