@@ -32,7 +32,8 @@ from genexport.engines import export_checkpoint
 from genrun import distributed
 from genrun.engine import load
 from genrun.readers import load_data
-from genrun.sampler import Sampler, Scorer
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
 from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
 

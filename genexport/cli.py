@@ -4,6 +4,7 @@ genexport onnx runs/demo/checkpoint.pt                  # every graph of the fam
 genexport onnx CKPT --graphs density --precision fp16   # float16 inside, float32 outside
 genexport verify runs/demo/demo.density.onnx --ckpt runs/demo/checkpoint.pt
 genexport info runs/demo/demo.generate.onnx
+genexport tensorrt runs/demo/checkpoint.pt --precision fp16   # TensorRT plans (GPU)
 genexport triton runs/demo/checkpoint.pt --out model_repository
 """
 
@@ -15,12 +16,14 @@ from typing import Annotated
 
 import typer
 
+from genrun.describe import labelled, manifest_lines, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import Manifest, Parity, read_from_onnx, to_json
+from genrun.manifest import Manifest, read_from_onnx, to_json
 
-from .engines import export_checkpoint, verify_engine
-from .graphs import ROLES
+from .engines import ExportedGraph, export_checkpoint, verify_engine
+from .graphs import FAMILY_GRAPHS, roles
 from .onnx import OPSETS
+from .tensorrt import PlanOptions, export_plans
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 
@@ -38,7 +41,7 @@ def onnx_command(
         str | None,
         typer.Option(
             help="Comma-separated roles (default: all of the family's): "
-            + "; ".join(f"{family}: {','.join(roles)}" for family, roles in ROLES.items())
+            + "; ".join(f"{family}: {','.join(roles(family))}" for family in FAMILY_GRAPHS)
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, one of {OPSETS}.")] = OPSETS[0],
@@ -49,10 +52,17 @@ def onnx_command(
         str | None,
         typer.Option(help="File name stem (default: the run folder's name or the file's stem)."),
     ] = None,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            help="Training data for the density/elbo manifest's training bits/dim "
+            "(typicality score); default: the checkpoint's data spec."
+        ),
+    ] = None,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
     at batch sizes 1, 7 and 64 before anything is written."""
-    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name)
+    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name, data)
     rows = [
         (
             str(engine.path),
@@ -66,8 +76,76 @@ def onnx_command(
     _table(("engine", "size", "nodes", "fp32 nodes before -> after folding", "export"), rows)
     for engine in engines:
         for check in engine.parity:
-            typer.echo(f"{engine.path.name}: {_parity(check)}")
+            typer.echo(f"{engine.path.name}: {parity_text(check)}")
+    for engine in engines:
+        stats = _training_scores(engine)
+        if stats:
+            typer.echo(f"{engine.path.name}: {stats}")
     typer.echo(f"all parity checks passed; {engines[0].exporter}, opset {opset}, {precision}")
+
+
+def _training_scores(engine: ExportedGraph) -> str:
+    """What the engine's manifest carries for the typicality score, in words."""
+    if engine.training_scores_note:
+        return f"no training statistics ({engine.training_scores_note})"
+    stats = engine.training_scores
+    return "" if stats is None else f"training {stats.summary()}"
+
+
+@app.command("tensorrt")
+def tensorrt_command(
+    source: Annotated[
+        Path,
+        typer.Argument(help="checkpoint.pt (its ONNX engines are exported first) or ENGINE.onnx."),
+    ],
+    out: Annotated[
+        Path | None, typer.Option(help="Folder for the plans (default: the source's).")
+    ] = None,
+    graphs: Annotated[
+        str | None, typer.Option(help="With a checkpoint: comma-separated roles (default: all).")
+    ] = None,
+    precision: Annotated[
+        str, typer.Option(help="fp32, or fp16 (built from the fp16 graph; float32 I/O).")
+    ] = "fp32",
+    opt_batch: Annotated[int, typer.Option(help="Batch TensorRT tunes for.")] = 256,
+    max_batch: Annotated[int, typer.Option(help="Largest batch of the profile.")] = 4096,
+    workspace_gib: Annotated[float, typer.Option(help="Builder workspace limit, GiB.")] = 4.0,
+    timing_cache: Annotated[
+        Path | None,
+        typer.Option(help="Timing cache read and updated (default: OUT/tensorrt.timing-cache)."),
+    ] = None,
+    hardware_compat: Annotated[
+        str, typer.Option(help="none (this GPU's architecture) or ampere+ (any Ampere or newer).")
+    ] = "none",
+    name: Annotated[
+        str | None, typer.Option(help="With a checkpoint: file name stem, as in `onnx`.")
+    ] = None,
+) -> None:
+    """Build TensorRT NAME.ROLE[.fp16].plan engines (with a .plan.json sidecar)
+    from the verified ONNX graphs, checked against ONNX Runtime CPU at batch
+    1, 7, opt and max before anything is written. Needs an NVIDIA GPU and
+    TensorRT (the package extra "tensorrt")."""
+    options = PlanOptions(
+        precision, opt_batch, max_batch, workspace_gib, timing_cache, hardware_compat
+    )
+    plans = export_plans(source, out, graphs, options, name)
+    rows = [
+        (
+            str(plan.path),
+            _size(len(plan.plan)),
+            "{min}/{opt}/{max}".format(**plan.info.profile),
+            f"{plan.seconds:.1f} s",
+        )
+        for plan in plans
+    ]
+    _table(("plan", "size", "batch min/opt/max", "build + check"), rows)
+    for plan in plans:
+        typer.echo(f"{plan.path.name}: {parity_text(plan.parity)}")
+    info = plans[0].info
+    typer.echo(
+        f"all plan parity checks passed; TensorRT {info.tensorrt} on {info.gpu} "
+        f"(compute capability {info.compute_capability}), {precision}"
+    )
 
 
 @app.command("verify")
@@ -78,7 +156,7 @@ def verify_command(
     """Re-run an engine's parity check against its checkpoint in PyTorch."""
     manifest, check = verify_engine(engine, ckpt)
     typer.echo(f"{engine.name} ({manifest.family} {manifest.role}, {manifest.precision})")
-    typer.echo(f"  {_parity(check)}")
+    typer.echo(f"  {parity_text(check)}")
     typer.echo("ok: every output within its bound")
 
 
@@ -133,60 +211,11 @@ def info_command(
 
 
 def describe(manifest: Manifest, engine: Path) -> list[str]:
-    """The manifest as aligned, readable lines."""
-    ckpt, export, pixels = manifest.checkpoint, manifest.export, manifest.pixels
-    nodes = f"{export.nodes} nodes"
-    if export.nodes_unfolded:
-        nodes += (
-            f" (float32: {export.nodes_unfolded} before, {export.nodes_folded} after "
-            "folding ActNorm into the 1x1 convolutions)"
-        )
-    lines = [
-        f"engine       {engine} ({_size(engine.stat().st_size)}), manifest v{manifest.version}",
-        f"model        {manifest.family} {manifest.role}, {manifest.precision}, "
-        f"images {manifest.data_shape}",
-        "inputs",
-        *_tensors(manifest.inputs),
-        "outputs",
-        *_tensors(manifest.outputs),
-        f"latents      {', '.join(str(s) for s in manifest.latent_shapes)}",
-        f"pixels       n_bits {pixels.n_bits}, float images in {pixels.value_range}"
-        + (f", {pixels.likelihood}" if pixels.likelihood else ""),
-        f"  from uint8 {pixels.from_uint8}",
-        f"  to uint8   {pixels.to_uint8}",
-        f"  discretisation term {pixels.discretization_nats:.4f} nats",
+    """The engine file and its size, then the manifest (genrun's printer)."""
+    return [
+        labelled("engine", f"{engine} ({_size(engine.stat().st_size)})"),
+        *manifest_lines(manifest),
     ]
-    if manifest.temperature:
-        lines.append(f"temperature  {manifest.temperature}")
-    metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
-    lines += [
-        f"checkpoint   {ckpt.file}, sha256 {ckpt.sha256[:16]}..., step {ckpt.step}",
-        f"  test       {metrics}",
-        f"  data       {ckpt.data.get('spec', '?')}",
-        f"export       {export.exporter}, opset {export.opset}, {nodes}",
-        f"  versions   {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
-        *(f"parity       {_parity(check)}" for check in manifest.parity),
-    ]
-    return lines
-
-
-def _tensors(specs) -> list[str]:
-    lines = []
-    for spec in specs:
-        shape = "[" + ", ".join(str(d) for d in spec.shape) + "]"
-        default = f" (default {spec.default:g})" if spec.default is not None else ""
-        lines.append(f"  {spec.name:<14} {spec.dtype:<8} {shape:<16} {spec.description}{default}")
-    return lines
-
-
-def _parity(check: Parity) -> str:
-    batches = ", ".join(str(n) for n in check.batch_sizes)
-    errors = ", ".join(
-        f"{key} {error:.2g} (<= {check.tolerance[key]:.2g})"
-        for key, error in check.max_abs_error.items()
-    )
-    subject = f"{check.precision} graph vs {check.reference}"
-    return f"{subject} at batch {batches}: max abs error {errors}"
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -203,4 +232,4 @@ def _size(n_bytes: int) -> str:
 
 
 def main() -> None:
-    run_cli(app, "genexport")
+    run_cli(app, "genexport", extra="export")

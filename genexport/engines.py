@@ -24,6 +24,7 @@ from genrun.manifest import (
     ExportInfo,
     Manifest,
     Parity,
+    TrainingScores,
     read_from_onnx,
     write_to_onnx,
 )
@@ -33,13 +34,16 @@ from gentrain.models import GenerativeModel
 from .fp16 import to_float16
 from .graphs import (
     FAMILY_GRAPHS,
-    ROLES,
     Graph,
     build_graph,
     check_actnorm_initialized,
+    folds_actnorm,
     pixel_mapping,
+    roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
+from .training_scores import ROLES as SCORING_ROLES
+from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
 PRECISIONS = ("fp32", "fp16")
@@ -58,6 +62,8 @@ class ExportedGraph:
     parity: list[Parity]
     seconds: float
     path: Path
+    training_scores: TrainingScores | None = None  # density, elbo: in the manifest
+    training_scores_note: str = ""  # why a scoring role's manifest has none
 
     @property
     def nodes(self) -> int:
@@ -71,10 +77,10 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
     """The checkpoint's payload and its model, or a one-line UserError."""
     payload = load_checkpoint(checkpoint)
     family = payload.get("family")
-    if family not in ROLES:
+    if family not in FAMILY_GRAPHS:
         raise UserError(
             f"{checkpoint} holds a model of unknown family {family!r}; genexport exports: "
-            f"{', '.join(ROLES)}"
+            f"{', '.join(FAMILY_GRAPHS)}"
         )
     model = model_from_checkpoint(payload)
     check_actnorm_initialized(model)
@@ -83,16 +89,17 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
 
 def parse_roles(family: str, names: str | None) -> list[str]:
     """'generate,density' -> the roles, checked against the family's."""
+    known = roles(family)
     if names is None:
-        return list(ROLES[family])
-    roles = [name.strip() for name in names.split(",") if name.strip()]
-    for role in roles:
-        if role not in ROLES[family]:
+        return list(known)
+    chosen = [name.strip() for name in names.split(",") if name.strip()]
+    for role in chosen:
+        if role not in known:
             raise UserError(
                 f"a {family} model has no '{role}' graph; --graphs takes a comma-separated "
-                f"list of: {', '.join(ROLES[family])}"
+                f"list of: {', '.join(known)}"
             )
-    return list(dict.fromkeys(roles))
+    return list(dict.fromkeys(chosen))
 
 
 def default_name(checkpoint: Path) -> str:
@@ -107,8 +114,12 @@ def export_checkpoint(
     opset: int = OPSETS[0],
     precision: str = "fp32",
     name: str | None = None,
+    data: str | None = None,
 ) -> list[ExportedGraph]:
-    """Export, verify and write the engines of a checkpoint; returns them."""
+    """Export, verify and write the engines of a checkpoint; returns them.
+    Density and elbo engines also carry the training split's bits/dim
+    statistics (from `data`, default the checkpoint's data spec) when that
+    data can be read."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -137,8 +148,17 @@ def export_checkpoint(
     if failures:
         raise UserError(f"parity check failed, no engine written: {'; '.join(failures)}")
     info = checkpoint_info(checkpoint, payload)
+    scoring = any(engine.graph.role in SCORING_ROLES for engine in engines)
+    train_images, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
     for engine in engines:
-        write_to_onnx(engine.model, manifest(model, engine, info))
+        written = manifest(model, engine, info)
+        scores_images = engine.graph.role in SCORING_ROLES
+        if scores_images and train_images is not None:
+            stats = measure(engine.model, written, engine.path, train_images, spec)
+            written.training_scores = engine.training_scores = stats
+        elif scores_images:
+            engine.training_scores_note = why_not
+        write_to_onnx(engine.model, written)
     write_atomically({engine.path: engine.model.SerializeToString() for engine in engines})
     return engines
 
@@ -151,7 +171,7 @@ def _export_role(
     exported, exporter = to_onnx(graph, opset)
     check_standard(exported)
     nodes_folding = None
-    if model.family == "glow":
+    if folds_actnorm(model.family):
         unfolded, _ = to_onnx(build_graph(model, role, fold=False), opset)
         nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
     float32 = session(exported)
@@ -182,8 +202,6 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
         if hasattr(config, "latent_shapes")  # one noise input per level or group
         else [[config.latent_dim]]
     )
-    # Each family's graphs module says how its temperature acts.
-    temperature = FAMILY_GRAPHS[model.family].TEMPERATURE_EFFECT
     return Manifest(
         family=model.family,
         role=engine.graph.role,
@@ -193,7 +211,7 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
         data_shape=list(config.data_shape),
         latent_shapes=latent_shapes,
         pixels=pixel_mapping(model),
-        temperature=temperature if engine.graph.role == "generate" else None,
+        temperature=engine.graph.temperature,
         checkpoint=info,
         parity=engine.parity,
         export=ExportInfo(

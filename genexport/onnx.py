@@ -11,8 +11,6 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
-import os
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +21,9 @@ import onnxruntime
 import torch
 from onnx import numpy_helper
 from torch.utils import _pytree as pytree
+
+from genrun.atomic import write_all_atomic
+from genrun.engine import ort_session
 
 from .graphs import BATCH, Graph
 
@@ -116,30 +117,10 @@ def opset_of(model: onnx.ModelProto) -> int:
 def session(model: onnx.ModelProto | str | Path) -> onnxruntime.InferenceSession:
     """A CPU onnxruntime session, quiet about overridable initializers (the
     graphs' optional inputs are exactly that)."""
-    options = onnxruntime.SessionOptions()
-    options.log_severity_level = 3
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
-    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model)
+    return ort_session(source)  # genrun.engine: the one place sessions are made
 
 
 def write_atomically(files: dict[Path, bytes]) -> None:
-    """Write every file or none: all go to temporary files in their folders
-    first and are renamed into place only when all were written."""
-    temporary: dict[Path, str] = {}
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        for path, data in files.items():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-            temporary[path] = tmp
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide engines from other users
-        for path, tmp in temporary.items():
-            os.replace(tmp, path)
-    finally:
-        for tmp in temporary.values():
-            Path(tmp).unlink(missing_ok=True)
+    """Write every file or none (genrun.atomic.write_all_atomic)."""
+    write_all_atomic(files)

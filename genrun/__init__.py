@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"load": "engine", "Engine": "engine", "Sampler": "sampler", "Scorer": "sampler"}
+_LAZY = {"load": "engine", "Engine": "engine", "Sampler": "sampler", "Scorer": "scorer"}
 __all__ = list(_LAZY)
 
 

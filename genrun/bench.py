@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,23 +36,36 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
     rows = []
     for batch_size in batch_sizes:
         feeds = random_inputs(engine, batch_size)
-        for _ in range(WARMUP_CALLS):
-            engine.run(**feeds)
-        latencies: list[float] = []
-        while len(latencies) < MIN_CALLS or sum(latencies) < seconds:
-            started = time.perf_counter()
-            engine.run(**feeds)
-            latencies.append(time.perf_counter() - started)
-        p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1000
-        rows.append(
-            BenchRow(
-                batch_size=batch_size,
-                calls=len(latencies),
-                samples_per_s=batch_size / float(np.median(latencies)),
-                latency_ms={"p50": p50, "p90": p90, "p99": p99},
-            )
-        )
+        rows.append(timed_row(lambda feeds=feeds: engine.run(**feeds), batch_size, seconds))
     return rows
+
+
+def time_calls(call: Callable[[], object], seconds: float) -> list[float]:
+    """Seconds per call of `call()`: WARMUP_CALLS untimed, then at least
+    MIN_CALLS and about `seconds` in all. The one timing loop of genrun bench
+    and the benchmarks (benchmarks/throughput*.py time every peer with it).
+    A call that returns before its work is done (a GPU stream) must
+    synchronise itself."""
+    for _ in range(WARMUP_CALLS):
+        call()
+    latencies: list[float] = []
+    while len(latencies) < MIN_CALLS or sum(latencies) < seconds:
+        started = time.perf_counter()
+        call()
+        latencies.append(time.perf_counter() - started)
+    return latencies
+
+
+def timed_row(call: Callable[[], object], batch_size: int, seconds: float) -> BenchRow:
+    """`time_calls` as a BenchRow: samples/s from the median call."""
+    latencies = time_calls(call, seconds)
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99]) * 1000
+    return BenchRow(
+        batch_size=batch_size,
+        calls=len(latencies),
+        samples_per_s=batch_size / float(np.median(latencies)),
+        latency_ms={"p50": p50, "p90": p90, "p99": p99},
+    )
 
 
 def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:

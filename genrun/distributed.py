@@ -29,7 +29,8 @@ from .engine import load
 from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
 from .readers import read_image_files
-from .sampler import BLOCK, Sampler, Scorer
+from .sampler import BLOCK, Sampler
+from .scorer import Scorer
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
 # Actors ask for fractions of a CPU and leave one whole CPU of the cluster to
@@ -198,7 +199,7 @@ def write_parquet(dataset: Any, out: Path) -> None:
 def score(
     engine: str | Path,
     images: np.ndarray | list[Path],
-    iw_samples: int = 100,
+    iw_samples: int | None = None,
     seed: int = 0,
     batch_size: int = 256,
     actors: int = 2,
@@ -210,7 +211,7 @@ def score(
     float64 (N,) in the images' order. `images`: uint8 (N, C, H, W), or image
     file paths, read by the actors with `read_image_files` (the files must be
     visible to the workers)."""
-    local = Scorer(load(engine, provider, threads=threads))
+    Scorer(load(engine, provider, threads=threads))  # refuses a non-scoring engine here
     if len(images) == 0:
         raise UserError("no images to score; pass at least one")
     ray = _ray()
@@ -219,8 +220,8 @@ def score(
         for path in images:
             if not Path(path).is_file():
                 raise UserError(f"image file {path} does not exist; check the path")
-    # Rows of whole engine calls: batch_size images (elbo engines: batch_size // K).
-    chunk = batch_size if local.exact else max(1, batch_size // iw_samples) * 16
+    # Images per actor call: whole engine calls' worth (each is batch_size rows).
+    chunk = max(16, batch_size)
     rows = [
         {"first": first, "paths": [str(p) for p in images[first : first + chunk]]}
         if is_paths

@@ -1,12 +1,10 @@
-"""Image grids for samples and reconstructions, and atomic (optionally
-streamed) file writes; torch-free (numpy + pillow)."""
+"""Image grids for samples and reconstructions, and the streamed npz writer;
+torch-free (numpy + pillow). Files are written through genrun.atomic."""
 
 from __future__ import annotations
 
 import io
 import math
-import os
-import uuid
 import zipfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,7 +12,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from genrun.atomic import AtomicFile, write_atomic
 from genrun.errors import UserError
+
+__all__ = ["make_grid", "save_grid", "write_atomic", "write_npz_stream"]
 
 
 def make_grid(
@@ -73,19 +74,6 @@ def _check_images(images: np.ndarray) -> None:
         )
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that a crash never leaves a partial file there."""
-    # A unique name beside the target (same filesystem, so os.replace is atomic);
-    # open() rather than mkstemp so the file gets the umask's mode, not 0600.
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        with open(tmp, "xb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def write_npz_stream(
     path: Path, name: str, batches: Iterable[np.ndarray], shape: tuple[int, ...], dtype=np.uint8
 ) -> None:
@@ -95,13 +83,11 @@ def write_npz_stream(
     temporary name until every row is written, so an error or Ctrl-C leaves nothing."""
     dtype = np.dtype(dtype)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    try:
-        # Stored, not deflated, like np.savez; zip64 because the size is unknown
-        # to zipfile and may pass 4 GiB.
+    # Stored, not deflated, like np.savez; zip64 because the size is unknown
+    # to zipfile and may pass 4 GiB. zipfile also writes to a pipe (no seeks).
+    with AtomicFile(path) as out:
         with (
-            open(tmp, "xb") as file,
-            zipfile.ZipFile(file, "w", zipfile.ZIP_STORED) as archive,
+            zipfile.ZipFile(out.file, "w", zipfile.ZIP_STORED) as archive,
             archive.open(f"{name}.npy", "w", force_zip64=True) as member,
         ):
             np.lib.format.write_array_header_1_0(member, header)
@@ -118,6 +104,3 @@ def write_npz_stream(
                 member.write(memoryview(np.ascontiguousarray(batch)).cast("B"))
         if rows != shape[0]:
             raise UserError(f"cannot write {path}: got {rows} rows for an array of {shape[0]}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)

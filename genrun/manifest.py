@@ -9,9 +9,10 @@ route for genrun), each imported only when called.
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
-Fields (version 1)
+Fields (version 2; version 1 is version 2 without training_scores, and reads)
 ------------------
-version         int, MANIFEST_VERSION. A reader refuses any other version.
+version         int, MANIFEST_VERSION. A reader refuses versions it does not know
+                (READABLE_VERSIONS).
 family          "glow", "realnvp", "vae", "hvae" (hierarchical VAE) or "ae"
                 (deterministic autoencoder).
 role            the graph's job: glow and realnvp "generate" | "density";
@@ -50,11 +51,13 @@ pixels          PixelMapping, how float images relate to uint8 pixels:
                 VAE importance-sampled NLL in bits/dim =
                 (-(logsumexp_k log_weight_k - log K) + this) / (D ln 2).
   likelihood    vae and hvae: the decoder likelihood and what "images" holds.
-temperature     how the sampling temperature acts, or null when the role has
-                none (glow generate: each noise_i is multiplied by the
-                per-sample temperature before the reverse flow; 1 is the model,
-                0 the mode; hvae generate: z_l = mu_l + T sigma_l noise_l under
-                each group's prior, 0 giving the prior means group by group).
+temperature     how the sampling temperature acts, or null when the role does
+                not sample from a prior (a sampler refuses such an engine: the
+                ae decode graph). glow generate: each noise_i is multiplied by
+                the per-sample temperature before the reverse flow; 1 is the
+                model, 0 the mode; hvae generate: z_l = mu_l + T sigma_l noise_l
+                under each group's prior, 0 giving the prior means group by
+                group; vae decode: the runtime feeds z = T noise.
 checkpoint      CheckpointInfo: file name, sha256 of the checkpoint file, training
                 step, the last test metrics the checkpoint recorded, model
                 config and data {spec, shape}.
@@ -75,6 +78,17 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 ActNorm into the 1x1 convolutions (nodes_unfolded,
                 nodes_folded; null for vae), and library versions {torch,
                 onnx, onnxruntime, vaeflow, ...}.
+training_scores TrainingScores or null (density and elbo roles, since version 2;
+                null when export could not read the training data): the
+                bits/dim bound genrun's Scorer computes, over training images,
+                for the typicality score (Nalisnick et al. 2019):
+  data          the data spec the images came from.
+  split         "train".
+  images        how many (the first ones of the split).
+  iw_samples    draws K per image of the bound (offsets or latents), and
+  seed          their seed: typicality scores with the same k.
+  bpd_mean      mean bits/dim of those images.
+  bpd_std       their standard deviation (ddof 1).
 """
 
 from __future__ import annotations
@@ -86,7 +100,8 @@ from typing import Any
 
 from .errors import UserError
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
 METADATA_KEY = "vaeflow.manifest"
 
 # The names of the tensors, written once: graphs declare them, runtimes look
@@ -177,6 +192,24 @@ class ExportInfo:
 
 
 @dataclass
+class TrainingScores:
+    data: str
+    split: str
+    images: int
+    iw_samples: int
+    seed: int
+    bpd_mean: float
+    bpd_std: float
+
+    def summary(self) -> str:
+        return (
+            f"bits/dim {self.bpd_mean:.4f} (std {self.bpd_std:.4f}) over the first "
+            f"{self.images} {self.split} images of {self.data}, K = {self.iw_samples}, "
+            f"seed {self.seed}"
+        )
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -191,6 +224,7 @@ class Manifest:
     parity: list[Parity]
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
+    training_scores: TrainingScores | None = None
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -212,11 +246,11 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
     if not isinstance(values, dict):
         raise UserError(f"{source} is not a vaeflow engine manifest; re-export the engine")
     version = values.get("version")
-    if version != MANIFEST_VERSION:
+    if version not in READABLE_VERSIONS:
         raise UserError(
-            f"{source} has engine manifest version {version!r}, this vaeflow reads version "
-            f"{MANIFEST_VERSION}; re-export the engine with this vaeflow's `genexport onnx` "
-            "or use the vaeflow release that wrote it"
+            f"{source} has engine manifest version {version!r}, this vaeflow reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine with this "
+            "vaeflow's `genexport onnx` or use the vaeflow release that wrote it"
         )
     try:
         return Manifest(
@@ -228,6 +262,7 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
                 "checkpoint": CheckpointInfo(**values["checkpoint"]),
                 "parity": [Parity(**v) for v in values["parity"]],
                 "export": ExportInfo(**values["export"]),
+                "training_scores": _training_scores(values.get("training_scores")),
             }
         )
     except (KeyError, TypeError) as err:
@@ -236,6 +271,10 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
             f"{source} is malformed ({type(err).__name__}: {err}); a version "
             f"{MANIFEST_VERSION} manifest has: {expected}; re-export the engine"
         ) from None
+
+
+def _training_scores(value: Any) -> TrainingScores | None:
+    return None if value is None else TrainingScores(**value)
 
 
 def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
@@ -269,12 +308,12 @@ def read_with_onnxruntime(session_or_path: Any) -> Manifest:
     """The manifest through onnxruntime (no `onnx` needed): pass an
     InferenceSession, or a path to open one."""
     if isinstance(session_or_path, (str, Path)):
-        import onnxruntime
+        from .engine import ort_session  # the one place sessions are made
 
         path = Path(session_or_path)
         _check_file(path)
         try:
-            session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+            session = ort_session(path)
         except Exception as err:
             first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
             raise UserError(

@@ -1,4 +1,4 @@
-"""Sampling and scoring with engines, in batches, with numpy noise.
+"""Sampling with engines, in batches, with numpy noise (scoring: scorer.py).
 
 Noise for item i comes from a stream fixed by (seed, i // BLOCK), never by
 the batch it lands in, so a seed gives the same samples and scores at every
@@ -9,24 +9,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, PIXELS, TEMPERATURE
+from .manifest import PIXELS, TEMPERATURE
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 
 
 class BlockNoise:
-    """Standard-normal float32 noise of `shapes` per item, item i drawn from
-    np.random.default_rng([seed, i // BLOCK])."""
+    """Standard-normal (or, with `uniform`, U[0, 1)) float32 noise of `shapes`
+    per item, item i drawn from np.random.default_rng([seed, i // BLOCK])."""
 
-    def __init__(self, seed: int, shapes: list[tuple[int, ...]]):
+    def __init__(self, seed: int, shapes: list[tuple[int, ...]], uniform: bool = False):
         if not isinstance(seed, int) or seed < 0:
             raise UserError(f"seed must be a whole number >= 0, got {seed!r}")
-        self.seed, self.shapes = seed, shapes
+        self.seed, self.shapes, self.uniform = seed, shapes, uniform
         self._cached: tuple[int, list[np.ndarray]] | None = None  # batches reuse their block
 
     def take(self, start: int, stop: int) -> list[np.ndarray]:
@@ -41,9 +42,8 @@ class BlockNoise:
     def _block(self, block: int) -> list[np.ndarray]:
         if self._cached is None or self._cached[0] != block:
             rng = np.random.default_rng([self.seed, block])
-            noise = [
-                rng.standard_normal((BLOCK, *shape), dtype=np.float32) for shape in self.shapes
-            ]
+            draw = rng.random if self.uniform else rng.standard_normal
+            noise = [draw((BLOCK, *shape), dtype=np.float32) for shape in self.shapes]
             self._cached = (block, noise)
         return self._cached[1]
 
@@ -79,10 +79,11 @@ class Sampler:
                 f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
                 "generate or decode engine (e.g. glow generate, vae decode)"
             )
-        if engine.family == "ae":
+        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is an autoencoder decoder: an autoencoder has no prior to "
-                "sample from; feed your own codes via engine.run(z=...)"
+                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
+                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
+                "engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
@@ -149,13 +150,32 @@ class Sampler:
         fixed_levels: int,
         first: int = 0,
     ) -> Iterator[np.ndarray]:
+        """A pipeline of depth one: while a worker thread runs batch i on the
+        engine (ONNX Runtime and the CUDA stream wait without the GIL), this
+        thread draws batch i+1's noise and the caller writes batch i-1. The
+        same noise in the same order as one call after the other, so the
+        samples are identical; at most two batches are in flight."""
         fixed = noise.take(0, 1)[:fixed_levels]
-        for start in range(first, n, batch_size):
+
+        def levels(start: int) -> list[np.ndarray]:
             stop = min(n, start + batch_size)
-            levels = noise.take(start, stop)
+            drawn = noise.take(start, stop)
             for i, first in enumerate(fixed):
-                levels[i] = np.repeat(first, stop - start, axis=0)
-            yield self._generate(levels, temperature)
+                drawn[i] = np.repeat(first, stop - start, axis=0)
+            return drawn
+
+        starts = range(first, n, batch_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrun-engine") as worker:
+            running = worker.submit(self._generate, levels(starts[0]), temperature)
+            try:
+                for start in starts[1:]:
+                    upcoming = levels(start)  # drawn while the engine runs the batch before
+                    done = running.result()
+                    running = worker.submit(self._generate, upcoming, temperature)
+                    yield done  # written by the caller while the engine runs `upcoming`
+                yield running.result()
+            finally:
+                running.cancel()  # a caller that stops early leaves no queued batch
 
     def _generate(self, noise: list[np.ndarray], temperature: float) -> np.ndarray:
         if self.feeds_temperature:
@@ -165,89 +185,6 @@ class Sampler:
             scaled = [np.float32(temperature) * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
         return self.engine.run(**feeds)[PIXELS]
-
-
-class Scorer:
-    """Per-image likelihoods from an engine with output "log_likelihood" (exact,
-    e.g. glow/realnvp density) or "log_weight" (importance sampled, e.g. vae/hvae
-    elbo: the inputs other than "images" without a default take noise of the
-    manifest's latent shapes, in order)."""
-
-    def __init__(self, engine: Engine):
-        engine.require_manifest("scoring")
-        outputs = _outputs(engine)
-        self.exact = LOG_LIKELIHOOD in outputs
-        images = any(spec.name == IMAGES for spec in engine.manifest.inputs)
-        if not images or not (self.exact or LOG_WEIGHT in outputs):
-            raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; scoring needs a "
-                "density or elbo engine (output log_likelihood or log_weight)"
-            )
-        self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, (IMAGES,), "scoring")
-        self.dims = math.prod(engine.manifest.data_shape)
-
-    def nll(
-        self,
-        images: np.ndarray,
-        iw_samples: int = 100,
-        seed: int = 0,
-        batch_size: int = 256,
-        first: int = 0,
-    ) -> np.ndarray:
-        """-log P(x) in nats of each uint8 image, float64 (N,). Density engines:
-        exact (iw_samples and seed unused; glow at bin centres). Elbo engines: the
-        importance-sampled bound with K = iw_samples draws of q(z|x),
-        -(logsumexp_k log_weight_k - log K) + the manifest's discretisation
-        nats; draws depend on (seed, image index) only, images[0] being
-        image `first` of the whole set (a worker's share scores as the whole)."""
-        _check_count("batch size", batch_size)
-        if len(images) == 0:
-            raise UserError("no images to score; pass at least one")
-        if self.exact:
-            parts = [
-                self.engine.run(**{IMAGES: images[start : start + batch_size]})[LOG_LIKELIHOOD]
-                for start in range(0, len(images), batch_size)
-            ]
-            return -np.concatenate(parts).astype(np.float64)
-        return self._importance_nll(images, iw_samples, seed, batch_size, first)
-
-    def bits_per_dim(
-        self,
-        images: np.ndarray,
-        iw_samples: int = 100,
-        seed: int = 0,
-        batch_size: int = 256,
-        first: int = 0,
-    ) -> np.ndarray:
-        """`nll` in bits per dimension, float64 (N,): gentrain eval's
-        bpd_center for Glow, its IWAE bpd for a VAE."""
-        nll = self.nll(images, iw_samples, seed, batch_size, first)
-        return nll / (self.dims * math.log(2))
-
-    def _importance_nll(
-        self, images: np.ndarray, iw_samples: int, seed: int, batch_size: int, first: int = 0
-    ) -> np.ndarray:
-        _check_count("iw_samples", iw_samples)
-        k = iw_samples
-        latents = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        noise = BlockNoise(seed, [(k, *latent) for latent in latents])
-        per_call = max(1, batch_size // k)  # batch_size bounds the rows of one graph call
-        nll = np.empty(len(images))
-        for start in range(0, len(images), per_call):
-            chunk = images[start : start + per_call]
-            draws = noise.take(first + start, first + start + len(chunk))
-            feeds = {
-                name: eps.reshape(-1, *latent)
-                for name, eps, latent in zip(self.noise_inputs, draws, latents, strict=True)
-            }
-            repeated = np.repeat(np.asarray(chunk), k, axis=0)
-            weights = self.engine.run(**{IMAGES: repeated}, **feeds)[LOG_WEIGHT]
-            weights = weights.astype(np.float64).reshape(len(chunk), k)
-            peak = weights.max(axis=1, keepdims=True)  # logsumexp without overflow
-            log_mean = peak[:, 0] + np.log(np.exp(weights - peak).mean(axis=1))
-            nll[start : start + len(chunk)] = -log_mean
-        return nll + self.engine.manifest.pixels.discretization_nats
 
 
 def _check_count(name: str, value: int) -> None:

@@ -1,7 +1,7 @@
 """One checkpoint file per run: format version, family, configs, weights,
 optimiser, step, RNG state and the last metrics.
 
-Files are written atomically (temp file in the same folder, fsync, rename) so
+Files are written atomically (genrun.atomic: temp file beside it, fsync, rename) so
 a crash or Ctrl-C never leaves a half-written checkpoint where a good one was.
 Loading goes through `torch.load(weights_only=True)`: a file carrying pickled
 code is refused before any of it runs.
@@ -9,14 +9,13 @@ code is refused before any of it runs.
 
 from __future__ import annotations
 
-import os
 import pickle
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from genrun.atomic import AtomicFile
 from genrun.errors import UserError
 
 from .models import GenerativeModel, build_model
@@ -28,17 +27,8 @@ VERSION = 1
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
     """Write `payload` (plus format and version) atomically to `path`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save({"format": FORMAT, "version": VERSION, **payload}, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with AtomicFile(path) as out:
+        torch.save({"format": FORMAT, "version": VERSION, **payload}, out.file)
     return path
 
 

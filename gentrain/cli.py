@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import inspect
 import json
-from collections.abc import Callable
+import typing
 from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,62 +28,27 @@ from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
-from .models import TRAIN_DEFAULTS, build_model, new_model
+from .models import FAMILIES, build_model, model_class, new_model
 from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 fit_app = typer.Typer(
-    no_args_is_help=True, help="Train a model: `gentrain fit ae|vae|hvae|realnvp|glow`."
+    no_args_is_help=True, help="Train a model: `gentrain fit FAMILY`, one command per family."
 )
 app.add_typer(fit_app, name="fit")
 
-# Options every `fit` command shares (SHARED_FIT_OPTIONS); None means "the family's default".
-Data = Annotated[str, typer.Option(help=f"Training data: {DATA_SPECS_HELP}")]
-Size = Annotated[int | None, typer.Option(help="Resize images to SIZE x SIZE.")]
-Epochs = Annotated[int | None, typer.Option(help="Passes over the training split.")]
-Minutes = Annotated[float | None, typer.Option(help="Stop after this much training time.")]
-Steps = Annotated[int | None, typer.Option(help="Optimiser steps in all (overrides --epochs).")]
-BatchSize = Annotated[int | None, typer.Option(help="Images per step.")]
-Lr = Annotated[float | None, typer.Option(help="Peak learning rate.")]
-Optimizer = Annotated[str | None, typer.Option(help="adam or adamax.")]
-Warmup = Annotated[int | None, typer.Option(help="Steps of linear learning-rate warm-up.")]
-Schedule = Annotated[str | None, typer.Option(help="constant or cosine (decay to 0 at the end).")]
-Ema = Annotated[
-    float | None,
-    typer.Option(help="Decay of the weight average that is evaluated and saved (0: off)."),
-]
-Clip = Annotated[float | None, typer.Option(help="Max gradient norm (0: no clipping).")]
-EvalEvery = Annotated[int, typer.Option(help="Steps between test evaluations.")]
-CkptEvery = Annotated[int, typer.Option(help="Steps between checkpoints.")]
-Seed = Annotated[int, typer.Option(help="Seed of weights, batches and noise.")]
-Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+# The options of `gentrain fit FAMILY` are the fields declared with
+# `option(...)` of TrainConfig (shared) and of the family's config (its model),
+# so each default and help text is written once, beside its field.
 Out = Annotated[Path | None, typer.Option(help="Run folder (default runs/FAMILY).")]
 Resume = Annotated[bool, typer.Option(help="Continue the run in --out where it stopped.")]
 Overwrite = Annotated[bool, typer.Option(help="Replace a finished or stopped run in --out.")]
-NBits = Annotated[  # the flows' option
-    int | None,
-    typer.Option(help="Pixel depth of the modelled density (default: the data's; 8, digits 5)."),
-]
-SHARED_FIT_OPTIONS = [
+Seed = Annotated[int, typer.Option(help="Seed of weights, batches and noise.")]
+Device = Annotated[str, typer.Option(help="auto, cpu or cuda.")]
+RUN_OPTIONS = [
     inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
     for name, annotation, default in (
-        ("data", Data, "digits"),
-        ("size", Size, None),
-        ("epochs", Epochs, None),
-        ("steps", Steps, None),
-        ("minutes", Minutes, None),
-        ("batch_size", BatchSize, None),
-        ("lr", Lr, None),
-        ("optimizer", Optimizer, None),
-        ("warmup", Warmup, None),
-        ("schedule", Schedule, None),
-        ("clip", Clip, None),
-        ("ema", Ema, None),
-        ("eval_every", EvalEvery, 500),
-        ("ckpt_every", CkptEvery, 1000),
-        ("seed", Seed, 0),
-        ("device", Device, "auto"),
         ("out", Out, None),
         ("resume", Resume, False),
         ("overwrite", Overwrite, False),
@@ -91,24 +56,57 @@ SHARED_FIT_OPTIONS = [
 ]
 
 
-def fit_command(family: str) -> Callable[[Callable[..., None]], Callable[..., None]]:
-    """Register `gentrain fit FAMILY`. The decorated function only declares
-    the family's model options (named as its config fields) and the help; the
-    command takes those plus SHARED_FIT_OPTIONS and trains with `_fit`."""
+def config_options(config_class: type, family_defaults: dict[str, Any] | None = None) -> list:
+    """typer parameters for the `option(...)` fields of a config dataclass, in
+    field order. A field in `family_defaults` (or one whose default comes from
+    the data) is None on the command line, so that the family or the data decides."""
+    hints = typing.get_type_hints(config_class)
+    parameters = []
+    for field in fields(config_class):
+        if "help" not in field.metadata:
+            continue
+        annotation, default, text = hints[field.name], field.default, field.metadata["help"]
+        if family_defaults is not None and field.name in family_defaults:
+            annotation, default = annotation | None, None
+            value = family_defaults[field.name]
+            text += f" (default: {value:g})" if isinstance(value, float) else f" (default: {value})"
+        elif field.metadata.get("from_data"):
+            annotation, default = annotation | None, None
+        flags = [field.metadata["flag"]] if field.metadata.get("flag") else []
+        parameters.append(
+            inspect.Parameter(
+                field.name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=default,
+                annotation=Annotated[annotation, typer.Option(*flags, help=text)],
+            )
+        )
+    return parameters
 
-    def register(model_options: Callable[..., None]) -> Callable[..., None]:
-        own = inspect.signature(model_options, eval_str=True)
 
-        def command(**arguments: Any) -> None:
-            _fit(family, arguments)
+def add_fit_command(family: str) -> None:
+    """Register `gentrain fit FAMILY`: the family's model options, then the
+    training options, then where the run goes; it trains with `_fit`."""
+    cls = model_class(family)
+    # A setting any family chooses is None here; `_fit` fills in this family's.
+    train_fields = {f.name: f.default for f in fields(TrainConfig)}
+    family_defaults = {
+        k: cls.train_defaults.get(k, train_fields[k])
+        for c in FAMILIES.values()
+        for k in c.train_defaults
+    }
 
-        parameters = [*own.parameters.values(), *SHARED_FIT_OPTIONS]
-        command.__signature__ = own.replace(parameters=parameters)  # what typer reads
-        command.__doc__ = model_options.__doc__
-        fit_app.command(family)(command)
-        return model_options
+    def command(**arguments: Any) -> None:
+        _fit(family, arguments)
 
-    return register
+    parameters = [
+        *config_options(cls.config_class),
+        *config_options(TrainConfig, family_defaults),
+        *RUN_OPTIONS,
+    ]
+    command.__signature__ = inspect.Signature(parameters)  # what typer reads
+    command.__doc__ = f"Train {cls.description}."
+    fit_app.command(family)(command)
 
 
 def _fit(family: str, arguments: dict[str, Any]) -> None:
@@ -149,7 +147,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
         if overwrite and world.is_main:
             (out / "metrics.jsonl").unlink(missing_ok=True)
         defaults = {k: v for k, v in train_options.items() if v is not None}
-        config = TrainConfig(**{**TRAIN_DEFAULTS[family], **defaults})
+        config = TrainConfig(**{**model_class(family).train_defaults, **defaults})
         data = load_data(config.data, size=config.size, seed=config.seed)
         model = new_model(family, model_options, data, config.seed)
         payload = None
@@ -185,92 +183,8 @@ def _scale(shape: tuple[int, ...]) -> int:
     return max(1, 64 // shape[-1])
 
 
-@fit_command("glow")
-def fit_glow(
-    levels: Annotated[int, typer.Option(help="L: scales (each squeezes 2x2).")] = 2,
-    depth: Annotated[int, typer.Option(help="K: flow steps per level.")] = 8,
-    hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 64,
-    coupling: Annotated[str, typer.Option(help="affine or additive.")] = "affine",
-    lu: Annotated[bool, typer.Option(help="LU-decomposed 1x1 convolutions.")] = True,
-    n_bits: NBits = None,
-) -> None:
-    """Train Glow (Kingma & Dhariwal 2018); reports test bits/dim."""
-
-
-@fit_command("realnvp")
-def fit_realnvp(
-    scales: Annotated[
-        int, typer.Option(help="Scales (each but the last squeezes 2x2 and factors out half).")
-    ] = 2,
-    hidden: Annotated[int, typer.Option(help="Channels of the coupling networks.")] = 32,
-    blocks: Annotated[int, typer.Option(help="Residual blocks per coupling network.")] = 1,
-    norm: Annotated[
-        str, typer.Option(help="actnorm or batchnorm, after every coupling and in the nets.")
-    ] = "actnorm",
-    n_bits: NBits = None,
-) -> None:
-    """Train RealNVP (Dinh et al. 2017); reports test bits/dim."""
-
-
-@fit_command("vae")
-def fit_vae(
-    latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the latent code.")] = 20,
-    arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
-    hidden: Annotated[int, typer.Option(help="MLP width or conv base channels.")] = 400,
-    depth: Annotated[int, typer.Option(help="Hidden layers of the MLP.")] = 1,
-    likelihood: Annotated[
-        str, typer.Option(help="bernoulli, gaussian or gaussian-learned.")
-    ] = "bernoulli",
-    sigma: Annotated[
-        float, typer.Option(help="Noise level s of the fixed Gaussian decoder.")
-    ] = 0.1,
-    pixels: Annotated[str, typer.Option(help="grey ([0,1]) or binary (x >= 128).")] = "grey",
-    kl: Annotated[
-        str | None,
-        typer.Option(help="closed (analytic) or mc (Monte Carlo; the default with a flow)."),
-    ] = None,
-    posterior_flow: Annotated[
-        str,
-        typer.Option(help="planar:K or radial:K flow layers on q(z|x) (Rezende & Mohamed 2015)."),
-    ] = "",
-) -> None:
-    """Train a VAE (Kingma & Welling 2014); reports the test negative ELBO in nats."""
-
-
-@fit_command("hvae")
-def fit_hvae(
-    groups: Annotated[int, typer.Option(help="L: groups of latents, coarse to fine.")] = 3,
-    latent_channels: Annotated[
-        int, typer.Option(help="Channels of each group's spatial latent.")
-    ] = 4,
-    hidden: Annotated[int, typer.Option(help="Channels of the residual towers.")] = 32,
-    cells: Annotated[int, typer.Option(help="Residual cells per group in each tower.")] = 1,
-    likelihood: Annotated[
-        str, typer.Option(help="bernoulli, gaussian or gaussian-learned.")
-    ] = "bernoulli",
-    sigma: Annotated[
-        float, typer.Option(help="Noise level s of the fixed Gaussian decoder.")
-    ] = 0.1,
-    pixels: Annotated[str, typer.Option(help="grey ([0,1]) or binary (x >= 128).")] = "grey",
-    kl_warmup: Annotated[
-        int, typer.Option(help="Steps over which the KL weight rises from 0 to 1.")
-    ] = 500,
-) -> None:
-    """Train a hierarchical VAE (NVAE-style, Vahdat & Kautz 2020); reports the test
-    negative ELBO in nats and each group's KL."""
-
-
-@fit_command("ae")
-def fit_ae(
-    latent_dim: Annotated[int, typer.Option("--latent", help="k: size of the bottleneck.")] = 2,
-    arch: Annotated[str, typer.Option(help="mlp or conv encoder/decoder.")] = "mlp",
-    hidden: Annotated[int, typer.Option(help="MLP width or conv base channels.")] = 400,
-    depth: Annotated[int, typer.Option(help="Hidden layers of the MLP.")] = 1,
-    linear: Annotated[
-        bool, typer.Option(help="No nonlinearity at all: the linear AE that PCA bounds.")
-    ] = False,
-) -> None:
-    """Train a deterministic autoencoder; reports the test MSE (summed over pixels in [0, 1])."""
+for _family in FAMILIES:
+    add_fit_command(_family)
 
 
 @app.command("eval")
@@ -282,8 +196,10 @@ def eval_command(
     iw_samples: Annotated[
         int | None,
         typer.Option(
-            help="Importance samples K: (H)VAE latents for the NLL bound (default 1000); "
-            "flows dequantisation noise for bpd_iw (default 1: the standard bound only)."
+            help="Importance samples K: (H)VAE latents for the NLL bound; flows "
+            "dequantisation noise for bpd_iw (1: the standard bound only). Default: "
+            + ", ".join(f"{c.family} {c.default_iw_samples}" for c in FAMILIES.values())
+            + "."
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
@@ -306,7 +222,7 @@ def eval_command(
             f"{tuple(payload['data']['shape'])}; pass --data with matching images"
         )
     if iw_samples is None:
-        iw_samples = 1000 if model.family in ("vae", "hvae") else 1
+        iw_samples = model.default_iw_samples
     if iw_samples < 1:
         raise UserError(f"--iw-samples must be at least 1, got {iw_samples}")
     model.fit_baselines(torch.as_tensor(split.train.images))
@@ -332,7 +248,13 @@ def sample_command(
     n: Annotated[int, typer.Option(help="Number of samples.")] = 64,
     temperature: Annotated[
         float | None,
-        typer.Option(help="Scale of the latent noise (0: the mode; default 0.7 flows, 1 VAEs)."),
+        typer.Option(
+            help="Scale of the latent noise (0: the mode). Default: "
+            + ", ".join(
+                f"{c.family} {c.default_temperature:g}" for c in FAMILIES.values() if c.has_prior
+            )
+            + "."
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
@@ -350,10 +272,6 @@ def sample_command(
     images = model.sample(n, temperature).cpu().numpy()
     save_grid(images, out, scale=_scale(images.shape))
     typer.echo(f"wrote {n} samples at temperature {temperature} to {out}")
-
-
-# How pictures name each family.
-_LABELS = {"ae": "AE", "vae": "VAE", "hvae": "HVAE", "glow": "Glow", "realnvp": "RealNVP"}
 
 
 @app.command("plot")
@@ -389,7 +307,7 @@ def plot_command(
     families = [payload["family"] for payload in payloads]
     models = []
     for path, payload in zip(checkpoints, payloads, strict=True):
-        label = _LABELS.get(payload["family"], payload["family"])
+        label = model_class(payload["family"]).label
         if families.count(payload["family"]) > 1:  # two of a kind: tell them apart
             label += f" ({path.resolve().parent.name})"
         models.append((label, model_from_checkpoint(payload).to(pick_device(device))))
@@ -452,4 +370,4 @@ def figures_command(
 
 
 def main() -> None:
-    run_cli(app, "gentrain")
+    run_cli(app, "gentrain", extra="train")

@@ -26,7 +26,7 @@ from genrun.images import write_atomic
 from genrun.readers import DataSplit, ImageSet, load_data
 
 from .evaluate import evaluate_images
-from .models import FAMILIES, TRAIN_DEFAULTS, GenerativeModel, new_model
+from .models import FAMILIES, GenerativeModel, new_model
 from .plots import make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
@@ -38,7 +38,6 @@ class Run:
     """One model of the lecture: its family, config and share of the budget."""
 
     family: str  # also its run folder under DIR/runs/
-    label: str  # how the pictures name it
     model_options: dict
     share: float  # of the training budget
     epochs: int  # the length when the budget does not stop it first
@@ -46,22 +45,21 @@ class Run:
     iw_samples: int = 1  # importance samples of the test NLL (VAEs)
     smoke: dict = field(default_factory=dict)  # tiny-model options of --smoke runs
 
+    @property
+    def label(self) -> str:
+        """How the pictures name it: its family's label (its name if not installed)."""
+        cls = FAMILIES.get(self.family)
+        return cls.label if cls else self.family
+
 
 # The lecture trains its AE and VAE for 1,000 epochs on 1,000 images (about
 # 31,000 steps at batch 32, a minute or two here); the budget stops Glow and the HVAE.
 MLP_K2 = {"latent_dim": 2, "arch": "mlp"}
 RUNS = (
-    Run("ae", "AE", MLP_K2, 0.1, 1000, SUBSET, smoke={"hidden": 16}),
-    Run("vae", "VAE", MLP_K2, 0.1, 1000, SUBSET, iw_samples=1000, smoke={"hidden": 16}),
-    Run(
-        "glow",
-        "Glow",
-        {"levels": 2, "depth": 8, "hidden": 64},
-        0.5,
-        200,
-        smoke={"depth": 1, "hidden": 8},
-    ),
-    Run("hvae", "HVAE", {}, 0.3, 200, iw_samples=100, smoke={"hidden": 8, "groups": 2}),
+    Run("ae", MLP_K2, 0.1, 1000, SUBSET, smoke={"hidden": 16}),
+    Run("vae", MLP_K2, 0.1, 1000, SUBSET, iw_samples=1000, smoke={"hidden": 16}),
+    Run("glow", {"levels": 2, "depth": 8, "hidden": 64}, 0.5, 200, smoke={"depth": 1, "hidden": 8}),
+    Run("hvae", {}, 0.3, 200, iw_samples=100, smoke={"hidden": 8, "groups": 2}),
 )
 SMOKE_STEPS, SMOKE_IW_SAMPLES = 3, 2
 
@@ -221,11 +219,11 @@ def _train(
     device: str,
     smoke: bool,
 ) -> Trained:
-    """A fresh run as `gentrain fit` starts one: the family's TRAIN_DEFAULTS
+    """A fresh run as `gentrain fit` starts one: the family's train_defaults
     under the run's own options, flows at the data's bit depth."""
     train = data.train if run.subset is None else _subset(data.train, run.subset, seed)
     split = DataSplit(train=train, test=test, spec=data.spec, bits=data.bits)
-    options = {**TRAIN_DEFAULTS[run.family], "epochs": run.epochs}
+    options = {**FAMILIES[run.family].train_defaults, "epochs": run.epochs}
     # Test metrics are computed once at the end, below; the trainer evaluates then too.
     options.update(data=data.spec, minutes=minutes, seed=seed, device=device)
     options.update(eval_every=10**9, ckpt_every=10**9, log_every=500)

@@ -16,12 +16,13 @@ from typing import Any
 import torch
 
 from genrun.errors import UserError
-from genrun.readers import DataSplit
+from genrun.readers import DATA_SPECS_HELP, DataSplit
 
 from . import distributed
 from .checkpoint import save_checkpoint
 from .data import EpochBatches, chunks
 from .models import GenerativeModel
+from .models.config import option
 from .progress import Progress
 
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -31,24 +32,27 @@ SCHEDULES = ("constant", "cosine")
 
 @dataclass
 class TrainConfig:
-    data: str = "digits"
-    size: int | None = None  # resize images to size x size
-    epochs: int = 10
-    steps: int | None = None  # total optimiser steps; overrides epochs
-    minutes: float | None = None  # stop (evaluate, save) after this much training time
-    batch_size: int = 64
-    lr: float = 1e-3
-    optimizer: str = "adam"
-    warmup: int = 0  # steps of linear learning-rate warm-up
-    schedule: str = "constant"  # after warm-up: constant, or cosine decay to 0 at the last step
-    clip: float = 0.0  # max gradient norm; 0 disables clipping
-    ema: float = 0.0  # decay of the weight average used for eval and saving; 0 disables it
-    eval_every: int = 500  # steps between test evaluations (and at the end)
-    ckpt_every: int = 1000  # steps between checkpoints (and at the end)
+    # The fields declared with `option` are `gentrain fit`'s training options.
+    data: str = option("digits", f"Training data: {DATA_SPECS_HELP}")
+    size: int | None = option(None, "Resize images to SIZE x SIZE.")
+    epochs: int = option(10, "Passes over the training split.")
+    steps: int | None = option(None, "Optimiser steps in all (overrides --epochs).")
+    # Stop (evaluate, save) after this much training time.
+    minutes: float | None = option(None, "Stop after this much training time.")
+    batch_size: int = option(64, "Images per step.")
+    lr: float = option(1e-3, "Peak learning rate.")
+    optimizer: str = option("adam", "adam or adamax.")
+    warmup: int = option(0, "Steps of linear learning-rate warm-up.")
+    schedule: str = option("constant", "constant or cosine (decay to 0 at the end).")
+    clip: float = option(0.0, "Max gradient norm (0: no clipping).")
+    ema: float = option(0.0, "Decay of the weight average that is evaluated and saved (0: off).")
+    # Test evaluations and checkpoints also happen at the end.
+    eval_every: int = option(500, "Steps between test evaluations.")
+    ckpt_every: int = option(1000, "Steps between checkpoints.")
     log_every: int = 50  # steps between training-metric lines in metrics.jsonl
     max_bad_steps: int = 20  # consecutive non-finite steps before giving up
-    seed: int = 0
-    device: str = "auto"
+    seed: int = option(0, "Seed of weights, batches and noise.")
+    device: str = option("auto", "auto, cpu or cuda.")
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:

@@ -19,18 +19,12 @@ import genrun
 from genexport.engines import export_checkpoint
 from genrun.errors import UserError
 from genrun.manifest import read_from_onnx
-from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.cli import main
 from gentrain.models import AE, AEConfig
 from gentrain.models.ae import PCA
 
 CLI = InProcessCli(main, "gentrain")
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

@@ -63,7 +63,7 @@ def test_eval_and_sample(glow_run, tmp_path, monkeypatch, capsys) -> None:
     code, out, _ = gentrain(
         monkeypatch, capsys, "eval", glow_run / "checkpoint.pt", "--json", tmp_path / "eval.json"
     )
-    assert code == 0 and "bpd_center" in out
+    assert code == 0 and "bpd_density_at_centers" in out
     metrics = json.loads((tmp_path / "eval.json").read_text())["metrics"]
     assert 0 < metrics["bpd"]["mean"] < 16  # 20 steps: barely trained, but a real number
     code, out, _ = gentrain(

@@ -2,7 +2,8 @@
 several batch sizes, the flow round trip, engines that run in plain
 onnxruntime, standard operators only, float16 error, the CLI and its errors.
 
-Each graph is exported once per module (the exporter takes seconds a graph)."""
+Each graph is exported once (the exporter takes seconds a graph); the tiny
+checkpoints and the VAE's engines are conftest's."""
 
 from __future__ import annotations
 
@@ -23,43 +24,13 @@ from genexport.cli import main
 from genexport.engines import export_checkpoint
 from genrun.errors import UserError
 from genrun.manifest import from_json, read_from_onnx
-from genrun.readers import load_data
 from gentrain.checkpoint import save_checkpoint
-from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.models import Glow, GlowConfig
 from gentrain.models.quantization import dequantize
-from gentrain.train import TrainConfig, Trainer
-
-SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
-
 
 CLI = InProcessCli(main, "genexport")
 genexport = CLI.run
 assert_one_line_error = CLI.assert_one_line_error
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def glow_checkpoint(digits, tmp_path_factory) -> Path:
-    """A tiny Glow (levels 2, depth 2, hidden 16) trained 4 steps on the 8x8 digits."""
-    out = tmp_path_factory.mktemp("glow")
-    torch.manual_seed(0)
-    model = Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=16))
-    config = TrainConfig(optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
-    Trainer(model, digits, config, out).fit()
-    return out / "checkpoint.pt"
-
-
-@pytest.fixture(scope="module")
-def vae_checkpoint(digits, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    model = VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))
-    Trainer(model, digits, TrainConfig(device="cpu", **SMALL), out).fit()
-    return out / "checkpoint.pt"
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +40,6 @@ def glow_engines(glow_checkpoint, tmp_path_factory) -> tuple[dict[str, Path], st
     code, stdout, err = genexport("onnx", glow_checkpoint, "--out", out, "--name", "tiny")
     assert code == 0, err
     return {role: out / f"tiny.{role}.onnx" for role in ("generate", "density")}, stdout
-
-
-@pytest.fixture(scope="module")
-def vae_engines(vae_checkpoint, tmp_path_factory) -> dict[str, Path]:
-    out = tmp_path_factory.mktemp("vae-engines")
-    return {engine.graph.role: engine.path for engine in export_checkpoint(vae_checkpoint, out)}
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +85,14 @@ def test_glow_parity_at_every_batch_size_is_recorded(glow_engines, role) -> None
 def test_density_engine_matches_gentrain_eval_on_real_images(
     glow_engines, glow_checkpoint, digits
 ) -> None:
-    """Default offset (bin centres) = `gentrain eval`'s bpd_center, at an odd batch size."""
+    """Default offset (bin centres) = `gentrain eval`'s bpd_density_at_centers, at batch 37."""
     from genexport.onnx import session
     from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 
     model = model_from_checkpoint(load_checkpoint(glow_checkpoint))
     images = digits.test.images[:5]
     bpd, log_px, *_ = session(glow_engines[0]["density"]).run(None, {"images": images})
-    expected = model.evaluate(torch.from_numpy(images))["bpd_center"].numpy()
+    expected = model.evaluate(torch.from_numpy(images))["bpd_density_at_centers"].numpy()
     assert np.abs(bpd - expected).max() <= 1e-4
     assert np.allclose(-log_px / (64 * np.log(2)), bpd, atol=1e-5)
 
@@ -168,20 +133,20 @@ def test_engines_run_in_plain_onnxruntime_with_no_project_code(glow_engines, tmp
     assert result.stdout.split() == ["density", "glow"]
 
 
-def test_vae_graphs_pass_parity(vae_engines) -> None:
-    assert sorted(vae_engines) == ["decode", "elbo", "encode"]
-    for role, path in vae_engines.items():
+def test_vae_graphs_pass_parity(vae_exported) -> None:
+    assert sorted(vae_exported) == ["decode", "elbo", "encode"]
+    for role, path in vae_exported.items():
         manifest = read_from_onnx(path)
         assert manifest.role == role and manifest.family == "vae"
         assert manifest.parity[0].batch_sizes == [1, 7, 64] and not manifest.parity[0].failures()
         assert manifest.export.nodes_unfolded is None
-    elbo = read_from_onnx(vae_engines["elbo"])
+    elbo = read_from_onnx(vae_exported["elbo"])
     assert [spec.name for spec in elbo.inputs] == ["images", "eps"]
     assert elbo.output("log_weight").shape == ["N"]
 
 
-def test_every_graph_uses_standard_operators_only(glow_engines, vae_engines, fp16_engines) -> None:
-    for path in [*glow_engines[0].values(), *vae_engines.values(), *fp16_engines]:
+def test_every_graph_uses_standard_operators_only(glow_engines, vae_exported, fp16_engines) -> None:
+    for path in [*glow_engines[0].values(), *vae_exported.values(), *fp16_engines]:
         model = onnx.load(str(path))
         onnx.checker.check_model(model, full_check=True)
         assert {node.domain for node in model.graph.node} <= {"", "ai.onnx"}, path

@@ -29,7 +29,8 @@ from genrun.manifest import (
     TensorSpec,
     write_to_onnx,
 )
-from genrun.sampler import BLOCK, Sampler, Scorer
+from genrun.sampler import BLOCK, Sampler
+from genrun.scorer import Scorer
 
 CLI = InProcessCli(main, "genrun")
 FLOAT, UINT8 = TensorProto.FLOAT, TensorProto.UINT8
@@ -48,8 +49,9 @@ def _save(
     initializers: list[onnx.TensorProto] = (),
     manifest: dict | None = None,
 ) -> Path:
-    """Write a graph; with `manifest` (family, role, data_shape, latent_shapes)
-    attach a vaeflow manifest whose tensor specs are the graph's own."""
+    """Write a graph; with `manifest` (family, role, data_shape, latent_shapes,
+    optionally temperature) attach a vaeflow manifest whose tensor specs are
+    the graph's own."""
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, list(initializers))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model, full_check=True)
@@ -72,11 +74,10 @@ def _save(
                 outputs=specs(outputs),
                 precision="fp32",
                 pixels=PixelMapping(8, [0.0, 1.0], "x / 255", "round(255 x)", 10.0),
-                temperature=None,
                 checkpoint=CheckpointInfo("c.pt", "00" * 32, 0, {}, {}, {}),
                 parity=[],
                 export=ExportInfo("hand-made", 18, len(nodes), None, None, {}),
-                **manifest,
+                **{"temperature": None, **manifest},
             ),
         )
     onnx.save(model, str(path))
@@ -117,6 +118,8 @@ def _generate_graph(path: Path, family: str, temperature: bool) -> Path:
     outputs = [_value("images", FLOAT, ["N", 1, 1, 5]), _value("pixels", UINT8, ["N", 1, 1, 5])]
     role = "decode" if family == "ae" else "generate"
     manifest = dict(family=family, role=role, data_shape=[1, 1, 5], latent_shapes=[[2], [3]])
+    # A sampler's manifest says how its temperature acts; an AE has no prior, so none.
+    manifest["temperature"] = None if family == "ae" else "scales the noise"
     return _save(path, nodes, inputs, outputs, constants, manifest)
 
 
@@ -199,10 +202,10 @@ def test_scorer_importance_samples_every_latent_group(tmp_path) -> None:
     assert scorer.noise_inputs == ["eps_0", "eps_1"] and not scorer.exact
     images = np.arange(5 * 4, dtype=np.uint8).reshape(5, 1, 2, 2) * 10
     k = 7
-    nll = scorer.nll(images, iw_samples=k, seed=3, batch_size=10)  # 1 image per call of 7 rows
-    rng = np.random.default_rng([3, 0])
-    eps_0 = rng.standard_normal((BLOCK, k, 3), dtype=np.float32)[:5]
-    eps_1 = rng.standard_normal((BLOCK, k, 2), dtype=np.float32)[:5]
+    nll = scorer.nll(images, iw_samples=k, seed=3, batch_size=10)  # 10 rows per call
+    rng = np.random.default_rng([3, 0])  # rows i * k + j, all in block 0
+    eps_0 = rng.standard_normal((BLOCK, 3), dtype=np.float32)[: 5 * k].reshape(5, k, 3)
+    eps_1 = rng.standard_normal((BLOCK, 2), dtype=np.float32)[: 5 * k].reshape(5, k, 2)
     weights = (
         images.reshape(5, 1, 4).astype(np.float64).sum(-1) / 100
         - (eps_0.astype(np.float64) ** 2).sum(-1) / 2
@@ -283,7 +286,7 @@ def test_cli_likelihood_scores_image_files_by_name(tmp_path, mnist) -> None:
     assert code == 0, err
     assert stdout.startswith("files: 3 images")
     rows = [line.split(",") for line in out.read_text().splitlines()]
-    assert rows[0] == ["file", "bits_per_dim"] and [r[0] for r in rows[1:]] == list(map(str, files))
+    assert rows[0] == ["file", "nll"] and [r[0] for r in rows[1:]] == list(map(str, files))
     assert np.allclose([float(r[1]) for r in rows[1:]], _bpd(images), atol=1e-5)
 
     Image.fromarray(np.zeros((9, 28), np.uint8)).save(tmp_path / "small.png")

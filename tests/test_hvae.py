@@ -233,8 +233,8 @@ def test_genrun_samples_with_fixed_levels_and_scores_like_gentrain(engines, crop
 
     k, test = 16, crops.test.images[:6]
     nll = genrun.Scorer(genrun.load(paths["elbo"])).nll(test, iw_samples=k, seed=3, batch_size=32)
-    draws = BlockNoise(3, [(k, *s) for s in model.config.latent_shapes()]).take(0, len(test))
-    eps = [torch.from_numpy(d).transpose(0, 1) for d in draws]  # (K, N, C, H, W)
+    draws = BlockNoise(3, model.config.latent_shapes()).take(0, len(test) * k)  # rows i * k + j
+    eps = [torch.from_numpy(d.reshape(len(test), k, *d.shape[1:])).transpose(0, 1) for d in draws]
     with torch.no_grad():
         log_w = model.log_weight(model.to_float(torch.from_numpy(test)), eps).double()
     expected = -(torch.logsumexp(log_w, 0) - math.log(k)) + model.discretization_term()

@@ -97,7 +97,7 @@ def test_stored_in_onnx_and_read_back_through_onnx_and_onnxruntime(tmp_path) -> 
 def test_unknown_version_is_refused_with_the_fix() -> None:
     values = json.loads(to_json(_manifest()))
     values["version"] = 99
-    with pytest.raises(UserError, match=r"version 99.*reads version 1.*re-export"):
+    with pytest.raises(UserError, match=r"version 99.*reads versions 1, 2.*re-export"):
         from_json(json.dumps(values))
 
 

@@ -15,7 +15,6 @@ import torch
 from cli_helpers import InProcessCli
 from PIL import Image
 
-from genrun.readers import load_data
 from gentrain.cli import main
 from gentrain.models import build_model
 from gentrain.models.quantization import dequantize, quantize
@@ -34,11 +33,6 @@ TINY = {
     "realnvp": {"hidden": 8, "blocks": 1, "n_bits": 5},
     "hvae": {"hidden": 8, "groups": 3},
 }
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
 
 
 @pytest.fixture(scope="module")

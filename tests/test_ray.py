@@ -18,7 +18,8 @@ from genrun import distributed
 from genrun.cli import main
 from genrun.engine import load
 from genrun.readers import load_data
-from genrun.sampler import Sampler, Scorer
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
 from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
 from gentrain.train import TrainConfig, Trainer
 

@@ -3,8 +3,11 @@
 Every role is a plain `nn.Module` whose inputs and outputs are exactly the
 engine's: noise and temperatures come in as inputs (never drawn inside a
 graph), images cross as uint8. Each family has a module here exposing
-`ROLES`, `build(model, role, fold) -> Graph` and `pixel_mapping(model)`;
-adding a family means adding its module to `FAMILY_GRAPHS`.
+`BUILDERS` (role -> function (model, fold) -> Graph) and `pixel_mapping(model)`,
+and optionally `FOLDS_ACTNORM = True` (the exporter then also reports the
+graph's nodes before folding). Adding a family means adding its module to
+`FAMILY_GRAPHS` (or `register_graphs`); adding a role, one builder to its
+module's `BUILDERS` (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from genrun.manifest import PixelMapping
 from gentrain.models import GenerativeModel
 
 from . import ae, glow, hvae, realnvp, vae
-from .base import BATCH, Graph, nats_per_bpd
+from .base import BATCH, Builder, Graph, nats_per_bpd
 from .multiscale import check_actnorm_initialized
 
 FAMILY_GRAPHS: dict[str, ModuleType] = {
@@ -26,17 +29,33 @@ FAMILY_GRAPHS: dict[str, ModuleType] = {
     "realnvp": realnvp,
     "vae": vae,
 }
-ROLES: dict[str, tuple[str, ...]] = {family: m.ROLES for family, m in FAMILY_GRAPHS.items()}
+
+
+def register_graphs(family: str, graphs: ModuleType) -> None:
+    """Make `family` exportable: `graphs` has BUILDERS and pixel_mapping."""
+    if not graphs.BUILDERS or not callable(getattr(graphs, "pixel_mapping", None)):
+        raise ValueError(f"the {family} graphs need BUILDERS and a pixel_mapping function")
+    FAMILY_GRAPHS[family] = graphs
+
+
+def roles(family: str) -> tuple[str, ...]:
+    """The roles a family exports, in the order `genexport onnx` writes them."""
+    return tuple(FAMILY_GRAPHS[family].BUILDERS)
 
 
 def build_graph(model: GenerativeModel, role: str, fold: bool = True) -> Graph:
     """The export module and reference of `role` for a trained model."""
-    roles = ROLES[model.family]
-    if role not in roles:
+    builders = FAMILY_GRAPHS[model.family].BUILDERS
+    if role not in builders:
         raise UserError(
-            f"a {model.family} model has no '{role}' graph; choose from: {', '.join(roles)}"
+            f"a {model.family} model has no '{role}' graph; choose from: {', '.join(builders)}"
         )
-    return FAMILY_GRAPHS[model.family].build(model, role, fold)
+    return builders[role](model, fold)
+
+
+def folds_actnorm(family: str) -> bool:
+    """Whether the family's graphs fold ActNorm into 1x1 convolutions (Glow)."""
+    return getattr(FAMILY_GRAPHS[family], "FOLDS_ACTNORM", False)
 
 
 def pixel_mapping(model: GenerativeModel) -> PixelMapping:
@@ -47,10 +66,13 @@ def pixel_mapping(model: GenerativeModel) -> PixelMapping:
 __all__ = [
     "BATCH",
     "FAMILY_GRAPHS",
-    "ROLES",
+    "Builder",
     "Graph",
     "build_graph",
     "check_actnorm_initialized",
+    "folds_actnorm",
     "nats_per_bpd",
     "pixel_mapping",
+    "register_graphs",
+    "roles",
 ]

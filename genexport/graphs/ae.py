@@ -12,10 +12,7 @@ from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
 from gentrain.models import AE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph
-
-ROLES = ("decode", "encode")
-TEMPERATURE_EFFECT = None  # nothing to sample
+from .base import BATCH, Builder, Graph
 
 
 class AEDecode(nn.Module):
@@ -52,42 +49,54 @@ def pixel_mapping(model: AE) -> PixelMapping:
     )
 
 
-def build(model: AE, role: str, fold: bool = True) -> Graph:
-    """The export module of `role` for a trained AE (`fold` is Glow's; unused)."""
+def decode_graph(model: AE, fold: bool = True) -> Graph:
+    """Codes -> reconstructions (images) and pixels. No temperature: an AE has
+    no prior, so genrun's Sampler refuses it."""
     config = model.config
-    shape = [BATCH, *config.data_shape]
-    code = [BATCH, config.latent_dim]
-    if role == "decode":
-        module: nn.Module = AEDecode(model)
-        inputs = [TensorSpec(Z, "float32", code, "codes, e.g. from the encode graph")]
-        outputs = [
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+    module = AEDecode(model)
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(n, config.latent_dim, generator=generator),)
+
+    return Graph(
+        role="decode",
+        module=module,
+        reference=module,
+        inputs=[TensorSpec(Z, "float32", code, "codes, e.g. from the encode graph")],
+        outputs=[
             TensorSpec(
                 IMAGES, "float32", shape, "reconstructions in [0, 1] (linear AE: unclipped)"
             ),
             TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
-        ]
-        checks = {IMAGES: "image", PIXELS: "pixels"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(n, config.latent_dim, generator=generator),)
-
-    else:
-        module = AEEncode(model)
-        inputs = [TensorSpec(IMAGES, "uint8", shape, "images to encode")]
-        outputs = [TensorSpec(Z, "float32", code, "codes f(x)")]
-        checks = {Z: "latent"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)
-
-    return Graph(
-        role=role,
-        module=module,
-        reference=module,
-        inputs=inputs,
-        outputs=outputs,
+        ],
         sample_inputs=sample_inputs,
-        checks=checks,
+        checks={IMAGES: "image", PIXELS: "pixels"},
         num_dims=config.num_dims,
         pixel_bits=8,
     )
+
+
+def encode_graph(model: AE, fold: bool = True) -> Graph:
+    """uint8 images -> codes f(x)."""
+    config = model.config
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+    module = AEEncode(model)
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)
+
+    return Graph(
+        role="encode",
+        module=module,
+        reference=module,
+        inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
+        outputs=[TensorSpec(Z, "float32", code, "codes f(x)")],
+        sample_inputs=sample_inputs,
+        checks={Z: "latent"},
+        num_dims=config.num_dims,
+        pixel_bits=8,
+    )
+
+
+BUILDERS: dict[str, Builder] = {"decode": decode_graph, "encode": encode_graph}

@@ -12,7 +12,7 @@ from torch import nn
 
 from genrun.manifest import BATCH, TensorSpec
 
-__all__ = ["BATCH", "Graph", "nats_per_bpd"]
+__all__ = ["BATCH", "Builder", "Graph", "nats_per_bpd"]
 
 
 @dataclass
@@ -30,6 +30,14 @@ class Graph:
     checks: dict[str, str]  # output name -> "image", "bpd", "nats", "latent" or "pixels"
     num_dims: int  # D, pixels per image
     pixel_bits: int  # the uint8 outputs take 2^pixel_bits levels
+    # How the sampling temperature acts (the manifest's `temperature`), or None
+    # when the role does not sample from a prior.
+    temperature: str | None = None
+
+
+# One function per role: (trained model, fold ActNorm into 1x1 convs) -> Graph.
+# `fold` matters to Glow only; the others ignore it.
+Builder = Callable[[nn.Module, bool], Graph]
 
 
 def nats_per_bpd(num_dims: int) -> float:

@@ -21,17 +21,16 @@ from genrun.manifest import (
 from gentrain.models import HVAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph
+from .base import BATCH, Builder, Graph
 from .vae import pixel_mapping
 
-ROLES = ("generate", "elbo")
 TEMPERATURE_EFFECT = (
     "each group's noise_l is multiplied by the sample's temperature: "
     "z_l = mu_l + temperature * sigma_l * noise_l under the prior p(z_l | z_<l); "
     "1 samples the model, 0 gives the prior means group by group"
 )
 
-__all__ = ["ROLES", "TEMPERATURE_EFFECT", "build", "pixel_mapping"]
+__all__ = ["BUILDERS", "pixel_mapping"]
 
 
 class HVAEGenerate(nn.Module):
@@ -62,63 +61,77 @@ class HVAEElbo(nn.Module):
         return self.model.log_weight(self.model.to_float(images), eps)
 
 
-def build(model: HVAE, role: str, fold: bool = True) -> Graph:
-    """The export module of `role` for a trained HVAE (`fold` is Glow's; unused)."""
-    config = model.config
+def _noise(model: HVAE, n: int, generator: torch.Generator) -> list[torch.Tensor]:
+    return [torch.randn(n, *s, generator=generator) for s in model.config.latent_shapes()]
+
+
+def generate_graph(model: HVAE, fold: bool = True) -> Graph:
+    """(noise per group, temperature) -> decoder means (images) and pixels.
+    BatchNorm runs on its running statistics (the model exports in eval mode)."""
     model = model.eval()
+    config = model.config
     shape = [BATCH, *config.data_shape]
-    shapes = config.latent_shapes()
+    module = HVAEGenerate(model)
 
-    def noise(n: int, generator: torch.Generator) -> list[torch.Tensor]:
-        return [torch.randn(n, *s, generator=generator) for s in shapes]
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple:
+        return _noise(model, n, generator), torch.rand(n, generator=generator)
 
-    if role == "generate":
-        module = HVAEGenerate(model)
-        inputs = [
+    return Graph(
+        role="generate",
+        module=module,
+        reference=module,
+        inputs=[
             *(
                 TensorSpec(noise_name(i), "float32", [BATCH, *s], f"N(0, I) noise of group {i}")
-                for i, s in enumerate(shapes)
+                for i, s in enumerate(config.latent_shapes())
             ),
             TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
-        ]
-        outputs = [
+        ],
+        outputs=[
             TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
             TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
-        ]
-        checks = {IMAGES: "image", PIXELS: "pixels"}
+        ],
+        sample_inputs=sample_inputs,
+        checks={IMAGES: "image", PIXELS: "pixels"},
+        num_dims=config.num_dims,
+        pixel_bits=8,
+        temperature=TEMPERATURE_EFFECT,
+    )
 
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple:
-            return noise(n, generator), torch.rand(n, generator=generator)
 
-    else:
-        module = HVAEElbo(model)
-        inputs = [
+def elbo_graph(model: HVAE, fold: bool = True) -> Graph:
+    """(uint8 images, eps per group) -> one importance weight log w per image."""
+    model = model.eval()
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    module = HVAEElbo(model)
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple:
+        with torch.no_grad():
+            _, pixels = HVAEGenerate(model)(_noise(model, n, generator), torch.ones(n))
+        return pixels, _noise(model, n, generator)
+
+    return Graph(
+        role="elbo",
+        module=module,
+        reference=module,
+        inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
             *(
                 TensorSpec(
                     eps_name(i), "float32", [BATCH, *s], f"N(0, I) posterior noise of group {i}"
                 )
-                for i, s in enumerate(shapes)
+                for i, s in enumerate(config.latent_shapes())
             ),
-        ]
-        outputs = [
+        ],
+        outputs=[
             TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")
-        ]
-        checks = {LOG_WEIGHT: "nats"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple:
-            with torch.no_grad():
-                _, pixels = HVAEGenerate(model)(noise(n, generator), torch.ones(n))
-            return pixels, noise(n, generator)
-
-    return Graph(
-        role=role,
-        module=module,
-        reference=module,
-        inputs=inputs,
-        outputs=outputs,
+        ],
         sample_inputs=sample_inputs,
-        checks=checks,
+        checks={LOG_WEIGHT: "nats"},
         num_dims=config.num_dims,
         pixel_bits=8,
     )
+
+
+BUILDERS: dict[str, Builder] = {"generate": generate_graph, "elbo": elbo_graph}

@@ -36,9 +36,8 @@ from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
 from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 
-from .base import BATCH, Graph
+from .base import BATCH, Builder, Graph
 
-ROLES = ("generate", "density")
 TEMPERATURE_EFFECT = (
     "every noise_i is multiplied by the sample's temperature before the reverse flow: "
     "1 samples the model, 0 gives its mode, about 0.7 trades diversity for quality"
@@ -166,43 +165,51 @@ def pixel_mapping(model: MultiScaleFlow) -> PixelMapping:
     )
 
 
-def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
-    """The export module and reference of `role` for a trained multi-scale
-    flow (Glow, RealNVP)."""
+def _latents(model: MultiScaleFlow) -> list[TensorSpec]:
+    return [
+        TensorSpec(latent_name(i), "float32", [BATCH, *s], f"standard-normal latent of level {i}")
+        for i, s in enumerate(model.config.latent_shapes())
+    ]
+
+
+def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
+    """(noise per level, temperature) -> images and pixels, on the frozen flow."""
     config = model.config
     shape = [BATCH, *config.data_shape]
-    latents = [
-        TensorSpec(latent_name(i), "float32", [BATCH, *s], f"standard-normal latent of level {i}")
-        for i, s in enumerate(config.latent_shapes())
+    noise = [
+        TensorSpec(noise_name(i), "float32", spec.shape, f"N(0, I) noise of level {i}")
+        for i, spec in enumerate(_latents(model))
     ]
-    frozen = freeze_flow(model, fold)
-    if role == "generate":
-        noise = [
-            TensorSpec(noise_name(i), "float32", spec.shape, f"N(0, I) noise of level {i}")
-            for i, spec in enumerate(latents)
-        ]
 
-        def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
-            return drawn, torch.rand(n, generator=generator)
+    def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
+        return drawn, torch.rand(n, generator=generator)
 
-        return Graph(
-            role=role,
-            module=FlowGenerate(frozen),
-            reference=FlowGenerate(model),
-            inputs=[
-                *noise,
-                TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
-            ],
-            outputs=[
-                TensorSpec(IMAGES, "float32", shape, "continuous images y, see pixels"),
-                TensorSpec(PIXELS, "uint8", shape, "images quantised to uint8"),
-            ],
-            sample_inputs=generate_inputs,
-            checks={IMAGES: "image", PIXELS: "pixels"},
-            num_dims=config.num_dims,
-            pixel_bits=config.n_bits,
-        )
+    return Graph(
+        role="generate",
+        module=FlowGenerate(freeze_flow(model, fold)),
+        reference=FlowGenerate(model),
+        inputs=[
+            *noise,
+            TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
+        ],
+        outputs=[
+            TensorSpec(IMAGES, "float32", shape, "continuous images y, see pixels"),
+            TensorSpec(PIXELS, "uint8", shape, "images quantised to uint8"),
+        ],
+        sample_inputs=generate_inputs,
+        checks={IMAGES: "image", PIXELS: "pixels"},
+        num_dims=config.num_dims,
+        pixel_bits=config.n_bits,
+        temperature=TEMPERATURE_EFFECT,
+    )
+
+
+def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
+    """uint8 images (and offset) -> bits/dim, log P(x), latents, on the frozen flow."""
+    config = model.config
+    shape = [BATCH, *config.data_shape]
+    latents = _latents(model)
 
     def density_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         noise = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
@@ -211,8 +218,8 @@ def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
         return pixels, torch.rand(n, *config.data_shape, generator=generator)
 
     return Graph(
-        role=role,
-        module=FlowDensity(frozen),
+        role="density",
+        module=FlowDensity(freeze_flow(model, fold)),
         reference=FlowDensity(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
@@ -221,7 +228,8 @@ def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
                 "float32",
                 shape,
                 "dequantisation offset in [0, 1) per pixel; uniform noise gives the "
-                "variational bound, 0.5 the deterministic bpd_center of `gentrain eval`",
+                "variational bound (what genrun scores), 0.5 the density at bin centres "
+                "(`gentrain eval`'s bpd_density_at_centers, not a bound)",
                 default=0.5,
             ),
         ],
@@ -239,3 +247,6 @@ def build(model: MultiScaleFlow, role: str, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )
+
+
+BUILDERS: dict[str, Builder] = {"generate": generate_graph, "density": density_graph}

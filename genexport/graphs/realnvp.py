@@ -11,6 +11,6 @@ averages and the masks are constants.
 
 from __future__ import annotations
 
-from .multiscale import ROLES, TEMPERATURE_EFFECT, build, pixel_mapping
+from .multiscale import BUILDERS, pixel_mapping
 
-__all__ = ["ROLES", "TEMPERATURE_EFFECT", "build", "pixel_mapping"]
+__all__ = ["BUILDERS", "pixel_mapping"]

@@ -22,10 +22,12 @@ from genrun.manifest import (
 from gentrain.models import VAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph
+from .base import BATCH, Builder, Graph
 
-ROLES = ("decode", "encode", "elbo")
-TEMPERATURE_EFFECT = None  # no graph takes a temperature: a runtime scales z itself
+TEMPERATURE_EFFECT = (
+    "the runtime multiplies the N(0, I) noise by the temperature and feeds it as z: "
+    "z ~ N(0, T^2 I) under the prior; 1 samples the model, 0 decodes the prior mean"
+)
 
 
 class VAEDecode(nn.Module):
@@ -78,60 +80,92 @@ def pixel_mapping(model: VAE) -> PixelMapping:
     )
 
 
-def build(model: VAE, role: str, fold: bool = True) -> Graph:
-    """The export module of `role` for a trained VAE (`fold` is Glow's; unused)."""
-    config = model.config
-    shape = [BATCH, *config.data_shape]
-    code = [BATCH, config.latent_dim]
-    module = {"decode": VAEDecode, "encode": VAEEncode, "elbo": VAEElbo}[role](model)
-
-    def images(n: int, generator: torch.Generator) -> torch.Tensor:
-        with torch.no_grad():
-            return VAEDecode(model)(torch.randn(n, config.latent_dim, generator=generator))[1]
-
-    if role == "decode":
-        inputs = [TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples")]
-        outputs = [
-            TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
-            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
-        ]
-        checks = {IMAGES: "image", PIXELS: "pixels"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(n, config.latent_dim, generator=generator),)
-
-    elif role == "encode":
-        inputs = [TensorSpec(IMAGES, "uint8", shape, "images to encode")]
-        outputs = [
-            TensorSpec(MU, "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
-            TensorSpec(LOGVAR, "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
-        ]
-        checks = {MU: "latent", LOGVAR: "latent"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return (images(n, generator),)
-
-    else:
-        inputs = [
-            TensorSpec(IMAGES, "uint8", shape, "images to score"),
-            TensorSpec(EPS, "float32", code, "N(0, I) noise of the reparameterisation"),
-        ]
-        outputs = [
-            TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")
-        ]
-        checks = {LOG_WEIGHT: "nats"}
-
-        def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-            return images(n, generator), torch.randn(n, config.latent_dim, generator=generator)
-
+def _graph(model: VAE, role: str, module: nn.Module, **fields) -> Graph:
+    """A VAE graph: the module is its own reference (nothing is frozen)."""
     return Graph(
         role=role,
         module=module,
         reference=module,
-        inputs=inputs,
-        outputs=outputs,
-        sample_inputs=sample_inputs,
-        checks=checks,
-        num_dims=config.num_dims,
+        num_dims=model.config.num_dims,
         pixel_bits=8,
+        **fields,
     )
+
+
+def _images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
+    """Plausible uint8 inputs: decoded prior draws."""
+    with torch.no_grad():
+        return VAEDecode(model)(torch.randn(n, model.config.latent_dim, generator=generator))[1]
+
+
+def decode_graph(model: VAE, fold: bool = True) -> Graph:
+    """z -> decoder means (images) and pixels; the runtime draws z ~ N(0, T^2 I)."""
+    config = model.config
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        return (torch.randn(n, config.latent_dim, generator=generator),)
+
+    return _graph(
+        model,
+        "decode",
+        VAEDecode(model),
+        inputs=[TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples")],
+        outputs=[
+            TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
+            TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
+        ],
+        sample_inputs=sample_inputs,
+        checks={IMAGES: "image", PIXELS: "pixels"},
+        temperature=TEMPERATURE_EFFECT,
+    )
+
+
+def encode_graph(model: VAE, fold: bool = True) -> Graph:
+    """uint8 images -> (mu, logvar) of q(z|x)."""
+    config = model.config
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+    return _graph(
+        model,
+        "encode",
+        VAEEncode(model),
+        inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
+        outputs=[
+            TensorSpec(MU, "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
+            TensorSpec(LOGVAR, "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
+        ],
+        sample_inputs=lambda n, generator: (_images(model, n, generator),),
+        checks={MU: "latent", LOGVAR: "latent"},
+    )
+
+
+def elbo_graph(model: VAE, fold: bool = True) -> Graph:
+    """(uint8 images, eps) -> one importance weight log w per image."""
+    config = model.config
+    shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
+
+    def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        eps = torch.randn(n, config.latent_dim, generator=generator)
+        return _images(model, n, generator), eps
+
+    return _graph(
+        model,
+        "elbo",
+        VAEElbo(model),
+        inputs=[
+            TensorSpec(IMAGES, "uint8", shape, "images to score"),
+            TensorSpec(EPS, "float32", code, "N(0, I) noise of the reparameterisation"),
+        ],
+        outputs=[
+            TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")
+        ],
+        sample_inputs=sample_inputs,
+        checks={LOG_WEIGHT: "nats"},
+    )
+
+
+BUILDERS: dict[str, Builder] = {
+    "decode": decode_graph,
+    "encode": encode_graph,
+    "elbo": elbo_graph,
+}

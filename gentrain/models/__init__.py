@@ -1,8 +1,9 @@
 """The model families, by the name the CLI and checkpoints use.
 
-Each family lives in its own folder with a config dataclass beside the model.
-`TRAIN_DEFAULTS` holds the optimiser settings each family trains well with;
-the CLI's options override them.
+Each family lives in its own folder with a config dataclass beside the model;
+what the rest of the toolkit needs to know about a family (its label, the
+settings it trains well with, whether it has a prior, ...) is a class
+attribute of its model (see `GenerativeModel`), never a check of its name.
 """
 
 from __future__ import annotations
@@ -22,50 +23,17 @@ from .realnvp import RealNVP, RealNVPConfig
 from .vae import VAE, VAEConfig
 
 FAMILIES: dict[str, type[GenerativeModel]] = {
-    "ae": AE,
-    "glow": Glow,
-    "hvae": HVAE,
-    "vae": VAE,
-    "realnvp": RealNVP,
+    cls.family: cls for cls in (AE, Glow, HVAE, VAE, RealNVP)
 }
 
-# Measured on MNIST (benchmarks/results/glow-sweep.md, quality-*.md): Adam at
-# a high constant rate with weight averaging beat Adamax and cosine decay for
-# Glow; small batches at 2e-3 beat the usual 128 at 1e-3 for the VAE.
-TRAIN_DEFAULTS: dict[str, dict] = {
-    "glow": {
-        "optimizer": "adam",
-        "lr": 2e-3,
-        "batch_size": 64,
-        "warmup": 200,
-        "clip": 50.0,
-        "ema": 0.999,
-        "epochs": 40,  # the digits' test bits/dim stops improving here
-    },
-    "vae": {"optimizer": "adam", "lr": 2e-3, "batch_size": 32, "epochs": 30},
-    # The VAE's settings plus a short warm-up and clipping: early steps of a
-    # hierarchy with batch norm can spike before the KL warm-up settles them.
-    "hvae": {
-        "optimizer": "adam",
-        "lr": 2e-3,
-        "batch_size": 32,
-        "warmup": 100,
-        "clip": 100.0,
-        "epochs": 30,
-    },
-    "ae": {"optimizer": "adam", "lr": 1e-3, "batch_size": 64, "epochs": 30},  # not tuned yet
-    # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and 2e-3,
-    # for batch norm too; Glow's other settings. Its 40 epochs are Glow's, untested.
-    "realnvp": {
-        "optimizer": "adam",
-        "lr": 3e-3,
-        "batch_size": 64,
-        "warmup": 200,
-        "clip": 50.0,
-        "ema": 0.999,
-        "epochs": 40,
-    },
-}
+
+def register_family(cls: type[GenerativeModel]) -> type[GenerativeModel]:
+    """Make a model class a family the CLI, checkpoints and plots know by
+    `cls.family` (usable as a class decorator); see CONTRIBUTING.md."""
+    if not cls.family or not cls.label:
+        raise ValueError(f"{cls.__name__} needs a `family` name and a `label`")
+    FAMILIES[cls.family] = cls
+    return cls
 
 
 def model_class(family: str) -> type[GenerativeModel]:
@@ -88,8 +56,9 @@ def new_model(family: str, options: dict, data: DataSplit, seed: int) -> Generat
     missing take the config's default) for `data`'s image shape, flows at the
     data's own bit depth unless told, weights drawn from `seed`."""
     config = {k: v for k, v in options.items() if v is not None}
-    if "n_bits" in {f.name for f in fields(model_class(family).config_class)}:
-        config.setdefault("n_bits", data.bits)
+    for option in fields(model_class(family).config_class):
+        if option.metadata.get("from_data"):  # e.g. the flows' n_bits: the data's bit depth
+            config.setdefault(option.name, getattr(data, option.metadata["from_data"]))
     torch.manual_seed(seed)
     return build_model(family, {"data_shape": data.shape, **config})
 
@@ -98,9 +67,9 @@ __all__ = [
     "AE",
     "FAMILIES",
     "HVAE",
-    "TRAIN_DEFAULTS",
     "VAE",
     "AEConfig",
+    "GenerativeModel",
     "Glow",
     "GlowConfig",
     "HVAEConfig",
@@ -108,5 +77,7 @@ __all__ = [
     "RealNVPConfig",
     "VAEConfig",
     "build_model",
+    "model_class",
     "new_model",
+    "register_family",
 ]

@@ -8,6 +8,7 @@ owns its mapping to floats (declared in its config) and back.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,10 +27,20 @@ class Objective:
 
 
 class GenerativeModel(nn.Module):
-    """Base class of every family. Subclasses set `family` and `config_class`."""
+    """Base class of every family. Subclasses set `family`, `config_class`,
+    `label` and `description`, and whichever of the other facts differ; every
+    place that needs a fact about a family reads it here, never its name."""
 
-    family: str = ""
+    family: str = ""  # the name the CLI, checkpoints and manifests use
     config_class: type = object
+    label: str = ""  # how pictures and tables name the family, e.g. "Glow"
+    description: str = ""  # what `gentrain fit FAMILY` trains and reports, for its --help
+    # Whether the family has a prior to sample from (an autoencoder has none).
+    has_prior: bool = True
+    # Importance samples K that `gentrain eval` uses unless told (1: no bound to tighten).
+    default_iw_samples: int = 1
+    # TrainConfig values the family trains well with; the CLI's options override them.
+    train_defaults: ClassVar[dict[str, Any]] = {}
     # The metric that `train` shows in its progress bar and evaluation picks
     # for "lower is better" comparisons.
     headline_metric: str = ""

@@ -87,10 +87,13 @@ class MultiScaleFlow(GenerativeModel):
     @torch.no_grad()
     def evaluate(self, x: torch.Tensor, iw_samples: int = 1) -> dict[str, torch.Tensor]:
         """bpd: with one draw of uniform dequantisation noise, the variational
-        bound papers report; bpd_center: at bin centres, deterministic (what
-        density engines compute by default); nll: -log P(x) in nats from the
-        bound. With iw_samples K > 1 also bpd_iw: the importance-weighted bound
-        log P(x) >= log (1/K) sum_k p(y_k), u_k ~ U[0,1)^D, tighter as K grows."""
+        bound papers report; nll: -log P(x) in nats from it; with iw_samples
+        K > 1 also bpd_iw: the importance-weighted bound
+        log P(x) >= log (1/K) sum_k p(y_k) 2^(-n_bits D), u_k ~ U[0,1)^D,
+        tighter as K grows. These bound -log P(x) >= 0 of the discrete image,
+        so a draw's estimate below 0 is raised to 0. bpd_density_at_centers:
+        the density at bin centres, deterministic, NOT a bound (negative for
+        images simpler than the data, e.g. all black)."""
         n_bits, dims = self.config.n_bits, self.config.num_dims
         draws = [
             self.log_prob(dequantize(x, n_bits, torch.rand(x.shape, device=x.device)))
@@ -98,13 +101,13 @@ class MultiScaleFlow(GenerativeModel):
         ]
         log_center = self.log_prob(dequantize(x, n_bits))
         metrics = {
-            "bpd": bits_per_dim(draws[0], dims, n_bits),
-            "bpd_center": bits_per_dim(log_center, dims, n_bits),
-            "nll": -(draws[0] - discretization_nats(dims, n_bits)),
+            "bpd": bits_per_dim(draws[0], dims, n_bits).clamp(min=0),
+            "bpd_density_at_centers": bits_per_dim(log_center, dims, n_bits),
+            "nll": (discretization_nats(dims, n_bits) - draws[0]).clamp(min=0),
         }
         if iw_samples > 1:
             log_mean = torch.logsumexp(torch.stack(draws), 0) - math.log(iw_samples)
-            metrics["bpd_iw"] = bits_per_dim(log_mean, dims, n_bits)
+            metrics["bpd_iw"] = bits_per_dim(log_mean, dims, n_bits).clamp(min=0)
         return metrics
 
     def noise(self, n: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:

@@ -35,24 +35,24 @@ class PlotKind:
 
 KINDS: dict[str, PlotKind] = {
     "reconstructions": PlotKind(
-        codes.reconstructions, has_code, "an encoder and decoder (ae, vae)", 100, 2
+        codes.reconstructions, has_code, "an encoder and a decoder", 100, 2
     ),
-    "latent-scatter": PlotKind(codes.latent_scatter, has_code, "a latent code (ae, vae)", 256, 2),
-    "manifold": PlotKind(codes.manifold, has_code, "a 2-D latent code (ae, vae)", 20),
+    "latent-scatter": PlotKind(codes.latent_scatter, has_code, "a latent code", 256, 2),
+    "manifold": PlotKind(codes.manifold, has_code, "a 2-D latent code", 20),
     "interpolation": PlotKind(
         interpolation.interpolation,
         lambda m: has_code(m) or is_flow(m),
-        "a latent code or a flow (ae, vae, glow, realnvp)",
+        "a latent code or a flow",
         6,
     ),
     "temperature": PlotKind(
         sampling.temperature_sweep,
         samples,
-        "sampling with a temperature (vae, hvae, glow, realnvp)",
+        "sampling with a temperature",
         8,
     ),
     "hvae-levels": PlotKind(
-        sampling.hvae_levels, samples_levels, "latent groups to hold fixed (hvae)", 36
+        sampling.hvae_levels, samples_levels, "latent levels to hold fixed", 36
     ),
 }
 PLOT_KINDS = tuple(KINDS)

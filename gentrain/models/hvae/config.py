@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig
+from ..config import ModelConfig, option
 from ..vae.config import PIXELS, _check_choice
 from ..vae.likelihoods import LIKELIHOODS
 from ..vae.networks import conv_stages
@@ -21,14 +21,16 @@ from ..vae.networks import conv_stages
 @dataclass
 class HVAEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
-    groups: int = 3  # L: groups of latents, z_1 (top, coarsest) to z_L
-    latent_channels: int = 4  # channels of each group's spatial latent
-    hidden: int = 32  # channels of the bottom-up and top-down towers
-    cells: int = 1  # residual cells per group in each tower
-    likelihood: str = "bernoulli"  # p(x|z), a key of vae.likelihoods.LIKELIHOODS
-    sigma: float = 0.1  # fixed decoder std (initial std for gaussian-learned)
-    pixels: str = "grey"  # grey: x / 255 in [0, 1]; binary: x >= 128 -> {0, 1}
-    kl_warmup: int = 500  # training steps over which the KL weight beta goes 0 -> 1
+    # z_1 is the top, coarsest group, z_L the finest.
+    groups: int = option(3, "L: groups of latents, coarse to fine.")
+    latent_channels: int = option(4, "Channels of each group's spatial latent.")
+    hidden: int = option(32, "Channels of the residual towers.")
+    cells: int = option(1, "Residual cells per group in each tower.")
+    # p(x|z), a key of vae.likelihoods.LIKELIHOODS.
+    likelihood: str = option("bernoulli", "bernoulli, gaussian or gaussian-learned.")
+    sigma: float = option(0.1, "Noise level s of the fixed Gaussian decoder.")
+    pixels: str = option("grey", "grey ([0,1]) or binary (x >= 128).")
+    kl_warmup: int = option(500, "Steps over which the KL weight rises from 0 to 1.")
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)

@@ -25,6 +25,7 @@ channel growth between resolutions (one width throughout).
 from __future__ import annotations
 
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -32,9 +33,9 @@ from torch import nn
 from genrun.errors import UserError
 
 from ..base import GenerativeModel, Objective
-from ..importance import iwae_bound
-from ..quantization import discretization_nats, means_to_uint8
-from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood, pixels_to_float
+from ..importance import ImportanceWeighted
+from ..quantization import means_to_uint8
+from ..vae.likelihoods import LOG_2PI, Likelihood, build_likelihood
 from .cells import cell_stack, downsample, upsample
 from .config import HVAEConfig
 
@@ -179,8 +180,25 @@ class TopDown(nn.Module):
         return self.to_pixels(state)
 
 
-class HVAE(GenerativeModel):
+class HVAE(ImportanceWeighted, GenerativeModel):
     family = "hvae"
+    label = "HVAE"
+    description = (
+        "a hierarchical VAE (NVAE-style, Vahdat & Kautz 2020); reports the test negative "
+        "ELBO in nats and each group's KL"
+    )
+    default_iw_samples = 1000
+    iwae_chunk = 2048  # a top-down pass costs more than the VAE's decoder
+    # The VAE's settings plus a short warm-up and clipping: early steps of a
+    # hierarchy with batch norm can spike before the KL warm-up settles them.
+    train_defaults: ClassVar = {
+        "optimizer": "adam",
+        "lr": 2e-3,
+        "batch_size": 32,
+        "warmup": 100,
+        "clip": 100.0,
+        "epochs": 30,
+    }
     config_class = HVAEConfig
     headline_metric = "nelbo"
 
@@ -190,10 +208,6 @@ class HVAE(GenerativeModel):
         self.decoder = TopDown(config, build_likelihood(config))
         # Training steps seen, for the KL warm-up: a buffer, so it is checkpointed.
         self.register_buffer("train_step", torch.zeros((), dtype=torch.long))
-
-    def to_float(self, x: torch.Tensor) -> torch.Tensor:
-        """uint8 images -> the pixels the likelihood models (config.pixels)."""
-        return pixels_to_float(x, self.config.pixels)
 
     def kl_weight(self) -> float:
         """beta of the training loss: train_step / kl_warmup, capped at 1."""
@@ -253,12 +267,6 @@ class HVAE(GenerativeModel):
         """Standard-normal eps for every group, with leading dimensions `lead`."""
         return [torch.randn(*lead, *s, device=self.device) for s in self.config.latent_shapes()]
 
-    def iwae_bound(self, x: torch.Tensor, iw_samples: int, chunk: int = 2048) -> torch.Tensor:
-        """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
-        uint8 images; K = 1 is the MC ELBO. Each top-down pass holds at most
-        `chunk` images (samples x batch), so memory is bounded whatever K."""
-        return iwae_bound(self.log_weight, self._noise, self.to_float(x), iw_samples, chunk)
-
     def objective(self, x: torch.Tensor) -> Objective:
         """Mean of -log p(x|z) + beta * sum_l KL_l in nats per image, one fresh
         draw. The metrics report the true negative ELBO (beta = 1) and each
@@ -280,26 +288,18 @@ class HVAE(GenerativeModel):
         }
         return Objective(loss=loss, metrics=metrics)
 
-    def discretization_term(self) -> float:
-        """Nats from a density of the float pixels to a probability of the
-        uint8 image, the VAE's convention (D ln 256 for Gaussians on grey
-        pixels, 0 for binary pixels and for Bernoulli)."""
-        if self.decoder.likelihood.discrete or self.config.pixels == "binary":
-            return 0.0
-        return discretization_nats(self.config.num_dims, 8)
-
     @torch.no_grad()
     def evaluate(
-        self, x: torch.Tensor, iw_samples: int = 100, chunk: int = 2048
+        self, x: torch.Tensor, iw_samples: int | None = None, chunk: int = 2048
     ) -> dict[str, torch.Tensor]:
         """Per-image test metrics (N,) of uint8 images, all in nats but bpd:
         nelbo = rec + kl (beta = 1) with each group's closed-form KL at one
         draw, and the importance-sampled nll with K = iw_samples."""
         rec, kls, _ = self._infer(self.to_float(x), self._noise(len(x)))
         kl = torch.stack(kls).sum(0)
-        nll = -self.iwae_bound(x, iw_samples, chunk)
-        bpd = (nll + self.discretization_term()) / (self.config.num_dims * math.log(2))
+        nll = -self.iwae_bound(x, iw_samples or self.default_iw_samples, chunk)
         per_group = {f"kl_{group}": term for group, term in enumerate(kls)}
+        bpd = self.bits_per_dim(nll)
         return {"nelbo": rec + kl, "rec": rec, "kl": kl, **per_group, "nll": nll, "bpd": bpd}
 
     @torch.no_grad()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig
+from ..config import ModelConfig, option
 
 NORMS = ("actnorm", "batchnorm")
 
@@ -14,11 +14,16 @@ NORMS = ("actnorm", "batchnorm")
 @dataclass
 class RealNVPConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
-    scales: int = 2  # each but the last: 3 checkerboard couplings, squeeze, 3 channel couplings
-    hidden: int = 32  # channels of the coupling networks
-    blocks: int = 1  # residual blocks per coupling network
-    norm: str = "actnorm"  # invertible normalisation after every coupling (and in the nets)
-    n_bits: int = 8  # pixel depth the density is defined over
+    # Each scale but the last: 3 checkerboard couplings, squeeze, 3 channel couplings.
+    scales: int = option(2, "Scales (each but the last squeezes 2x2 and factors out half).")
+    hidden: int = option(32, "Channels of the coupling networks.")
+    blocks: int = option(1, "Residual blocks per coupling network.")
+    norm: str = option("actnorm", "actnorm or batchnorm, after every coupling and in the nets.")
+    n_bits: int = option(
+        8,
+        "Pixel depth of the modelled density (default: the data's; 8, digits 5).",
+        from_data="bits",
+    )
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)

@@ -12,6 +12,8 @@ variables, bits/dim and sampling are `MultiScaleFlow`'s.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 
@@ -68,6 +70,19 @@ class RealNVPScale(nn.Module):
 
 class RealNVP(MultiScaleFlow):
     family = "realnvp"
+    label = "RealNVP"
+    description = "RealNVP (Dinh et al. 2017); reports test bits/dim"
+    # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and
+    # 2e-3, for batch norm too; Glow's other settings. Its 40 epochs are Glow's, untested.
+    train_defaults: ClassVar = {
+        "optimizer": "adam",
+        "lr": 3e-3,
+        "batch_size": 64,
+        "warmup": 200,
+        "clip": 50.0,
+        "ema": 0.999,
+        "epochs": 40,
+    }
     config_class = RealNVPConfig
     default_temperature = 0.7  # the flows' default, as for Glow
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig
+from ..config import ModelConfig, option
 from .likelihoods import LIKELIHOODS
 from .posterior_flows import parse_posterior_flow
 
@@ -31,19 +31,25 @@ def _check_choice(option: str, value: str, valid) -> None:
 @dataclass
 class VAEConfig(ModelConfig):
     data_shape: tuple[int, int, int]  # (C, H, W) of the uint8 images
-    latent_dim: int = 20
-    arch: str = "mlp"
-    hidden: int = 400  # mlp: units per hidden layer; conv: channels of the first stage
-    depth: int = 1  # mlp: hidden layers; conv: convolutions per resolution stage
-    likelihood: str = "bernoulli"  # p(x|z), a key of likelihoods.LIKELIHOODS
-    sigma: float = 0.1  # the lecture's fixed decoder std s (initial s for gaussian-learned)
-    pixels: str = "grey"  # grey: x / 255 in [0, 1]; binary: x >= 128 -> {0, 1}
+    latent_dim: int = option(20, "k: size of the latent code.", flag="--latent")
+    arch: str = option("mlp", "mlp or conv encoder/decoder.")
+    # mlp: units per hidden layer; conv: channels of the first stage.
+    hidden: int = option(400, "MLP width or conv base channels.")
+    # mlp: hidden layers; conv: convolutions per resolution stage.
+    depth: int = option(1, "Hidden layers of the MLP.")
+    # p(x|z), a key of likelihoods.LIKELIHOODS.
+    likelihood: str = option("bernoulli", "bernoulli, gaussian or gaussian-learned.")
+    # The lecture's fixed decoder std s (initial s for gaussian-learned).
+    sigma: float = option(0.1, "Noise level s of the fixed Gaussian decoder.")
+    pixels: str = option("grey", "grey ([0,1]) or binary (x >= 128).")
     # Training KL: "closed" form, or "mc" = log q(z|x) - log p(z) at the draw;
     # None picks closed, or mc with a posterior flow (which has no closed form).
-    kl: str | None = None
+    kl: str | None = option(None, "closed (analytic) or mc (Monte Carlo; the default with a flow).")
     # "" (diagonal Gaussian q(z|x)), or "planar:K" / "radial:K": K amortised
     # flow layers on top of it (Rezende & Mohamed 2015; posterior_flows.py).
-    posterior_flow: str = ""
+    posterior_flow: str = option(
+        "", "planar:K or radial:K flow layers on q(z|x) (Rezende & Mohamed 2015)."
+    )
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)

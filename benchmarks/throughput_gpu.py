@@ -1,0 +1,313 @@
+"""GPU throughput side by side in one process, every peer at its best
+configuration, on the issue's reference models: Glow (L=2, K=8, 128 hidden,
+1x28x28; generate and density) and the MLP VAE decoder (784-400-20).
+
+    python benchmarks/throughput_gpu.py [--seconds 1] [--batches 1,256,4096]
+    python benchmarks/throughput_gpu.py --tiny --device cpu   # smoke run of the code paths
+
+Peers (each where installed; a row says which were not):
+- PyTorch eager on CUDA (gentrain's model), fp32;
+- torch.compile of the frozen exported module (genexport.graphs: the graph
+  genrun runs), dynamic=False, the fastest of --modes (named per row);
+- ONNX Runtime CUDA (cuDNN exhaustive search, IO binding), fp32 and fp16 graphs;
+- ONNX Runtime TensorRT (engine and timing caches beside the engine), fp32, fp16;
+- TensorRT plans (`genexport tensorrt`), fp32 and fp16.
+Per row: samples/s (batch / median call), p50 and p99 latency per call,
+achieved TFLOP/s (genrun.flops' count per sample) and its share of this GPU's
+measured matmul peak at that precision (torch.matmul 8192^3, TF32 off for
+fp32). Every cell is timed by genrun.bench.timed_row (genrun bench's loop);
+a PyTorch call synchronises the device before it returns.
+
+Targets (checked here, never in tests): the fp16 plan >= 3x torch.compile at
+batch 1 and >= 2x at batch 4096; `genrun sample` end to end (noise in, uint8
+out on the host) >= 80% of the plan's compute throughput at batch 4096;
+fp16 vs fp32: density within 0.01 bits/dim on the MNIST test split and
+pixels equal within one level on >= 99% of pixels.
+
+Writes benchmarks/results/throughput-gpu.md (not with --tiny): GPU, driver,
+library versions, the table, the targets. Nothing is written without a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import math
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from throughput import COMPILE_MODES, trained_engines
+from torch.utils import _pytree as pytree
+
+from genexport.engines import export_checkpoint
+from genexport.graphs import build_graph
+from genrun import Sampler, Scorer, load
+from genrun.bench import random_inputs, time_calls, timed_row
+from genrun.engine import available_providers
+from genrun.errors import UserError
+from genrun.flops import count_flops
+from genrun.readers import load_data
+
+RESULTS = Path(__file__).parent / "results"
+GRAPHS = [("glow", "generate"), ("glow", "density"), ("vae", "decode")]
+NOT_HERE = "not installed on this machine"
+
+
+def matmul_peak_tflops(device: str, dtype: torch.dtype, seconds: float) -> float:
+    size = 8192 if device == "cuda" else 1024
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 peak as fp32
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    median = statistics.median(time_calls(lambda: (torch.mm(a, b), sync()), seconds))
+    return 2 * size**3 / median / 1e12
+
+
+def torch_rows(model, role, batch, device, args) -> list[tuple[str, object]]:
+    """(peer, BenchRow or reason) for eager and the best torch.compile mode."""
+    graph = build_graph(model, role)
+    inputs = graph.sample_inputs(batch, torch.Generator().manual_seed(0))
+    inputs = pytree.tree_map(lambda tensor: tensor.to(device), inputs)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    eager = graph.reference.to(device).eval()
+    frozen = graph.module.to(device).eval()
+    rows = []
+    with torch.inference_mode():
+        rows.append(
+            ("PyTorch eager fp32", timed_row(lambda: (eager(*inputs), sync()), batch, args.seconds))
+        )
+        best, best_mode = None, None
+        for mode in args.modes:
+            torch._dynamo.reset()
+            compiled = torch.compile(frozen, mode=mode, dynamic=False)
+            row = timed_row(
+                lambda compiled=compiled: (compiled(*inputs), sync()), batch, args.seconds
+            )
+            if best is None or row.samples_per_s > best.samples_per_s:
+                best, best_mode = row, mode
+        rows.append((f"torch.compile fp32 ({best_mode}, frozen, dynamic=False)", best))
+    return rows
+
+
+def engine_row(path: Path | None, provider: str, batch: int, args, **options) -> object:
+    """A BenchRow of one engine file through genrun's Engine, or the reason there is none."""
+    if path is None:
+        return NOT_HERE
+    try:
+        engine = load(path, provider=provider, **options)
+    except UserError as err:
+        return f"not run: {err}"
+    feeds = random_inputs(engine, batch)
+    return timed_row(lambda: engine.run(**feeds), batch, args.seconds)
+
+
+def build_plans(paths: dict[str, Path], precision: str, workdir: Path, max_batch: int):
+    """Plans for these ONNX engines (role -> .plan), or None without TensorRT."""
+    try:
+        from genexport.tensorrt import PlanOptions, export_plans
+
+        options = PlanOptions(precision, opt_batch=min(256, max_batch), max_batch=max_batch)
+        return {
+            role: export_plans(path, workdir, options=options)[0].path
+            for role, path in paths.items()
+        }
+    except UserError as err:
+        print(f"TensorRT plans ({precision}): {err}", file=sys.stderr)
+        return None
+
+
+def versions() -> str:
+    names = ["torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-python", "cuda-bindings"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {importlib.metadata.version(name)}")
+        except importlib.metadata.PackageNotFoundError:
+            found.append(f"{name} {NOT_HERE}")
+    return ", ".join(found)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument("--seconds", type=float, default=1.0)
+    parser.add_argument("--batches", default="1,256,4096")
+    parser.add_argument("--modes", default="max-autotune," + ",".join(COMPILE_MODES))
+    parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run")
+    parser.add_argument("--tiny", action="store_true", help="small models, no file written")
+    args = parser.parse_args()
+    args.modes = [m for m in dict.fromkeys(args.modes.split(",")) if m]
+    if args.device == "cuda" and not torch.cuda.is_available():
+        print("no CUDA device here: nothing measured, nothing written", file=sys.stderr)
+        sys.exit(1)
+    batches = [int(b) for b in args.batches.split(",")]
+    data = load_data(args.data)
+    peaks = {
+        precision: matmul_peak_tflops(args.device, dtype, args.seconds)
+        for precision, dtype in (("fp32", torch.float32), ("fp16", torch.float16))
+        if args.device == "cuda" or precision == "fp32"
+    }
+    gpu_providers = [p for p in ("cuda", "tensorrt") if p in available_providers()]
+    rows, checks = [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        engines = trained_engines(workdir, data, args.tiny, device=args.device)
+        fp16 = {
+            family: {
+                e.graph.role: e.path
+                for e in export_checkpoint(
+                    workdir / family / "checkpoint.pt", workdir, precision="fp16", name=family
+                )
+            }
+            for family in engines
+        }
+        plans = {
+            (family, precision): build_plans(
+                paths if precision == "fp32" else fp16[family], precision, workdir, max(batches)
+            )
+            for family, (_, paths) in engines.items()
+            for precision in ("fp32", "fp16")
+        }
+        for family, role in GRAPHS:
+            model, paths = engines[family]
+            flops = count_flops(paths[role])
+            for batch in batches:
+                cells = torch_rows(model, role, batch, args.device, args)
+                for precision, path in (("fp32", paths[role]), ("fp16", fp16[family][role])):
+                    for provider in ("cuda", "tensorrt"):
+                        peer = f"ONNX Runtime {provider} {precision}"
+                        here = path if provider in gpu_providers else None
+                        cells.append((peer, engine_row(here, provider, batch, args)))
+                    plan = (plans[(family, precision)] or {}).get(role)
+                    cells.append(
+                        (f"TensorRT plan {precision}", engine_row(plan, "tensorrt", batch, args))
+                    )
+                    cells.append(
+                        (
+                            f"TensorRT plan {precision}, CUDA graphs",
+                            engine_row(plan, "tensorrt", batch, args, cuda_graphs=True),
+                        )
+                    )
+                rows += [(f"{family} {role}", batch, peer, cell, flops) for peer, cell in cells]
+                print(rows[-1], flush=True)
+        checks = targets(rows, engines, fp16, plans, data, batches, args)
+    write(rows, checks, peaks, args)
+
+
+def targets(rows, engines, fp16, plans, data, batches, args) -> list[str]:
+    """The issue's targets, each 'met', 'missed' or 'not measured' with why."""
+    by = {(graph, batch, peer): cell for graph, batch, peer, cell, _ in rows}
+
+    def speed(graph, batch, prefix):
+        cells = [
+            c for (g, b, p), c in by.items() if g == graph and b == batch and p.startswith(prefix)
+        ]
+        speeds = [c.samples_per_s for c in cells if not isinstance(c, str)]
+        return max(speeds) if speeds else None
+
+    lines = []
+    for batch, factor in ((1, 3), (max(batches), 2)):
+        plan = speed("glow generate", batch, "TensorRT plan fp16")
+        compiled = speed("glow generate", batch, "torch.compile")
+        if plan is None or compiled is None:
+            lines.append(f"fp16 plan >= {factor}x torch.compile at batch {batch}: not measured")
+        else:
+            ratio = plan / compiled
+            verdict = "met" if ratio >= factor else "missed"
+            lines.append(
+                f"fp16 plan >= {factor}x torch.compile at batch {batch}: {ratio:.2f}x, {verdict}"
+            )
+    # End to end: genrun's Sampler on the fastest engine it can load, at the largest batch.
+    batch = max(batches)
+    plan16 = (plans[("glow", "fp16")] or {}).get("generate")
+    source = plan16 or fp16["glow"]["generate"]
+    provider = "tensorrt" if plan16 else (available_providers()[0])
+    compute = speed("glow generate", batch, "TensorRT plan fp16" if plan16 else "ONNX Runtime")
+    sampler = Sampler(load(source, provider=provider))
+    n = batch * 4
+    started = time.perf_counter()
+    sampler.sample(n, batch_size=batch)
+    end_to_end = n / (time.perf_counter() - started)
+    if compute:
+        share = end_to_end / compute
+        lines.append(
+            f"`genrun sample` end to end at batch {batch} ({source.name}, {provider}): "
+            f"{end_to_end:,.0f} samples/s = {share:.0%} of compute, "
+            + ("met" if share >= 0.8 else "missed")
+        )
+    else:
+        lines.append(
+            f"`genrun sample` end to end at batch {batch}: {end_to_end:,.0f} samples/s "
+            f"({source.name}, {provider}); its compute throughput not measured (no GPU engine)"
+        )
+    # fp16 vs fp32 quality on the test split, on the GPU engines if present.
+    gpu = "cuda" if "cuda" in available_providers() else "cpu"
+    images = data.test.images
+    bpd32 = Scorer(load(engines["glow"][1]["density"], provider=gpu)).bits_per_dim(images)
+    bpd16 = Scorer(load(fp16["glow"]["density"], provider=gpu)).bits_per_dim(images)
+    difference = abs(float(bpd16.mean() - bpd32.mean()))
+    lines.append(
+        f"fp16 vs fp32 density ({gpu}): mean bits/dim {bpd32.mean():.4f} vs {bpd16.mean():.4f}, "
+        f"|difference| {difference:.4f}, " + ("met" if difference <= 0.01 else "missed")
+    )
+    s32 = Sampler(load(engines["glow"][1]["generate"], provider=gpu)).sample(1000, seed=0)
+    s16 = Sampler(load(fp16["glow"]["generate"], provider=gpu)).sample(1000, seed=0)
+    level = 255 / (2 ** load(fp16["glow"]["generate"]).manifest.pixels.n_bits - 1)
+    within = float(np.mean(np.abs(s32.astype(int) - s16) <= math.ceil(level)))
+    lines.append(
+        f"fp16 vs fp32 pixels ({gpu}): {within:.2%} within one level, "
+        + ("met" if within >= 0.99 else "missed")
+    )
+    return lines
+
+
+def write(rows, checks, peaks, args) -> None:
+    name = torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor()
+    driver = ""
+    if args.device == "cuda":
+        from genrun.backends.cuda_memory import current_device
+
+        try:
+            driver = f", CUDA driver {current_device().driver}"
+        except UserError as err:
+            driver = f", driver not read ({err})"
+    peak_text = ", ".join(f"{p} {v:.1f} TFLOP/s" for p, v in peaks.items())
+    lines = [
+        "# Throughput on GPU: PyTorch eager, torch.compile, ONNX Runtime CUDA/TensorRT, "
+        "TensorRT plans",
+        "",
+        f"Machine: {name}{driver}; {versions()}; Python {platform.python_version()}. "
+        f"Matmul peak (torch.mm 8192^3, TF32 off): {peak_text}. Medians of per-call time "
+        f"over about {args.seconds:g} s per cell after warm-up (genrun.bench.timed_row).",
+        "",
+        "| graph | batch | peer | samples/s | p50 ms | p99 ms | TFLOP/s | % peak |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for graph, batch, peer, cell, flops in rows:
+        if isinstance(cell, str):
+            lines.append(f"| {graph} | {batch} | {peer} | {cell} | | | | |")
+            continue
+        tflops = flops * cell.samples_per_s / 1e12
+        peak = peaks.get("fp16" if "fp16" in peer else "fp32")
+        share = f"{100 * tflops / peak:.1f}%" if peak else "-"
+        ms = cell.latency_ms
+        lines.append(
+            f"| {graph} | {batch} | {peer} | {cell.samples_per_s:,.0f} | {ms['p50']:.3f} "
+            f"| {ms['p99']:.3f} | {tflops:.2f} | {share} |"
+        )
+    lines += ["", "Targets:", "", *(f"- {line}" for line in checks)]
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if not args.tiny:
+        RESULTS.mkdir(exist_ok=True)
+        (RESULTS / "throughput-gpu.md").write_text(text)
+
+
+if __name__ == "__main__":
+    main()

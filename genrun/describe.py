@@ -1,0 +1,81 @@
+"""The manifest as aligned, readable lines: the one printer behind `genrun
+info` and `genexport info` (each adds its own first lines: the file, the
+provider)."""
+
+from __future__ import annotations
+
+from .manifest import Manifest, Parity, TensorSpec
+
+
+def labelled(label: str, text: str) -> str:
+    """One labelled line, labels in a column of ten."""
+    return f"{label:<10} {text}"
+
+
+def tensor_lines(specs: list[TensorSpec]) -> list[str]:
+    """One indented line per tensor: name, dtype, shape, description, default."""
+    return [
+        f"  {spec.name:<14} {spec.dtype:<8} {_shape(spec.shape):<18} {spec.description}"
+        + ("" if spec.default is None else f" (default {spec.default:g})")
+        for spec in specs
+    ]
+
+
+def parity_text(check: Parity) -> str:
+    """A parity check in words: what was compared, at which batch sizes, how close."""
+    batches = ", ".join(str(n) for n in check.batch_sizes)
+    errors = ", ".join(
+        f"{key} {error:.2g} (<= {check.tolerance[key]:.2g})"
+        for key, error in check.max_abs_error.items()
+    )
+    subject = f"{check.precision} graph vs {check.reference}"
+    return f"{subject} at batch {batches}: max abs error {errors}"
+
+
+def manifest_lines(manifest: Manifest) -> list[str]:
+    """Everything a manifest says: model, tensors, pixels, temperature,
+    provenance, export and parity."""
+    ckpt, export, pixels = manifest.checkpoint, manifest.export, manifest.pixels
+    nodes = f"{export.nodes} nodes"
+    if export.nodes_unfolded:
+        nodes += (
+            f" (float32: {export.nodes_unfolded} before, {export.nodes_folded} after "
+            "folding ActNorm into the 1x1 convolutions)"
+        )
+    metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
+    lines = [
+        labelled(
+            "model",
+            f"{manifest.family} {manifest.role}, {manifest.precision}, "
+            f"images {manifest.data_shape}, manifest v{manifest.version}",
+        ),
+        "inputs",
+        *tensor_lines(manifest.inputs),
+        "outputs",
+        *tensor_lines(manifest.outputs),
+        labelled("latents", ", ".join(str(s) for s in manifest.latent_shapes)),
+        labelled(
+            "pixels",
+            f"n_bits {pixels.n_bits}, float images in {pixels.value_range}"
+            + (f", {pixels.likelihood}" if pixels.likelihood else ""),
+        ),
+        f"  from uint8 {pixels.from_uint8}",
+        f"  to uint8   {pixels.to_uint8}",
+        f"  discretisation term {pixels.discretization_nats:.4f} nats",
+    ]
+    if manifest.temperature:
+        lines.append(labelled("temperature", manifest.temperature))
+    return [
+        *lines,
+        labelled("checkpoint", f"{ckpt.file}, sha256 {ckpt.sha256[:16]}..., step {ckpt.step}"),
+        f"  test     {metrics}",
+        f"  data     {ckpt.data.get('spec', '?')}",
+        labelled("export", f"{export.exporter}, opset {export.opset}, {nodes}"),
+        f"  versions {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
+        *(labelled("parity", parity_text(check)) for check in manifest.parity),
+        *([labelled("training", stats.summary())] if (stats := manifest.training_scores) else []),
+    ]
+
+
+def _shape(shape: list[int | str]) -> str:
+    return "[" + ", ".join(str(d) for d in shape) + "]"
