@@ -5,10 +5,12 @@ genexport onnx CKPT --graphs density --precision fp16   # float16 inside, float3
 genexport verify runs/demo/demo.density.onnx --ckpt runs/demo/checkpoint.pt
 genexport info runs/demo/demo.generate.onnx
 genexport tensorrt runs/demo/checkpoint.pt --precision fp16   # TensorRT plans (GPU)
+genexport triton runs/demo/checkpoint.pt --out model_repository
 """
 
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated
 
@@ -156,6 +158,42 @@ def verify_command(
     typer.echo(f"{engine.name} ({manifest.family} {manifest.role}, {manifest.precision})")
     typer.echo(f"  {parity_text(check)}")
     typer.echo("ok: every output within its bound")
+
+
+@app.command("triton")
+def triton_command(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="A checkpoint.pt (its engines are exported first), or .onnx engines and "
+            "TensorRT .plan files (with their .plan.json sidecars)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="The Triton model repository to add models to.")],
+    max_batch: Annotated[
+        int, typer.Option(help="max_batch_size of ONNX models (a plan's is its profile max).")
+    ] = 256,
+    instances: Annotated[int, typer.Option(help="Model instances (instance_group count).")] = 1,
+    kind: Annotated[str, typer.Option(help="Where ONNX instances run: auto, cpu or gpu.")] = "auto",
+    queue_delay_us: Annotated[
+        int, typer.Option(help="Dynamic batching: longest wait to fill a batch, microseconds.")
+    ] = 100,
+) -> None:
+    """Write a Triton Inference Server model repository, one model per engine:
+    NAME-ROLE/config.pbtxt and NAME-ROLE/1/model.onnx (or model.plan)."""
+    from .triton import triton_model, write_repository
+
+    with tempfile.TemporaryDirectory(prefix="genexport-triton-") as exported:
+        engines = []
+        for source in sources:
+            if source.suffix == ".pt":
+                engines += [e.path for e in export_checkpoint(source, Path(exported))]
+            else:
+                engines.append(source)
+        models = [triton_model(e, max_batch, instances, kind, queue_delay_us) for e in engines]
+        for folder in write_repository(models, out):
+            typer.echo(f"{folder}/config.pbtxt")
+    typer.echo(f"{len(models)} models in {out}; serve with `tritonserver --model-repository {out}`")
 
 
 @app.command("info")

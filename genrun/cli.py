@@ -46,6 +46,17 @@ EngineOption = Annotated[
         help="An .onnx engine (`genexport onnx`) or a TensorRT .plan (`genexport tensorrt`).",
     ),
 ]
+RayOption = Annotated[
+    bool,
+    typer.Option(
+        "--ray", help="Run on Ray (vaeflow[ray]): a local Ray, or the cluster of --ray-address."
+    ),
+]
+RayAddressOption = Annotated[
+    str | None,
+    typer.Option(help="Ray cluster to run on (implies --ray): ray://HOST:10001, or auto."),
+]
+ActorsOption = Annotated[int, typer.Option(help="With --ray: engine actors (one engine each).")]
 ProviderOption = Annotated[
     str,
     typer.Option(
@@ -75,8 +86,9 @@ def sample_command(
     out: Annotated[
         Path,
         typer.Option(
-            help="FILE.png (a grid), FILE.npz (array 'images'), DIR/ (one PNG each), or a "
-            "pipe or device such as /dev/stdout (the npz, streamed)."
+            help="FILE.png (a grid), FILE.npz (array 'images'), DIR/ (one PNG each), a "
+            "pipe or device such as /dev/stdout (the npz, streamed), or with --ray "
+            "DIR.parquet (parquet shards of rows index, pixels)."
         ),
     ] = Path("samples.png"),
     fixed_levels: Annotated[
@@ -92,12 +104,23 @@ def sample_command(
         ),
     ] = "error",
     cuda_graphs: CudaGraphsOption = False,
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
     # Checks the arguments before anything is written.
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
     kind = _output_kind(out)
+    if ray or ray_address or kind == "parquet":  # the same samples, made by Ray actors
+        batches = _ray_samples(
+            engine, out, kind, ray_address, actors, provider, n=n, temperature=temperature,
+            seed=seed, batch_size=batch, fixed_levels=fixed_levels,
+        )  # fmt: skip
+        if batches is None:  # written as parquet shards
+            typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
+            return
     if kind == "png" and n > MAX_GRID:
         raise UserError(
             f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
@@ -178,6 +201,9 @@ def likelihood_command(
     ] = "error",
     batch: Annotated[int, typer.Option(help="Rows per engine call (images x draws).")] = 256,
     provider: ProviderOption = "auto",
+    ray: RayOption = False,
+    ray_address: RayAddressOption = None,
+    actors: ActorsOption = 2,
 ) -> None:
     """Per-image scores and their mean; high values flag out-of-distribution
     images. The default, nll, is a bound on -log2 P(x) / D for the discrete image
@@ -195,12 +221,20 @@ def likelihood_command(
     if out is not None:
         _check_writable(out)
 
+    on_ray = ray or ray_address is not None
+    if on_ray and score != "nll":
+        raise UserError(f"--ray scores nll only, not {score}; drop --ray for {score}")
+
     def scored(images: np.ndarray) -> Scores:
+        if on_ray:  # the same bound from Ray actors (FILES are read there)
+            return _ray_scores(
+                engine, images, ray_address, actors, provider, iw_samples, seed, batch
+            )
         return scorer.score(images, score, iw_samples, seed, batch, m)
 
     grouped = score == "typicality" and m > 1
     if files:
-        result = scored(read_image_files(files, expected))
+        result = scored(files if on_ray else read_image_files(files, expected))
         header = ("first_file", "images", score) if grouped else ("file", score)
         labels = [(str(files[i]),) for i in range(0, len(files), m if grouped else 1)]
         sizes = [min(m, len(files) - i) for i in range(0, len(files), m)] if grouped else None
@@ -386,13 +420,43 @@ def _plan_lines(engine: Engine) -> list[str]:
     ]
 
 
+def _ray_samples(engine: Path, out: Path, kind: str, address, actors, provider, **options):
+    """Sample batches from Ray actors, or None once written as parquet shards."""
+    from . import distributed
+
+    distributed.start(address)
+    if kind != "parquet":
+        return distributed.sample_batches(engine, actors=actors, provider=provider, **options)
+    _check_writable(out)
+    dataset = distributed.sample_dataset(engine, actors=actors, provider=provider, **options)
+    distributed.write_parquet(dataset, out)
+    return None
+
+
+def _ray_scores(engine, images, address, actors, provider, iw_samples, seed, batch) -> Scores:
+    """The nll bound in bits/dim from Ray actors (floored at 0 there; the count of
+    floored values is not gathered)."""
+    from . import distributed
+    from .scorer import Scores
+
+    distributed.start(address)
+    values = distributed.score(
+        engine, images, iw_samples, seed, batch, actors=actors, provider=provider
+    )
+    return Scores("nll", values, int((~np.isfinite(values)).sum()), 0, iw_samples, seed)
+
+
 def _output_kind(out: Path) -> str:
+    if out.suffix.lower() == ".parquet":
+        return "parquet"
     if out.suffix.lower() in (".png", ".npz"):
         return out.suffix.lower()[1:]
     if is_stream(out):
         return "npz"  # a pipe or device (/dev/stdout): the array, streamed
     if out.suffix:
-        raise UserError(f"--out {out}: use a .png grid, an .npz file or a folder")
+        raise UserError(
+            f"--out {out}: use a .png grid, an .npz file, a folder or (with --ray) DIR.parquet"
+        )
     return "dir"
 
 

@@ -122,6 +122,7 @@ class Sampler:
         batch_size: int = 256,
         fixed_levels: int = 0,
         nonfinite: str = "error",
+        first: int = 0,
     ) -> SampleBatches:
         """The same n samples as `sample`, as uint8 batches of up to batch_size
         (memory stays bounded for any n). The first `fixed_levels` noise inputs
@@ -132,9 +133,12 @@ class Sampler:
         MAX_INDICES of them). `nonfinite`: "error" yields every batch as it
         comes and then raises a UserError with the count if any was seen (so
         a streamed writer discards its temporary file); "drop" leaves them out
-        of the batches; "keep" yields them (their pixels are meaningless)."""
+        of the batches; "keep" yields them (their pixels are meaningless).
+        `first` > 0 yields only items first..n-1 (a worker's share of a run)."""
         _check_count("n", n)
         _check_count("batch size", batch_size)
+        if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
+            raise UserError(f"first must be a whole number in [0, n], got {first!r}")
         if nonfinite not in NONFINITE:
             raise UserError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
         scale = self._checked_temperature(temperature)
@@ -149,8 +153,10 @@ class Sampler:
                 f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
             )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
-        pipeline = self._batches(n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels)
-        return SampleBatches(pipeline, n, nonfinite)
+        pipeline = self._batches(
+            n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first
+        )
+        return SampleBatches(pipeline, n - first, nonfinite)
 
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
@@ -179,6 +185,7 @@ class Sampler:
         noise: BlockNoise,
         batch_size: int,
         fixed_levels: int,
+        first: int = 0,
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """A pipeline of depth one: while a worker thread runs batch i on the
         engine (ONNX Runtime and the CUDA stream wait without the GIL), this
@@ -191,13 +198,15 @@ class Sampler:
         def levels(start: int) -> list[np.ndarray]:
             stop = min(n, start + batch_size)
             drawn = noise.take(start, stop)
-            for i, first in enumerate(fixed):
-                drawn[i] = np.repeat(first, stop - start, axis=0)
+            for i, shared in enumerate(fixed):
+                drawn[i] = np.repeat(shared, stop - start, axis=0)
             return drawn
 
-        starts = range(0, n, batch_size)
+        starts = range(first, n, batch_size)
+        if not starts:
+            return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrun-engine") as worker:
-            running = worker.submit(self._generate, levels(0), temperature)
+            running = worker.submit(self._generate, levels(starts[0]), temperature)
             try:
                 for previous, start in itertools.pairwise(starts):
                     upcoming = levels(start)  # drawn while the engine runs the batch before

@@ -89,11 +89,14 @@ class Scorer:
         iw_samples: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
+        first: int = 0,
     ) -> np.ndarray:
         """A bound on -log P(x) in nats of each uint8 image, float64 (N,),
         never negative (see the module doc): K seeded draws per image
-        (default: 1 offset for density engines, 100 latents for elbo ones)."""
-        return np.fmax(self._raw_nll(images, iw_samples, seed, batch_size), 0.0)
+        (default: 1 offset for density engines, 100 latents for elbo ones).
+        images[0] is image `first` of the whole set: its draws are that
+        image's, so a worker's share scores as within the whole."""
+        return np.fmax(self._raw_nll(images, iw_samples, seed, batch_size, first), 0.0)
 
     def bits_per_dim(
         self,
@@ -101,10 +104,12 @@ class Scorer:
         iw_samples: int | None = None,
         seed: int = 0,
         batch_size: int = 256,
+        first: int = 0,
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's `bpd`
         (flows, K = 1) or the IWAE `bpd` (VAEs)."""
-        return self.nll(images, iw_samples, seed, batch_size) / (self.dims * math.log(2))
+        nll = self.nll(images, iw_samples, seed, batch_size, first)
+        return nll / (self.dims * math.log(2))
 
     def bits_per_dim_density_at_centers(
         self, images: np.ndarray, batch_size: int = 256
@@ -194,7 +199,12 @@ class Scorer:
         return k
 
     def _raw_nll(
-        self, images: np.ndarray, iw_samples: int | None, seed: int, batch_size: int
+        self,
+        images: np.ndarray,
+        iw_samples: int | None,
+        seed: int,
+        batch_size: int,
+        first: int = 0,
     ) -> np.ndarray:
         """-(log (1/K) sum_k w_ik) per image before the floor at 0; weights
         streamed in calls of at most `batch_size` rows."""
@@ -214,7 +224,8 @@ class Scorer:
         for start in range(0, rows, batch_size):
             stop = min(rows, start + batch_size)
             owner = np.arange(start, stop) // k  # image of each row
-            draws = noise.take(start, stop) if shapes else []
+            offset = first * k  # draws follow the image's index in the whole set
+            draws = noise.take(offset + start, offset + stop) if shapes else []
             total.add(owner, self._log_weights(images[owner], draws))
         return -total.result(k) + extra
 

@@ -25,6 +25,7 @@ from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
 from genrun.readers import DATA_SPECS_HELP, load_data
 
+from . import distributed
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
@@ -114,6 +115,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
     training options, out/resume/overwrite say where, the rest configure the
     model (named as the family's config fields)."""
     arguments = dict(arguments)
+    world = distributed.setup(arguments["device"])  # under torchrun: join the ranks
     out, resume, overwrite = (arguments.pop(k) for k in ("out", "resume", "overwrite"))
     train_fields = {f.name for f in fields(TrainConfig)}
     train_options = {k: v for k, v in arguments.items() if k in train_fields}
@@ -143,7 +145,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
                 f"{out} already holds a run; pass --resume to continue it, "
                 "--overwrite to replace it, or another --out"
             )
-        if overwrite:
+        if overwrite and world.is_main:
             (out / "metrics.jsonl").unlink(missing_ok=True)
         defaults = {k: v for k, v in train_options.items() if v is not None}
         config = TrainConfig(**{**model_class(family).train_defaults, **defaults})
@@ -168,6 +170,8 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
         )
         # 130 after Ctrl-C, 143 after SIGTERM: the shell's 128 + signal number.
         raise typer.Exit(128 + (trainer.stop_signal or signal.SIGINT)) from None
+    if not world.is_main:  # rank 0 reports and draws the preview
+        return
     model = trainer.final_model
     name, images = model.preview(torch.as_tensor(data.test.images[:64]))
     grid = save_grid(images.cpu().numpy(), out / f"{name}.png", nrow=8, scale=_scale(data.shape))

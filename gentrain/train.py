@@ -20,6 +20,7 @@ import torch
 from genrun.errors import UserError
 from genrun.readers import DATA_SPECS_HELP, DataSplit
 
+from . import distributed
 from .checkpoint import save_checkpoint
 from .data import EpochBatches, chunks
 from .models import GenerativeModel
@@ -182,6 +183,7 @@ class Trainer:
         resume: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.data, self.out = config, data, Path(out)
+        self.world = distributed.current()  # torchrun ranks, or one process
         self.device = pick_device(config.device)
         # Channels-last convolutions measured 1.2x faster for Glow on CPU.
         self.model = model.to(self.device, memory_format=torch.channels_last).train()
@@ -247,6 +249,8 @@ class Trainer:
         }
 
     def save(self) -> Path:
+        if not self.world.is_main:  # rank 0 writes; every rank holds the same state
+            return self.out / CHECKPOINT_NAME
         path = save_checkpoint(self.out / CHECKPOINT_NAME, self.state())
         self._saved_at = time.perf_counter()
         return path
@@ -263,7 +267,7 @@ class Trainer:
         killed run logged them after its last checkpoint; the resumed run logs
         them again) and any line a kill cut short, so no step appears twice."""
         path = self.out / "metrics.jsonl"
-        if not path.exists():
+        if not self.world.is_main or not path.exists():  # rank 0 owns the log
             return
         kept = [line for line in path.read_text().splitlines() if _step_of(line) <= self.step]
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -272,6 +276,8 @@ class Trainer:
 
     # -- the loop -------------------------------------------------------
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.world.is_main:
+            return
         with open(self.out / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(record) + "\n")
 
@@ -288,14 +294,17 @@ class Trainer:
     def _train_step(self) -> dict[str, float] | None:
         """One optimiser step; None when the loss or gradient was not finite
         (the step is skipped and the weights stay as they were)."""
-        x = self.batches.batch(self.step).to(self.device)
+        batch = self.batches.batch(self.step)
+        x = self.world.local_slice(batch).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
-        objective = self.model.objective(x)
-        if not torch.isfinite(objective.loss):
+        with self.world.noise(len(batch)):
+            objective = self.model.objective(x)
+        if self.world.any(not torch.isfinite(objective.loss)):
             return None
         objective.loss.backward()
+        self.world.average_gradients(self.model.parameters())
         max_norm = self.config.clip if self.config.clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm)
         if not torch.isfinite(grad_norm):
@@ -303,7 +312,7 @@ class Trainer:
         self.optimizer.step()
         if self.average:
             self.average.update(self.model, self.step)
-        return {**objective.metrics, "grad_norm": grad_norm.item()}
+        return {**self.world.average_metrics(objective.metrics), "grad_norm": grad_norm.item()}
 
     def fit(self) -> dict[str, float]:
         """Train to `total_steps`; returns the final test metrics."""
@@ -317,7 +326,7 @@ class Trainer:
         self._started, images_seen = time.perf_counter(), 0
         with _StopFlag() as stop:
             while self.step < self.total_steps:
-                if stop.raised:
+                if self.world.any(stop.raised):
                     progress.close()
                     self.save()
                     self.stop_signal = stop.signum
@@ -342,12 +351,14 @@ class Trainer:
                 progress.update(
                     self.step, f"{headline} {metrics[headline]:.4f} | {speed:.0f} img/s"
                 )
-                out_of_time = config.minutes is not None and self._elapsed() >= config.minutes * 60
+                out_of_time = config.minutes is not None and self.world.any(
+                    self._elapsed() >= config.minutes * 60
+                )
                 last = self.step == self.total_steps or out_of_time
                 if self.step % config.log_every == 0 or last:
                     self._log_train(window, speed)
                     window = []
-                if self.step % config.eval_every == 0 or last:
+                if (self.step % config.eval_every == 0 or last) and self.world.is_main:
                     self.last_metrics = test_objective(self.final_model, self.data, self.device)
                     self._log({"step": self.step, "split": "test", **self.last_metrics})
                 if self._checkpoint_due() or last:

@@ -1,0 +1,117 @@
+"""`genrun --ray` (genrun/distributed.py): Ray actors give the one-process
+results: samples bit for bit, scores to float rounding, in the same order.
+One local Ray (2 CPUs, actors with fractional CPUs) shared by the module."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from cli_helpers import InProcessCli
+from PIL import Image
+
+from genexport.engines import export_checkpoint
+from genrun import distributed
+from genrun.cli import main
+from genrun.engine import load
+from genrun.readers import load_data
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
+from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.train import TrainConfig, Trainer
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed")
+pytestmark = pytest.mark.slow  # a local Ray takes seconds to start on 2 cores
+
+SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
+cli = InProcessCli(main, "genrun")
+
+
+def genrun(*args) -> None:
+    code, _, err = cli.run(*args)
+    assert code == 0, err
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    distributed.start()  # joins the running Ray, sets ordered, quiet execution
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_data("digits")
+
+
+@pytest.fixture(scope="module")
+def engines(digits, tmp_path_factory) -> dict[str, Path]:
+    """Tiny Glow generate/density and VAE decode/elbo engines."""
+    paths = {}
+    for family, model in [
+        ("glow", lambda: Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=8))),
+        ("vae", lambda: VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))),
+    ]:
+        out = tmp_path_factory.mktemp(family)
+        torch.manual_seed(0)
+        Trainer(model(), digits, TrainConfig(device="cpu", **SMALL), out).fit()
+        for engine in export_checkpoint(out / "checkpoint.pt", out, name="tiny"):
+            paths[f"{family}-{engine.graph.role}"] = engine.path
+    return paths
+
+
+@pytest.mark.parametrize(("name", "fixed"), [("glow-generate", 0), ("vae-decode", 0)])
+def test_ray_samples_equal_one_process_bit_for_bit(local_ray, engines, name, fixed) -> None:
+    options = dict(temperature=0.8, seed=5, batch_size=64, fixed_levels=fixed)
+    one = Sampler(load(engines[name], threads=1)).sample(700, **options)  # 3 units of 256
+    on_ray = distributed.sample(engines[name], 700, actors=2, **options)
+    assert on_ray.dtype == np.uint8 and np.array_equal(on_ray, one)
+
+
+@pytest.mark.parametrize(("name", "k"), [("glow-density", 1), ("vae-elbo", 8)])
+def test_ray_scores_equal_one_process(local_ray, engines, digits, name, k) -> None:
+    images = digits.test.images
+    one = Scorer(load(engines[name], threads=1)).bits_per_dim(images, k, seed=2, batch_size=64)
+    on_ray = distributed.score(engines[name], images, k, seed=2, batch_size=64, actors=2)
+    np.testing.assert_allclose(on_ray, one, rtol=1e-6)
+
+
+def test_cli_ray_writes_what_one_process_writes(local_ray, engines, digits, tmp_path) -> None:
+    generate = ["sample", "--engine", str(engines["glow-generate"]), "--n", "300", "--batch", "64"]
+    genrun(*generate, "--out", str(tmp_path / "one.npz"))
+    genrun(*generate, "--out", str(tmp_path / "ray.npz"), "--ray", "--actors", "2")
+    one, on_ray = (np.load(tmp_path / f"{k}.npz")["images"] for k in ("one", "ray"))
+    assert np.array_equal(one, on_ray)
+    genrun(*generate, "--out", str(tmp_path / "shards.parquet"), "--ray")
+    table = ray.data.read_parquet(str(tmp_path / "shards.parquet")).sort("index").take_all()
+    assert [row["index"] for row in table] == list(range(300))
+    assert np.array_equal(np.stack([row["pixels"] for row in table]), one)
+
+    files = []
+    for i, image in enumerate(digits.test.images[:5]):
+        files.append(tmp_path / f"digit{i}.png")
+        Image.fromarray(image[0]).save(files[-1])
+    score = ["likelihood", "--engine", str(engines["glow-density"]), *map(str, files)]
+    genrun(*score, "--out", str(tmp_path / "one.csv"))
+    genrun(*score, "--out", str(tmp_path / "ray.csv"), "--ray")
+    rows = [list(csv.reader((tmp_path / f"{k}.csv").open())) for k in ("one", "ray")]
+    assert [r[0] for r in rows[1]] == ["file", *map(str, files)]  # per-path scores, in order
+    np.testing.assert_allclose(
+        [float(r[1]) for r in rows[1][1:]], [float(r[1]) for r in rows[0][1:]], rtol=1e-6
+    )
+
+
+def test_ray_refuses_bad_input_in_one_line(local_ray, engines, tmp_path) -> None:
+    result = cli.run(
+        "sample", "--engine", engines["glow-generate"], "--ray", "--actors", "0",
+        "--out", tmp_path / "x.npz",
+    )  # fmt: skip
+    cli.assert_one_line_error(result, "--actors must be a whole number >= 1")
+    assert not (tmp_path / "x.npz").exists()
+    missing = tmp_path / "missing.png"
+    result = cli.run("likelihood", "--engine", engines["glow-density"], missing, "--ray")
+    cli.assert_one_line_error(result, f"image file {missing} does not exist")
