@@ -123,6 +123,10 @@ def model_from_checkpoint(payload: dict[str, Any], family: str | None = None) ->
         raise UserError(f"the checkpoint lacks its model config or weights; {fix}")
     with torch.device("meta"):
         skeleton = build_model(stored_family, config)
+    weights = dict(weights)
+    for name, module in skeleton.named_modules():  # older checkpoints' missing buffers
+        if hasattr(module, "upgrade_state_dict"):
+            module.upgrade_state_dict(weights, f"{name}." if name else "")
     _check_weights(skeleton.state_dict(), weights, stored_family, fix)
     model = build_model(stored_family, config)
     model.load_state_dict(weights)

@@ -75,3 +75,15 @@ def test_bernoulli_log_prob_is_minus_the_cross_entropy_and_finite_at_any_logit()
     got = bernoulli.log_prob(x, logits)
     assert torch.isfinite(got).all()
     assert torch.allclose(got, expected, rtol=1e-5)
+
+
+def test_a_checkpoint_from_before_the_floor_passes_the_loaders_weight_check() -> None:
+    from gentrain.checkpoint import model_from_checkpoint
+
+    torch.manual_seed(0)
+    model = Glow(GlowConfig((1, 8, 8), levels=1, depth=1, hidden=8))
+    old = {k: v for k, v in model.state_dict().items() if not k.endswith("scale_floor")}
+    payload = {"family": "glow", "model_config": model.config.to_dict(), "model": old}
+    loaded = model_from_checkpoint(payload, "glow")
+    assert loaded.levels[0].steps[0].layers[2].scale_floor.item() == 0.0
+    assert set(old) < set(loaded.state_dict())  # the buffer was filled, nothing else changed

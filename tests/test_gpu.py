@@ -31,7 +31,8 @@ from genrun.cli import main as genrun_main
 from genrun.engine import available_providers, load, ort_session
 from genrun.errors import UserError
 from genrun.readers import load_data
-from genrun.sampler import Sampler, Scorer
+from genrun.sampler import Sampler
+from genrun.scorer import Scorer
 from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
 

@@ -160,9 +160,14 @@ class AffineCoupling(nn.Module):
             # A buffer, so checkpoints carry it: one trained without (f = 0) reloads as trained.
             self.register_buffer("scale_floor", torch.tensor(SCALE_FLOOR))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+    def upgrade_state_dict(self, state_dict: dict, prefix: str) -> None:
+        """Fill what a checkpoint from before the floor lacks (f = 0: as trained).
+        The checkpoint loader calls it before checking the weights' names."""
         if not self.additive and prefix + "scale_floor" not in state_dict:
-            state_dict[prefix + "scale_floor"] = torch.tensor(0.0)  # from before the floor
+            state_dict[prefix + "scale_floor"] = torch.tensor(0.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
+        self.upgrade_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def _shift_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
