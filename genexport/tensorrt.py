@@ -24,6 +24,7 @@ generate plan -> the same pixels. A miss is a one-line error and no file.
 from __future__ import annotations
 
 import hashlib
+import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -181,7 +182,11 @@ def build_plan(
     builder = trt.Builder(log)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, log)
-    if not parser.parse_from_file(str(onnx_path)):
+    with tempfile.TemporaryDirectory(prefix="genexport-trt-") as folder:
+        source = Path(folder) / onnx_path.name
+        source.write_bytes(inputs_not_constants(onnx_path.read_bytes()))
+        parsed = parser.parse_from_file(str(source))
+    if not parsed:
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise UserError(f"TensorRT's ONNX parser refused {onnx_path.name}: {errors[:300]}")
     config = builder.create_builder_config()
@@ -201,6 +206,25 @@ def build_plan(
             "--workspace-gib or a smaller --max-batch"
         )
     return bytes(plan), bytes(config.get_timing_cache().serialize())
+
+
+def inputs_not_constants(model_bytes: bytes) -> bytes:
+    """The graph with every input that has a default (an initializer of the
+    same name, e.g. the density's `offset`) turned into a plain input. ONNX
+    Runtime lets a caller override such an input; TensorRT's parser would bake
+    the default in as a constant, so a plan would silently ignore a seeded
+    dequantisation offset. The plan runner feeds the manifest's default when
+    the caller leaves one out."""
+    import onnx  # genexport's own dependency; lazy like the rest of this module's imports
+
+    model = onnx.load_model_from_string(model_bytes)
+    inputs = {i.name for i in model.graph.input}
+    kept = [init for init in model.graph.initializer if init.name not in inputs]
+    if len(kept) == len(model.graph.initializer):
+        return model_bytes
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    return model.SerializeToString()
 
 
 def profile_shapes(network: Any, options: PlanOptions) -> dict[str, tuple[tuple[int, ...], ...]]:

@@ -30,7 +30,7 @@ from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .images import save_grid, write_npz_stream
 from .manifest import IMAGES
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
-from .sampler import Sampler
+from .sampler import SampleBatches, Sampler
 from .scorer import Scorer, Scores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -114,13 +114,19 @@ def sample_command(
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
     kind = _output_kind(out)
     if ray or ray_address or kind == "parquet":  # the same samples, made by Ray actors
-        batches = _ray_samples(
+        if nonfinite != "error":
+            raise UserError(
+                f"--nonfinite {nonfinite} is not supported with Ray yet (its actors refuse "
+                "non-finite samples); drop --ray, or keep the default --nonfinite error"
+            )
+        chunks = _ray_samples(
             engine, out, kind, ray_address, actors, provider, n=n, temperature=temperature,
             seed=seed, batch_size=batch, fixed_levels=fixed_levels,
         )  # fmt: skip
-        if batches is None:  # written as parquet shards
+        if chunks is None:  # written as parquet shards
             typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
             return
+        batches = SampleBatches.of_finite(chunks, n)
     if kind == "png" and n > MAX_GRID:
         raise UserError(
             f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "

@@ -244,10 +244,31 @@ class SampleBatches:
         self.produced = 0  # samples drawn (kept or not)
         self.nonfinite = 0
         self.nonfinite_indices: list[int] = []
+        self._pipeline = pipeline
         self._iterator = self._run(pipeline)
+
+    @classmethod
+    def of_finite(cls, chunks: Iterator[np.ndarray], n: int) -> SampleBatches:
+        """Batches already checked finite elsewhere (Ray actors refuse
+        non-finite samples themselves), counted the same way."""
+
+        def pipeline() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            start = 0
+            for pixels in chunks:
+                yield start, pixels, np.zeros(len(pixels), bool)
+                start += len(pixels)
+
+        return cls(pipeline(), n, "error")
 
     def __iter__(self) -> Iterator[np.ndarray]:
         return self
+
+    def close(self) -> None:
+        """Stop early: the pipeline's worker finishes its batch and stops."""
+        self._iterator.close()
+        close = getattr(self._pipeline, "close", None)
+        if close is not None:
+            close()
 
     def __next__(self) -> np.ndarray:
         return next(self._iterator)
