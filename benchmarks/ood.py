@@ -3,6 +3,9 @@
     python benchmarks/ood.py [--data mnist:../shared/data/mnist] [--runs runs/ood]
                              [--minutes glow=5,realnvp=5,vae=2] [--only glow,realnvp,vae]
 
+Needs scikit-learn beside the [export] extra (`pip install scikit-learn`): two of
+the OOD sets come from its bundled photos and digits.
+
 For each model (Glow, RealNVP, VAE) it uses RUNS/FAMILY/checkpoint.pt, training
 it first with `gentrain fit FAMILY --minutes M` (the family's defaults) when
 missing, exports its engines with `genexport onnx` (which measures the training
