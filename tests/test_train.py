@@ -11,9 +11,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from training_helpers import first_images
 
 from genrun.errors import UserError
-from genrun.readers import DataSplit, ImageSet
+from genrun.readers import DataSplit
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
@@ -22,11 +23,7 @@ from gentrain.train import TrainConfig, Trainer
 @pytest.fixture(scope="module")
 def small_mnist(mnist) -> DataSplit:
     """2,000 training and 200 test images of the shared MNIST, at 28x28."""
-    return DataSplit(
-        train=ImageSet(mnist.train.images[:2000], mnist.train.labels[:2000]),
-        test=ImageSet(mnist.test.images[:200], mnist.test.labels[:200]),
-        spec=mnist.spec,
-    )
+    return first_images(mnist, 2000, 200)
 
 
 def _glow(shape) -> Glow:

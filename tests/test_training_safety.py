@@ -20,8 +20,9 @@ from pathlib import Path
 import pytest
 import torch
 from cli_helpers import InProcessCli
+from training_helpers import first_images
 
-from genrun.readers import DataSplit, ImageSet
+from genrun.readers import DataSplit
 from gentrain.checkpoint import load_checkpoint, save_checkpoint
 from gentrain.cli import main
 from gentrain.models import Glow, GlowConfig
@@ -35,11 +36,7 @@ KILLS = 12
 @pytest.fixture(scope="module")
 def tiny_mnist(mnist) -> DataSplit:
     """512 training and 64 test images of the shared MNIST."""
-    return DataSplit(
-        train=ImageSet(mnist.train.images[:512], mnist.train.labels[:512]),
-        test=ImageSet(mnist.test.images[:64], mnist.test.labels[:64]),
-        spec=mnist.spec,
-    )
+    return first_images(mnist, 512, 64)
 
 
 def _glow(shape) -> Glow:

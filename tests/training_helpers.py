@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genrun.readers import DataSplit, ImageSet
 from gentrain.models import GenerativeModel
 
 
@@ -25,3 +26,12 @@ def first_and_last_losses(
         optimizer.step()
         losses.append(objective.metrics[metric] if metric else objective.loss.item())
     return sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+
+
+def first_images(data: DataSplit, train: int, test: int) -> DataSplit:
+    """The first `train` training and `test` test images (and labels) of `data`."""
+    return DataSplit(
+        train=ImageSet(data.train.images[:train], data.train.labels[:train]),
+        test=ImageSet(data.test.images[:test], data.test.labels[:test]),
+        spec=data.spec,
+    )
