@@ -72,10 +72,26 @@ def _export(checkpoint: Path, out: Path) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def glow_exported(glow_checkpoint, tmp_path_factory) -> dict[str, Path]:
+def glow_export_run(glow_checkpoint, tmp_path_factory) -> tuple[dict[str, Path], str]:
+    """`genexport onnx CKPT --name tiny` of the tiny Glow, as a user runs it:
+    (role -> engine, what the command printed)."""
+    from cli_helpers import InProcessCli
+
+    from genexport.cli import main
+
+    out = tmp_path_factory.mktemp("glow-engines")
+    code, stdout, err = InProcessCli(main, "genexport").run(
+        "onnx", glow_checkpoint, "--out", out, "--name", "tiny"
+    )
+    assert code == 0, err
+    return {role: out / f"tiny.{role}.onnx" for role in ("generate", "density")}, stdout
+
+
+@pytest.fixture(scope="session")
+def glow_exported(glow_export_run) -> dict[str, Path]:
     """role -> engine (`tiny.generate.onnx`, `tiny.density.onnx`) of the tiny Glow.
     Shared by the session: read them, never modify them."""
-    return _export(glow_checkpoint, tmp_path_factory.mktemp("glow-engines"))
+    return glow_export_run[0]
 
 
 @pytest.fixture(scope="session")
