@@ -61,7 +61,7 @@ def test_configs_parse_and_match_the_engines(glow_exported, vae_checkpoint, tmp_
         stored = from_json(config.parameters[METADATA_KEY].string_value)
         assert to_json(stored) == to_json(manifest)
         # The model file is the engine, loadable as it is.
-        assert load(engine).manifest.role == name.split("-")[1]
+        assert load(engine).manifest.role == name.rsplit("-", 1)[1]
     generate = _config(repo / "tiny-generate")
     assert [t.name for t in generate.input] == ["noise_0", "noise_1", "temperature"]
     density = {t.name: t for t in _config(repo / "tiny-density").input}
