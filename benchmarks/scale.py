@@ -28,7 +28,7 @@ import numpy as np
 import ray
 import torch
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun import ray_cluster
 from genrun.engine import load
 from genrun.readers import load_data

@@ -13,7 +13,7 @@ import torch
 from cli_helpers import InProcessCli
 from PIL import Image
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun import ray_cluster
 from genrun.cli import main
 from genrun.engine import load
