@@ -17,12 +17,9 @@ import numpy as np
 from .engine import Engine
 from .errors import UserError
 from .manifest import IMAGES, PIXELS, TEMPERATURE
+from .nonfinite import check_policy, nonfinite_rows
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
-# What a sample with NaN/inf in its continuous "images" becomes: "error" (count
-# them all, then refuse: nothing written), "drop" (left out, counted) or "keep"
-# (written as the graph's pixels, whose uint8 cast of NaN/inf means nothing).
-NONFINITE = ("error", "drop", "keep")
 
 
 class BlockNoise:
@@ -139,8 +136,7 @@ class Sampler:
         _check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
-        if nonfinite not in NONFINITE:
-            raise UserError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+        check_policy(nonfinite)
         scale = self._checked_temperature(temperature)
         levels = len(self.noise_inputs)
         if (
@@ -304,14 +300,6 @@ class SampleBatches:
         return (
             f"{self.nonfinite} of {self.produced} samples had NaN or inf in their images ({done})"
         )
-
-
-def nonfinite_rows(images: np.ndarray | None, rows: int) -> np.ndarray:
-    """Per row of a batch: True where any value is NaN or inf (all False
-    when there is nothing to check: no float "images" output)."""
-    if images is None or not np.issubdtype(images.dtype, np.floating):
-        return np.zeros(rows, bool)
-    return ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
 
 
 def _check_count(name: str, value: int) -> None:
