@@ -238,9 +238,6 @@ class Manifest:
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
 
-    def output(self, name: str) -> TensorSpec:
-        return next(spec for spec in self.outputs if spec.name == name)
-
 
 def to_json(manifest: Manifest) -> str:
     return json.dumps(asdict(manifest), indent=1, sort_keys=True)
@@ -401,10 +398,6 @@ def check_graph(
                     f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
                     "engine with `genexport onnx`"
                 )
-
-
-def _training_scores(value: Any) -> TrainingScores | None:
-    return None if value is None else TrainingScores(**value)
 
 
 def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
