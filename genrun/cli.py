@@ -22,14 +22,7 @@ from .engine import PROVIDERS, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .nonfinite import check_policy
-from .outputs import (
-    check_samples_fit,
-    check_writable,
-    is_stdout,
-    sample_kind,
-    write_csv,
-    write_samples,
-)
+from .outputs import SampleOutput, check_writable, is_stdout, write_csv
 from .readers import DATA_SPECS_HELP, load_data, read_image_files
 from .sampler import SampleBatches, Sampler
 from .score_table import ScoreTable
@@ -110,9 +103,9 @@ def sample_command(
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
     # Checks the arguments and the output before anything is sampled or written.
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
-    kind = sample_kind(out)
-    check_samples_fit(out, kind, n)
-    if ray or ray_address or kind == "parquet":  # the same samples, made by Ray actors
+    row_shape = tuple(sampler.engine.manifest.data_shape)
+    output = SampleOutput(out, n, row_shape, counted_at_end=nonfinite == "drop")
+    if ray or ray_address or output.kind == "parquet":  # the same samples, made by Ray actors
         if nonfinite != "error":
             raise UserError(
                 f"--nonfinite {nonfinite} is not supported with Ray yet (its actors refuse "
@@ -121,7 +114,7 @@ def sample_command(
         from .ray_cluster import cli_samples
 
         chunks = cli_samples(
-            engine, out, kind, ray_address, actors=actors, provider=provider, n=n,
+            engine, out, output.kind, ray_address, actors=actors, provider=provider, n=n,
             temperature=temperature, seed=seed, batch_size=batch, fixed_levels=fixed_levels,
         )  # fmt: skip
         if chunks is None:  # written as parquet shards
@@ -130,13 +123,11 @@ def sample_command(
         batches = SampleBatches.of_finite(chunks, n)
     # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
     with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
-        row_shape = tuple(sampler.engine.manifest.data_shape)
-        dropping = nonfinite == "drop"  # the count is known only at the end
-        write_samples(out, kind, progress, n, row_shape, dropping, batches.summary)
+        output.write(progress, batches.summary)
     written = n - (batches.nonfinite if nonfinite == "drop" else 0)
     typer.echo(
         f"{written} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}",
-        err=is_stdout(out),
+        err=output.to_stdout,
     )
     if batches.nonfinite:
         typer.echo(f"warning: {batches.summary()}", err=True)

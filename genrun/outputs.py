@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .atomic import atomic_folder, is_stream, resolve_target, write_atomic
+from .atomic import atomic_folder, is_stream, target_folder, write_atomic
 from .errors import UserError
 from .images import save_grid, write_npz_stream
 from .manifest import IMAGES
@@ -43,22 +43,47 @@ def sample_kind(out: Path) -> str:
     return "dir"
 
 
-def check_samples_fit(out: Path, kind: str, n: int) -> None:
-    """Refuse before sampling what could not be written: too many tiles for
-    a grid, a folder that cannot be written."""
-    if kind == "png" and n > MAX_GRID:
-        raise UserError(
-            f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
-            "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
-        )
-    check_writable(out)
+class SampleOutput:
+    """Where `genrun sample` writes `n` uint8 images of `row_shape`, checked
+    when made, before anything is sampled: the kind (`sample_kind`), a grid
+    small enough to view, a writable folder. `counted_at_end`: non-finite
+    samples are dropped, so an npz learns its row count only at the end."""
+
+    def __init__(self, out: Path, n: int, row_shape: tuple[int, ...], counted_at_end: bool):
+        self.out, self.n, self.row_shape = out, n, row_shape
+        self.counted_at_end = counted_at_end
+        self.kind = sample_kind(out)
+        if self.kind == "png" and n > MAX_GRID:
+            raise UserError(
+                f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
+                "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
+            )
+        check_writable(out)
+        self.to_stdout = is_stdout(out)  # the summary then goes to stderr
+
+    def write(self, batches: Iterable[np.ndarray], why_empty: Callable[[], str]) -> None:
+        """Write the sample batches; a grid with no sample left (all dropped)
+        says `why_empty()`."""
+        out, kind = self.out, self.kind
+        if kind == "dir":
+            _write_dir(out, batches)
+        elif kind == "npz" and self.counted_at_end:
+            writing(out, lambda: _write_npz_spooled(out, batches, self.row_shape))
+        elif kind == "npz":
+            shape = (self.n, *self.row_shape)
+            writing(out, lambda: write_npz_stream(out, IMAGES, batches, shape))
+        else:
+            kept = list(batches)
+            if not kept:
+                raise UserError(f"{why_empty()}: no sample left to write to {out}")
+            writing(out, lambda: save_grid(np.concatenate(kept), out))
 
 
 def check_writable(out: Path) -> None:
     """Fail before the work, not after: the folder must exist or be creatable."""
-    if is_stream(out):
+    folder = target_folder(out)
+    if folder is None:
         return  # a pipe or device is written into where it is, not beside it
-    folder = resolve_target(out).parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -73,31 +98,6 @@ def is_stdout(out: Path) -> bool:
         return os.path.samestat(os.stat(out), os.fstat(sys.stdout.fileno()))
     except (OSError, ValueError, io.UnsupportedOperation):
         return False
-
-
-def write_samples(
-    out: Path,
-    kind: str,
-    batches: Iterable[np.ndarray],
-    n: int,
-    row_shape: tuple[int, ...],
-    counted_at_end: bool,
-    why_empty: Callable[[], str],
-) -> None:
-    """Write uint8 sample batches as `kind` (see `sample_kind`). An npz needs
-    its row count up front: `counted_at_end` (non-finite samples dropped)
-    spools the rows first. A grid with no sample left says `why_empty()`."""
-    if kind == "dir":
-        _write_dir(out, batches)
-    elif kind == "npz" and counted_at_end:
-        writing(out, lambda: _write_npz_spooled(out, batches, row_shape))
-    elif kind == "npz":
-        writing(out, lambda: write_npz_stream(out, IMAGES, batches, (n, *row_shape)))
-    else:
-        kept = list(batches)
-        if not kept:
-            raise UserError(f"{why_empty()}: no sample left to write to {out}")
-        writing(out, lambda: save_grid(np.concatenate(kept), out))
 
 
 def write_csv(out: Path, rows: list[tuple]) -> None:

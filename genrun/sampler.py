@@ -75,22 +75,23 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
+        manifest = engine.require_manifest("sampling")
+        what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
+        if manifest.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
-                "generate or decode engine (e.g. glow generate, vae decode)"
+                f"{what}; sampling needs a generate or decode engine (e.g. glow generate, "
+                "vae decode)"
             )
-        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
+        if manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
-                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
-                "engine.run(z=...)"
+                f"{what} with no prior to sample from (e.g. an autoencoder's decoder); feed "
+                "your own codes via engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
+        self.input_dtypes = {spec.name: spec.dtype for spec in manifest.inputs}
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = TEMPERATURE in {s.name for s in engine.manifest.inputs}
+        self.feeds_temperature = TEMPERATURE in self.input_dtypes
 
     def sample(
         self,
@@ -159,7 +160,7 @@ class Sampler:
         temperature input's, else the noise's): 1e39 is finite as a Python
         float but inf in float32, and must be refused, not fed."""
         name = TEMPERATURE if self.feeds_temperature else self.noise_inputs[0]
-        dtype = np.dtype(self.engine.manifest.input(name).dtype)
+        dtype = np.dtype(self.input_dtypes[name])
         try:
             scale = float(temperature)
         except (TypeError, ValueError, OverflowError):  # 10**400 overflows a float
