@@ -107,6 +107,17 @@ MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
 METADATA_KEY = "vaeflow.manifest"
 
+# The roles of graphs, written once: a model family lists the ones it exports
+# (gentrain.models.GenerativeModel.roles), the manifest names one, runtimes
+# take the ones they can run.
+GENERATE = "generate"  # noise (and temperature) -> images, pixels (flows, hvae)
+DENSITY = "density"  # uint8 images (and offset) -> log P(x), bits/dim, latents (flows)
+DECODE = "decode"  # a latent code -> images, pixels (vae, ae)
+ENCODE = "encode"  # uint8 images -> the posterior's or the code (vae, ae)
+ELBO = "elbo"  # uint8 images and posterior noise -> one importance weight (vae, hvae)
+SAMPLING_ROLES = (GENERATE, DECODE)  # what Sampler draws from (with a prior)
+SCORING_ROLES = (DENSITY, ELBO)  # what Scorer bounds -log P(x) with
+
 # The names of the tensors, written once: graphs declare them, runtimes look
 # them up. The batch axis is the string BATCH in every shape.
 BATCH = "N"

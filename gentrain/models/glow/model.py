@@ -13,6 +13,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from genrun.manifest import DENSITY, GENERATE
+
 from ..multiscale import MultiScaleFlow
 from .config import GlowConfig
 from .layers import FlowStep, GaussianStandardize, Squeeze
@@ -59,6 +61,8 @@ class GlowLevel(nn.Module):
 
 class Glow(MultiScaleFlow):
     family = "glow"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.glow"
     label = "Glow"
     description = "Glow (Kingma & Dhariwal 2018); reports test bits/dim"
     # Measured on MNIST (benchmarks/results/glow-sweep.md): Adam at a high

@@ -17,6 +17,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from genrun.manifest import DENSITY, GENERATE
+
 from ..glow.layers import Squeeze
 from ..multiscale import MultiScaleFlow
 from .config import RealNVPConfig
@@ -70,6 +72,8 @@ class RealNVPScale(nn.Module):
 
 class RealNVP(MultiScaleFlow):
     family = "realnvp"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.realnvp"
     label = "RealNVP"
     description = "RealNVP (Dinh et al. 2017); reports test bits/dim"
     # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and
