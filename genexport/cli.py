@@ -20,7 +20,7 @@ from genrun.describe import labelled, manifest_lines, parity_text
 from genrun.errors import run_cli
 from genrun.manifest import Manifest, read_from_onnx, to_json
 
-from .engines import ExportedGraph, export_checkpoint, verify_engine
+from .export import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import FAMILY_GRAPHS, roles
 from .onnx import OPSETS
 from .tensorrt import PlanOptions, export_plans

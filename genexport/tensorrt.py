@@ -126,7 +126,7 @@ def export_plans(
             raise UserError("--graphs picks a checkpoint's roles; an ENGINE.onnx is one role")
         onnx_paths = [source]
     else:
-        from .engines import export_checkpoint  # torch: only for a checkpoint
+        from .export import export_checkpoint  # torch: only for a checkpoint
 
         exported = export_checkpoint(source, out, graphs, precision=options.precision, name=name)
         onnx_paths = [engine.path for engine in exported]

@@ -428,25 +428,25 @@ def _plan_lines(engine: Engine) -> list[str]:
 
 def _ray_samples(engine: Path, out: Path, kind: str, address, actors, provider, **options):
     """Sample batches from Ray actors, or None once written as parquet shards."""
-    from . import distributed
+    from . import ray_cluster
 
-    distributed.start(address)
+    ray_cluster.start(address)
     if kind != "parquet":
-        return distributed.sample_batches(engine, actors=actors, provider=provider, **options)
+        return ray_cluster.sample_batches(engine, actors=actors, provider=provider, **options)
     _check_writable(out)
-    dataset = distributed.sample_dataset(engine, actors=actors, provider=provider, **options)
-    distributed.write_parquet(dataset, out)
+    dataset = ray_cluster.sample_dataset(engine, actors=actors, provider=provider, **options)
+    ray_cluster.write_parquet(dataset, out)
     return None
 
 
 def _ray_scores(engine, images, address, actors, provider, iw_samples, seed, batch) -> Scores:
     """The nll bound in bits/dim from Ray actors (floored at 0 there; the count of
     floored values is not gathered)."""
-    from . import distributed
+    from . import ray_cluster
     from .scorer import Scores
 
-    distributed.start(address)
-    values = distributed.score(
+    ray_cluster.start(address)
+    values = ray_cluster.score(
         engine, images, iw_samples, seed, batch, actors=actors, provider=provider
     )
     return Scores("nll", values, int((~np.isfinite(values)).sum()), 0, iw_samples, seed)

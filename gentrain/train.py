@@ -20,7 +20,7 @@ import torch
 from genrun.errors import UserError
 from genrun.readers import DATA_SPECS_HELP, DataSplit
 
-from . import distributed
+from . import ddp
 from .checkpoint import save_checkpoint
 from .data import EpochBatches, chunks
 from .models import GenerativeModel
@@ -183,7 +183,7 @@ class Trainer:
         resume: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.data, self.out = config, data, Path(out)
-        self.world = distributed.current()  # torchrun ranks, or one process
+        self.world = ddp.current()  # torchrun ranks, or one process
         self.device = pick_device(config.device)
         # Channels-last convolutions measured 1.2x faster for Glow on CPU.
         self.model = model.to(self.device, memory_format=torch.channels_last).train()

@@ -65,7 +65,7 @@ def vae_checkpoint(digits, tmp_path_factory) -> Path:
 
 
 def _export(checkpoint: Path, out: Path) -> dict[str, Path]:
-    from genexport.engines import export_checkpoint
+    from genexport.export import export_checkpoint
 
     return {e.graph.role: e.path for e in export_checkpoint(checkpoint, out, name="tiny")}
 

@@ -16,7 +16,7 @@ from PIL import Image
 from training_helpers import first_and_last_losses
 
 import genrun
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.errors import UserError
 from genrun.manifest import read_from_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint

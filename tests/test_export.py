@@ -21,7 +21,7 @@ from cli_helpers import InProcessCli
 
 from genexport import verify
 from genexport.cli import main
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.errors import UserError
 from genrun.manifest import from_json, read_from_onnx
 from gentrain.checkpoint import save_checkpoint

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genexport.verify import CONDITIONING_FACTOR, _one_sided
 from genrun.manifest import read_from_onnx
 from genrun.readers import DataSplit, ImageSet

@@ -22,7 +22,7 @@ import torch
 from cli_helpers import InProcessCli
 
 from genexport.cli import main as genexport_main
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genexport.tensorrt import PlanOptions, export_plans
 from genrun.backends.onnxruntime import OnnxRuntimeRunner, graph_specs, provider_options
 from genrun.backends.sidecar import read_sidecar, sidecar_path

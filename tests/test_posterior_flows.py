@@ -13,7 +13,7 @@ from cli_helpers import InProcessCli
 from flow_helpers import assert_invertible
 from training_helpers import first_and_last_losses
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.errors import UserError
 from genrun.manifest import read_from_onnx
 from genrun.readers import load_data

@@ -19,9 +19,8 @@ import pytest
 from conftest import MNIST_DIR
 from PIL import Image
 
-from genrun import readers
 from genrun.errors import UserError
-from genrun.readers import DATA_SPECS_HELP, DataSplit, load_data, read_idx
+from genrun.readers import DATA_SPECS_HELP, DataSplit, download, load_data, read_idx
 
 STEMS = (
     "train-images-idx3-ubyte",
@@ -205,7 +204,7 @@ def test_offline_mnist_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "could not download MNIST (Temporary failure in name resolution); "
         "download the four files yourself and use --data mnist:DIR"
     )
-    assert [url.rsplit("/", 1)[0] + "/" for url in tried] == list(readers._MNIST_MIRRORS)
+    assert [url.rsplit("/", 1)[0] + "/" for url in tried] == list(download.MIRRORS)
     assert list(cache.iterdir()) == []  # no partial downloads left behind
 
 
@@ -225,10 +224,10 @@ def test_download_falls_back_to_second_mirror(
     stand in for the official ones) with the first mirror down."""
     cache = _cache(monkeypatch, tmp_path)
     shas = {s: hashlib.sha256((MNIST_DIR / f"{s}.gz").read_bytes()).hexdigest() for s in STEMS}
-    monkeypatch.setattr(readers, "_MNIST_SHA256", shas)
+    monkeypatch.setattr(download, "SHA256", shas)
 
     def second_mirror_only(url: str, timeout: float) -> io.BytesIO:
-        if url.startswith(readers._MNIST_MIRRORS[0]):
+        if url.startswith(download.MIRRORS[0]):
             raise TimeoutError("timed out")
         return io.BytesIO((MNIST_DIR / url.rsplit("/", 1)[1]).read_bytes())
 

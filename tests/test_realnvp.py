@@ -250,7 +250,7 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 
 @pytest.fixture(scope="module")
 def engines(trained, tmp_path_factory) -> dict[str, Path]:
-    from genexport.engines import export_checkpoint
+    from genexport.export import export_checkpoint
 
     out = tmp_path_factory.mktemp("realnvp-engines")
     return {engine.graph.role: engine.path for engine in export_checkpoint(trained[0], out)}
