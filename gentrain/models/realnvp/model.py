@@ -12,6 +12,7 @@ variables, bits/dim and sampling are `MultiScaleFlow`'s.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -20,12 +21,13 @@ from torch import nn
 from genrun.manifest import DENSITY, GENERATE
 
 from ..glow.layers import Squeeze
-from ..multiscale import MultiScaleFlow
+from ..multiscale import FlowLevel, MultiScaleFlow
+from ..transforms import Transform
 from .config import RealNVPConfig
 from .layers import MaskedAffineCoupling, channel_mask, checkerboard_mask, make_norm
 
 
-class RealNVPScale(nn.Module):
+class RealNVPScale(FlowLevel):
     """One scale: couplings (each followed by a normalisation), and unless
     `top`, a squeeze, channel couplings and the factoring out of half the channels."""
 
@@ -55,19 +57,8 @@ class RealNVPScale(nn.Module):
             layers += [coupling, make_norm(config.norm, channels)]
         return layers
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x -> (kept h, eps of this scale, logdet)."""
-        for layer in self.flow:
-            x, logdet = layer(x, logdet)
-        return x[:, self.split :], x[:, : self.split], logdet
-
-    def reverse(self, h: torch.Tensor | None, eps: torch.Tensor) -> torch.Tensor:
-        x = eps if self.top else torch.cat([eps, h], 1)
-        for layer in reversed(self.flow):
-            x, _ = layer(x, reverse=True)
-        return x
+    def transforms(self) -> Sequence[Transform]:
+        return self.flow
 
 
 class RealNVP(MultiScaleFlow):
