@@ -21,7 +21,7 @@ from genrun.errors import run_cli
 from genrun.manifest import read_from_onnx, to_json
 
 from .export import ExportedGraph, export_checkpoint, verify_engine
-from .graphs import FAMILY_GRAPHS, roles
+from .graphs import exportable, roles
 from .onnx import OPSETS
 from .tensorrt import PlanOptions, export_plans
 
@@ -41,7 +41,7 @@ def onnx_command(
         str | None,
         typer.Option(
             help="Comma-separated roles (default: all of the family's): "
-            + "; ".join(f"{family}: {','.join(roles(family))}" for family in FAMILY_GRAPHS)
+            + "; ".join(f"{family}: {','.join(roles(family))}" for family in exportable())
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, one of {OPSETS}.")] = OPSETS[0],

@@ -23,7 +23,15 @@ from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .nonfinite import check_policy
 from .outputs import SampleOutput, check_writable, is_stdout, write_csv
-from .readers import DATA_SPECS_HELP, load_data, read_image_files
+from .readers import (
+    DATA_SPECS_HELP,
+    TEST_FRACTION,
+    folder_of,
+    load_data,
+    read_image_files,
+    read_named_folder,
+    split_indices,
+)
 from .sampler import SampleBatches, Sampler
 from .score_table import ScoreTable
 from .scorer import Scorer, Scores
@@ -143,7 +151,13 @@ def likelihood_command(
     data: Annotated[
         str | None, typer.Option(help=f"Images to score instead of FILES: {DATA_SPECS_HELP}.")
     ] = None,
-    split: Annotated[str, typer.Option(help="With --data: test, train or all.")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: test, train or all (default: test; for folder:DIR all, every "
+            "image in file order; its test and train are the split gentrain makes with --seed 0)."
+        ),
+    ] = None,
     score: Annotated[
         str,
         typer.Option(
@@ -156,8 +170,9 @@ def likelihood_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="CSV of per-image scores: split, index, SCORE (--data) or file, SCORE (FILES); "
-            "typicality with --m > 1: one row per group."
+            help="CSV of per-image scores: file, SCORE (FILES, or a folder:DIR with the path "
+            "relative to DIR) or split, index, SCORE (other --data); typicality with --m > 1: "
+            "one row per group."
         ),
     ] = None,
     iw_samples: Annotated[
@@ -195,7 +210,7 @@ def likelihood_command(
     scorer = Scorer(load(engine, provider))
     expected = tuple(scorer.engine.manifest.data_shape)
     splits = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}
-    if split not in splits:
+    if split is not None and split not in splits:
         raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
         check_writable(out)
@@ -221,16 +236,19 @@ def likelihood_command(
             [(str(f),) for f in files],
             scored(files if on_ray else read_image_files(files, expected)),
         )
+    elif (folder := folder_of(data)) is not None:  # a user's images: each row names its file
+        names, images = read_named_folder(folder, expected[1], expected[0])
+        _check_shape(data, images.shape[1:], expected)
+        if split in ("train", "test"):  # the part gentrain trained or tested on
+            chosen = split_indices(len(names), TEST_FRACTION, seed=0)[split == "test"]
+            names, images = [names[i] for i in chosen], images[chosen]
+        table, what = ScoreTable(score, ("file",), group), f"{data} {split or 'all'}"
+        table.add([(name,) for name in names], scored(images))
     else:
-        folder = data.startswith("folder:")  # resized and converted like image FILES
-        loaded = load_data(data, size=expected[1] if folder else None, channels=expected[0])
-        if loaded.shape != expected:
-            raise UserError(
-                f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
-                "(C, H, W); score data like the model's training data"
-            )
-        table, what = ScoreTable(score, ("split", "index"), group), f"{data} {split}"
-        for name in splits[split]:
+        loaded = load_data(data, channels=expected[0])
+        _check_shape(data, loaded.shape, expected)
+        table, what = ScoreTable(score, ("split", "index"), group), f"{data} {split or 'test'}"
+        for name in splits[split or "test"]:
             images = getattr(loaded, name).images
             table.add([(name, i) for i in range(len(images))], scored(images))
     table.apply(nonfinite)
@@ -240,6 +258,14 @@ def likelihood_command(
         table.summary(what, scorer) + (f" -> {out}" if out else ""),
         err=out is not None and is_stdout(out),
     )
+
+
+def _check_shape(data: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(shape) != expected:
+        raise UserError(
+            f"{data} holds images of shape {tuple(shape)}, the engine expects {expected} "
+            "(C, H, W); score data like the model's training data"
+        )
 
 
 @app.command("bench")

@@ -10,6 +10,7 @@ import csv
 import io
 import math
 import os
+import shutil
 import sys
 import tempfile
 from collections.abc import Callable, Iterable
@@ -26,6 +27,8 @@ from .manifest import IMAGES
 # A grid is built in memory and one PNG; beyond this many tiles it is neither
 # viewable nor small, so larger runs go to an .npz or a folder (both stream).
 MAX_GRID = 10_000
+# What an npz holds beside its rows (zip and .npy headers, zip64 records), at most.
+NPZ_OVERHEAD = 4096
 
 
 def sample_kind(out: Path) -> str:
@@ -59,7 +62,25 @@ class SampleOutput:
                 "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
             )
         check_writable(out)
+        if self.kind == "npz":
+            self._check_space()
         self.to_stdout = is_stdout(out)  # the summary then goes to stderr
+
+    def _check_space(self) -> None:
+        """An npz's size is known before the first sample: refuse one the
+        disk cannot hold (spooled, the rows are on disk twice at the end)."""
+        folder = target_folder(self.out)
+        if folder is None:
+            return  # a pipe or device: its reader decides
+        need = self.n * math.prod(self.row_shape) * (2 if self.counted_at_end else 1)
+        need += NPZ_OVERHEAD
+        free = shutil.disk_usage(folder).free
+        if need > free:
+            raise UserError(
+                f"--n {self.n} samples of shape {self.row_shape} need {_size(need)} for "
+                f"{self.out}, {folder} has {_size(free)} free; lower --n, write elsewhere, or "
+                "stream them (--out /dev/stdout)"
+            )
 
     def write(self, batches: Iterable[np.ndarray], why_empty: Callable[[], str]) -> None:
         """Write the sample batches; a grid with no sample left (all dropped)
@@ -152,3 +173,13 @@ def _write_npz_spooled(out: Path, batches: Iterable[np.ndarray], row_shape: tupl
                 yield np.frombuffer(data, np.uint8).reshape(count, *row_shape)
 
         write_npz_stream(out, IMAGES, replay(), (rows, *row_shape))
+
+
+def _size(n_bytes: int) -> str:
+    """Bytes in the largest unit that keeps a number >= 1: '5.0 TB'."""
+    value = float(n_bytes)
+    units = ["B", "kB", "MB", "GB", "TB", "PB"]
+    while value >= 1000 and len(units) > 1:
+        value /= 1000
+        units.pop(0)
+    return f"{value:.1f} {units[0]}"

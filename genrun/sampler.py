@@ -16,7 +16,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, PIXELS, TEMPERATURE
+from .manifest import IMAGES, PIXELS, SAMPLING_ROLES, TEMPERATURE
 from .nonfinite import check_policy, nonfinite_rows
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
@@ -77,7 +77,7 @@ class Sampler:
     def __init__(self, engine: Engine):
         manifest = engine.require_manifest("sampling")
         what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
-        if manifest.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
+        if manifest.role not in SAMPLING_ROLES or PIXELS not in _outputs(engine):
             raise UserError(
                 f"{what}; sampling needs a generate or decode engine (e.g. glow generate, "
                 "vae decode)"

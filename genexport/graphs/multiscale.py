@@ -21,6 +21,8 @@ from torch import nn
 from genrun.errors import UserError
 from genrun.manifest import (
     BITS_PER_DIM,
+    DENSITY,
+    GENERATE,
     IMAGES,
     LOG_LIKELIHOOD,
     OFFSET,
@@ -37,7 +39,7 @@ from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 from gentrain.models.transforms import Transform
 
-from .base import BATCH, Builder, Graph
+from .base import BATCH, Graph
 
 TEMPERATURE_EFFECT = (
     "every noise_i is multiplied by the sample's temperature before the reverse flow: "
@@ -186,7 +188,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return drawn, torch.rand(n, generator=generator)
 
     return Graph(
-        role="generate",
+        role=GENERATE,
         module=FlowGenerate(freeze_flow(model, fold)),
         reference=FlowGenerate(model),
         inputs=[
@@ -218,7 +220,7 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return pixels, torch.rand(n, *config.data_shape, generator=generator)
 
     return Graph(
-        role="density",
+        role=DENSITY,
         module=FlowDensity(freeze_flow(model, fold)),
         reference=FlowDensity(model),
         inputs=[
@@ -247,6 +249,3 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )
-
-
-BUILDERS: dict[str, Builder] = {"generate": generate_graph, "density": density_graph}
