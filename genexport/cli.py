@@ -18,7 +18,8 @@ import typer
 
 from genrun.describe import labelled, manifest_lines, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import Manifest, read_from_onnx, to_json
+from genrun.manifest import Manifest, to_json
+from genrun.manifest_io import read_from_onnx
 
 from .engines import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import FAMILY_GRAPHS, roles

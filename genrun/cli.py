@@ -385,7 +385,7 @@ def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> Non
 def describe(engine: Engine) -> list[str]:
     """The engine file, the provider, then its manifest (or a foreign graph's tensors)."""
     provider = labelled(
-        "provider", f"{engine.provider} (present: {', '.join(available_providers())})"
+        "provider", f"{engine.provider} (compiled in: {', '.join(available_providers())})"
     )
     if engine.manifest is None:  # a foreign graph: only what the graph itself says
         return [
