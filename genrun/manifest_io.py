@@ -44,18 +44,15 @@ def read_from_onnx(path: str | Path) -> Manifest:
     return manifest
 
 
-def manifest_in(path: Path, malformed: str = "raise") -> Manifest | None:
-    """The manifest of an ONNX file, or None for a graph without one. A file
-    that is not protobuf is a UserError, or with `malformed="none"` None
-    (the caller's runtime then says what is wrong with it)."""
+def manifest_in(path: Path) -> Manifest | None:
+    """The manifest of an ONNX file, or None for a graph without one; a file
+    that is not protobuf as ONNX writes it is a UserError."""
     if not path.is_file():
         raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
     try:
         with open(path, "rb") as handle:
             props = read_metadata(handle)
     except (_Malformed, OSError) as err:
-        if malformed == "none":
-            return None
         raise UserError(
             f"{path} is not an ONNX model ({err}); pass an engine written by `genexport onnx`"
         ) from None

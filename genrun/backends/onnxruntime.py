@@ -162,9 +162,15 @@ def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
     options = options or LoadOptions()
     if options.cuda_graphs:
         raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
-    # A file that is not even protobuf gets no manifest here: ONNX Runtime's own
-    # refusal below names it (and the runner reads a manifest the session finds).
-    manifest = manifest_in(path, malformed="none")
+    # A file that is not protobuf as genexport writes it: ONNX Runtime's own
+    # refusal below names it, or, if ONNX Runtime opens it anyway, this one.
+    unreadable = None
+    try:
+        manifest = manifest_in(path)
+    except UserError as err:
+        if not path.is_file():
+            raise
+        manifest, unreadable = None, err
     provider = resolve_provider(options.provider)
     chosen = [provider, *[p for p in PROVIDERS if p != provider and _is_slower(p, provider)]]
     chosen = [p for p in chosen if p in available_providers()]
@@ -181,6 +187,8 @@ def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
             f"{path} is not a loadable ONNX model ({type(err).__name__}: {first}); pass an "
             "engine written by `genexport onnx`"
         ) from None
+    if unreadable is not None:
+        raise unreadable
     running = OUR_NAME.get(session.get_providers()[0], "cpu")
     if running != provider:
         reason = provider_problem(provider)
@@ -359,7 +367,10 @@ class OnnxRuntimeRunner(Runner):
             self.manifest, (self.inputs, self.outputs) = None, specs
             return
         if manifest is None:
-            metadata = session.get_modelmeta().custom_metadata_map
+            try:
+                metadata = session.get_modelmeta().custom_metadata_map
+            except UnicodeDecodeError:
+                raise UserError(f"{path} has metadata that is not UTF-8; re-export it") from None
             if METADATA_KEY in metadata:
                 manifest = from_json(metadata[METADATA_KEY], source=str(path))
         self.manifest = manifest
