@@ -49,7 +49,7 @@ import torch
 from throughput import COMPILE_MODES, trained_engines
 from torch.utils import _pytree as pytree
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genexport.graphs import build_graph
 from genrun import Sampler, Scorer, load
 from genrun.bench import random_inputs, time_calls, timed_row

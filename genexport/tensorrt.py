@@ -44,7 +44,7 @@ from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sha256, sidecar_p
 from genrun.backends.tensorrt import PlanRunner, dims, import_tensorrt, logger
 from genrun.compare import Case, RoundTrip, compare, random_feeds
 from genrun.errors import UserError
-from genrun.manifest import IMAGES, Manifest, Parity
+from genrun.manifest import DENSITY, GENERATE, IMAGES, Manifest, Parity
 from genrun.manifest_io import read_from_onnx
 
 from .onnx import write_atomically
@@ -127,7 +127,7 @@ def export_plans(
             raise UserError("--graphs picks a checkpoint's roles; an ENGINE.onnx is one role")
         onnx_paths = [source]
     else:
-        from .engines import export_checkpoint  # torch: only for a checkpoint
+        from .export import export_checkpoint  # torch: only for a checkpoint
 
         exported = export_checkpoint(source, out, graphs, precision=options.precision, name=name)
         onnx_paths = [engine.path for engine in exported]
@@ -344,9 +344,9 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Runner]) -> None:
     temperature 1 -> the images again (pixels within the export's round-trip
     bound of the inputs, images within it of ONNX Runtime's round trip)."""
     by_role = {plan.manifest.role: plan for plan in plans}
-    if not {"generate", "density"} <= by_role.keys():
+    if not {GENERATE, DENSITY} <= by_role.keys():
         return
-    generate, density = by_role["generate"], by_role["density"]
+    generate, density = by_role[GENERATE], by_role[DENSITY]
     tolerance = bounds(generate.manifest)
     keys = ("round_trip.images", "round_trip.pixels")
     if not set(keys) <= tolerance.keys():
@@ -363,7 +363,7 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Runner]) -> None:
         reference = _OnnxImagesInputPixels(RoundTrip(density_onnx, generate_onnx))
         trip = compare(
             reference,
-            RoundTrip(runners["density"], runners["generate"]),
+            RoundTrip(runners[DENSITY], runners[GENERATE]),
             cases,
             {key: tolerance[key] for key in keys},
             precision=generate.manifest.precision,

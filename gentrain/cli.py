@@ -25,7 +25,7 @@ from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
 from genrun.readers import DATA_SPECS_HELP, load_data
 
-from . import distributed
+from . import ddp
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
@@ -33,7 +33,15 @@ from .models import FAMILIES, build_model, model_class, new_model
 from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Every option can also come from the environment, named GENTRAIN_COMMAND_OPTION
+# (GENTRAIN_FIT_GLOW_STEPS=100, GENTRAIN_EVAL_IW_SAMPLES=10): a flag on the
+# command line wins. CI and smoke runs shorten README's commands this way.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    context_settings={"auto_envvar_prefix": "GENTRAIN"},
+)
 fit_app = typer.Typer(
     no_args_is_help=True, help="Train a model: `gentrain fit FAMILY`, one command per family."
 )
@@ -115,7 +123,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
     training options, out/resume/overwrite say where, the rest configure the
     model (named as the family's config fields)."""
     arguments = dict(arguments)
-    world = distributed.setup(arguments["device"])  # under torchrun: join the ranks
+    world = ddp.setup(arguments["device"])  # under torchrun: join the ranks
     out, resume, overwrite = (arguments.pop(k) for k in ("out", "resume", "overwrite"))
     train_fields = {f.name for f in fields(TrainConfig)}
     train_options = {k: v for k, v in arguments.items() if k in train_fields}

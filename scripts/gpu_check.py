@@ -167,7 +167,7 @@ def parity(args) -> list[str]:
     """Every role of both models: ONNX Runtime on the GPU against the CPU,
     within the bounds the export recorded (pixels within a level); then
     TensorRT plans, whose build checks their own parity (fp32, fp16)."""
-    from genexport.engines import export_checkpoint
+    from genexport.export import export_checkpoint
     from genexport.tensorrt import PlanOptions, export_plans
     from genrun.compare import Case, compare, random_feeds
     from genrun.engine import load

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 from PIL import Image
 from test_genrun_graphs import _save, _value
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError

@@ -13,7 +13,7 @@ import torch
 from cli_helpers import InProcessCli
 
 from genexport.cli import main
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.engine import load
 from genrun.manifest import METADATA_KEY, from_json, to_json
 from genrun.manifest_io import read_from_onnx
