@@ -28,9 +28,8 @@ from genrun.manifest import (
     Manifest,
     Parity,
     TrainingScores,
-    read_from_onnx,
-    write_to_onnx,
 )
+from genrun.manifest_io import read_from_onnx, write_to_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 

@@ -2,9 +2,9 @@
 stored inside the file, so that a single `.onnx` file is a complete engine.
 
 This module is the contract between `genexport` (writes it) and `genrun`
-(reads it). It needs only the standard library: reading a manifest needs
-`onnx` (`read_from_onnx`) or `onnxruntime` (`read_with_onnxruntime`, the
-route for genrun), each imported only when called.
+(reads it): a schema, with no file I/O and nothing of genrun imported but
+its UserError. Reading it from a file and writing it into one is
+genrun/manifest_io.py's job.
 
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
@@ -342,66 +342,3 @@ def check_graph(
                     f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
                     "engine with `genexport onnx`"
                 )
-
-
-def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
-    """Store `manifest` in an onnx.ModelProto's metadata_props (replacing any)."""
-    props = model_proto.metadata_props
-    kept = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
-    del props[:]
-    for key, value in [*kept, (METADATA_KEY, to_json(manifest))]:
-        entry = props.add()
-        entry.key, entry.value = key, value
-
-
-def read_from_onnx(path: str | Path) -> Manifest:
-    """The manifest of an engine file, read with `onnx` (weights not parsed twice)."""
-    import onnx
-
-    path = Path(path)
-    _check_file(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # any parse failure of an untrusted file
-        raise UserError(
-            f"{path} is not an ONNX model ({type(err).__name__}); pass an engine "
-            "written by `genexport onnx`"
-        ) from None
-    props = {p.key: p.value for p in model.metadata_props}
-    return _from_props(props, path)
-
-
-def read_with_onnxruntime(session_or_path: Any) -> Manifest:
-    """The manifest through onnxruntime (no `onnx` needed): pass an
-    InferenceSession, or a path to open one."""
-    if isinstance(session_or_path, (str, Path)):
-        from .engine import ort_session  # the one place sessions are made
-
-        path = Path(session_or_path)
-        _check_file(path)
-        try:
-            session = ort_session(path)
-        except Exception as err:
-            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-            raise UserError(
-                f"{path} cannot be loaded by onnxruntime ({type(err).__name__}: {first}); "
-                "pass an engine written by `genexport onnx`"
-            ) from None
-        source = path
-    else:
-        session, source = session_or_path, Path("the engine")
-    return _from_props(session.get_modelmeta().custom_metadata_map, source)
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
-
-
-def _from_props(props: dict[str, str], path: Path) -> Manifest:
-    if METADATA_KEY not in props:
-        raise UserError(
-            f"{path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}); "
-            "export the engine with `genexport onnx`"
-        )
-    return from_json(props[METADATA_KEY], source=str(path))

@@ -5,4 +5,5 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/python -m mypy  # the TensorRT code against NVIDIA's stubs ([tool.mypy])
 .venv/bin/python -m pytest "$@"

@@ -258,7 +258,7 @@ def engines(trained, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.slow  # the trained RealNVP and its engines: 22 s on 2 loaded cores
 def test_engines_pass_parity_with_glow_shaped_manifests(trained, engines) -> None:
-    from genrun.manifest import read_from_onnx
+    from genrun.manifest_io import read_from_onnx
     from gentrain.checkpoint import load_checkpoint
 
     config = RealNVPConfig.from_dict(load_checkpoint(trained[0])["model_config"])

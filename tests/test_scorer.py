@@ -27,7 +27,8 @@ from genexport.export import export_checkpoint
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import TrainingScores, from_json, read_from_onnx, to_json
+from genrun.manifest import TrainingScores, from_json, to_json
+from genrun.manifest_io import read_from_onnx
 from genrun.ood import auroc, compressed_bits, fpr_at_95_tpr, typicality
 from genrun.readers import load_data
 from genrun.sampler import BlockNoise

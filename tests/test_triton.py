@@ -15,7 +15,8 @@ from cli_helpers import InProcessCli
 from genexport.cli import main
 from genexport.export import export_checkpoint
 from genrun.engine import load
-from genrun.manifest import METADATA_KEY, from_json, read_from_onnx, to_json
+from genrun.manifest import METADATA_KEY, from_json, to_json
+from genrun.manifest_io import read_from_onnx
 from genrun.readers import load_data
 from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
 from gentrain.train import TrainConfig, Trainer
