@@ -131,7 +131,7 @@ def run(family: str, variant: str, data_spec: str, last: int) -> None:
 
 
 def export(family: str, variant: str) -> None:
-    from genexport.engines import export_checkpoint
+    from genexport.export import export_checkpoint
     from genrun.errors import UserError
 
     checkpoint = RUNS / f"{family}-{variant}" / CHECKPOINT_NAME

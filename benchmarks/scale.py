@@ -28,8 +28,8 @@ import numpy as np
 import ray
 import torch
 
-from genexport.engines import export_checkpoint
-from genrun import distributed
+from genexport.export import export_checkpoint
+from genrun import ray_cluster
 from genrun.engine import load
 from genrun.readers import load_data
 from genrun.sampler import Sampler
@@ -87,17 +87,17 @@ def main() -> None:
                      lambda s=scorer: s.bits_per_dim(images, batch_size=batch))
             )  # fmt: skip
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-        distributed.start()
+        ray_cluster.start()
         started = time.perf_counter()
-        distributed.sample(paths["generate"], batch, batch_size=batch, actors=1)
+        ray_cluster.sample(paths["generate"], batch, batch_size=batch, actors=1)
         startup = time.perf_counter() - started
         for actors in (1, 2):
             options = dict(batch_size=batch, actors=actors)
             name = f"Ray, {actors} actor{'s' * (actors > 1)} x 1 ORT thread"
             rows.append(
                 rate(name, n, args.repeats,
-                     lambda o=options: distributed.sample(paths["generate"], n, **o),
-                     lambda o=options: distributed.score(paths["density"], images, **o))
+                     lambda o=options: ray_cluster.sample(paths["generate"], n, **o),
+                     lambda o=options: ray_cluster.score(paths["density"], images, **o))
             )  # fmt: skip
         ray.shutdown()
     table = [

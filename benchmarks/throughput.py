@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genexport.graphs import build_graph
 from genrun import load
 from genrun.bench import random_inputs, time_calls

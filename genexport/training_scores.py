@@ -18,13 +18,13 @@ from genrun.backends.onnxruntime import OnnxRuntimeRunner
 from genrun.engine import Engine as RuntimeEngine
 from genrun.engine import default_threads
 from genrun.errors import UserError
-from genrun.manifest import Manifest, TrainingScores, write_to_onnx
+from genrun.manifest import Manifest, TrainingScores
+from genrun.manifest_io import write_to_onnx
 from genrun.readers import load_data
 from genrun.scorer import Scorer
 
 from .onnx import session
 
-ROLES = ("density", "elbo")  # the roles that score images
 MAX_IMAGES = 1000  # the first this many training images ...
 MAX_ROWS = 20_000  # ... or fewer, so that images x K stays within this many graph rows
 SEED = 0

@@ -34,9 +34,9 @@ from genrun.manifest import (
     Manifest,
     TensorSpec,
     from_json,
-    read_from_onnx,
     to_json,
 )
+from genrun.manifest_io import read_from_onnx
 
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}

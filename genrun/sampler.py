@@ -16,13 +16,10 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, PIXELS, TEMPERATURE
+from .manifest import IMAGES, PIXELS, SAMPLING_ROLES, TEMPERATURE
+from .nonfinite import check_policy, nonfinite_rows
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
-# What a sample with NaN/inf in its continuous "images" becomes: "error" (count
-# them all, then refuse: nothing written), "drop" (left out, counted) or "keep"
-# (written as the graph's pixels, whose uint8 cast of NaN/inf means nothing).
-NONFINITE = ("error", "drop", "keep")
 
 
 class BlockNoise:
@@ -78,22 +75,23 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
+        manifest = engine.require_manifest("sampling")
+        what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
+        if manifest.role not in SAMPLING_ROLES or PIXELS not in _outputs(engine):
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
-                "generate or decode engine (e.g. glow generate, vae decode)"
+                f"{what}; sampling needs a generate or decode engine (e.g. glow generate, "
+                "vae decode)"
             )
-        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
+        if manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
-                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
-                "engine.run(z=...)"
+                f"{what} with no prior to sample from (e.g. an autoencoder's decoder); feed "
+                "your own codes via engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
+        self.input_dtypes = {spec.name: spec.dtype for spec in manifest.inputs}
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = TEMPERATURE in {s.name for s in engine.manifest.inputs}
+        self.feeds_temperature = TEMPERATURE in self.input_dtypes
 
     def sample(
         self,
@@ -135,12 +133,11 @@ class Sampler:
         a streamed writer discards its temporary file); "drop" leaves them out
         of the batches; "keep" yields them (their pixels are meaningless).
         `first` > 0 yields only items first..n-1 (a worker's share of a run)."""
-        _check_count("n", n)
-        _check_count("batch size", batch_size)
+        check_count("n", n)
+        check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
-        if nonfinite not in NONFINITE:
-            raise UserError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+        check_policy(nonfinite)
         scale = self._checked_temperature(temperature)
         levels = len(self.noise_inputs)
         if (
@@ -163,7 +160,7 @@ class Sampler:
         temperature input's, else the noise's): 1e39 is finite as a Python
         float but inf in float32, and must be refused, not fed."""
         name = TEMPERATURE if self.feeds_temperature else self.noise_inputs[0]
-        dtype = np.dtype(self.engine.manifest.input(name).dtype)
+        dtype = np.dtype(self.input_dtypes[name])
         try:
             scale = float(temperature)
         except (TypeError, ValueError, OverflowError):  # 10**400 overflows a float
@@ -233,7 +230,7 @@ class Sampler:
         return pixels, nonfinite_rows(outputs.get(IMAGES), len(pixels))
 
 
-class SampleBatches:
+class SampleBatches(Iterator[np.ndarray]):
     """The iterator `Sampler.batches` returns: uint8 batches, and the count of
     non-finite samples seen so far (`nonfinite`, of `produced` drawn)."""
 
@@ -259,9 +256,6 @@ class SampleBatches:
                 start += len(pixels)
 
         return cls(pipeline(), n, "error")
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
 
     def close(self) -> None:
         """Stop early: the pipeline's worker finishes its batch and stops."""
@@ -306,14 +300,7 @@ class SampleBatches:
         )
 
 
-def nonfinite_rows(images: np.ndarray | None, rows: int) -> np.ndarray:
-    """Per row of a batch: True where any value is NaN or inf (all False
-    when there is nothing to check: no float "images" output)."""
-    if images is None or not np.issubdtype(images.dtype, np.floating):
-        return np.zeros(rows, bool)
-    return ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
-
-
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
+    """`value` is a whole number >= 1 (a numpy integer too, never a bool)."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

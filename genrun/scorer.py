@@ -30,16 +30,16 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, OFFSET, TrainingScores
+from .manifest import DENSITY, ELBO, IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, OFFSET, TrainingScores
 from .ood import compressed_bits, typicality
-from .sampler import BlockNoise, _check_count, _noise_inputs, _outputs
+from .sampler import BlockNoise, _noise_inputs, _outputs, check_count
 
 SCORES = ("nll", "complexity", "typicality", "bpd_density_at_centers")
 # Draws K per image unless told: density engines 1 offset (the variational
 # bound); elbo engines 100 latents, a runtime's trade of time for a tighter
 # bound (gentrain eval's offline default is the family's default_iw_samples,
 # 1000 for the VAEs).
-DEFAULT_IW_SAMPLES = {"density": 1, "elbo": 100}
+DEFAULT_IW_SAMPLES = {DENSITY: 1, ELBO: 100}
 
 
 @dataclass
@@ -80,7 +80,7 @@ class Scorer:
         # A density graph without an offset input scores the discrete image itself.
         self.dequantized = self.exact and OFFSET in inputs
         self.dims = math.prod(engine.manifest.data_shape)
-        self.default_iw_samples = DEFAULT_IW_SAMPLES["density" if self.exact else "elbo"]
+        self.default_iw_samples = DEFAULT_IW_SAMPLES[DENSITY if self.exact else ELBO]
 
     # -- the bound -----------------------------------------------------------------
     def nll(
@@ -124,7 +124,7 @@ class Scorer:
                 "centres needs a density engine; score nll instead"
             )
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
         parts = [
             self.engine.run(**{IMAGES: images[start : start + batch_size]})[LOG_LIKELIHOOD]
             for start in range(0, len(images), batch_size)
@@ -190,7 +190,7 @@ class Scorer:
     # -- the streamed importance-weighted estimate ---------------------------------
     def _k(self, iw_samples: int | None) -> int:
         k = self.default_iw_samples if iw_samples is None else iw_samples
-        _check_count("iw_samples", k)
+        check_count("iw_samples", k)
         if not self.dequantized and self.exact and k != 1:
             raise UserError(
                 f"{self.engine.path} has no offset input: its log_likelihood is exact, so "
@@ -210,7 +210,7 @@ class Scorer:
         streamed in calls of at most `batch_size` rows."""
         images = np.asarray(images)
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
         k = self._k(iw_samples)
         if self.exact:
             shapes = [tuple(self.engine.manifest.data_shape)] if self.dequantized else []

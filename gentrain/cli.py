@@ -25,7 +25,7 @@ from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
 from genrun.readers import DATA_SPECS_HELP, load_data
 
-from . import distributed
+from . import ddp
 from .checkpoint import load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
@@ -123,7 +123,7 @@ def _fit(family: str, arguments: dict[str, Any]) -> None:
     training options, out/resume/overwrite say where, the rest configure the
     model (named as the family's config fields)."""
     arguments = dict(arguments)
-    world = distributed.setup(arguments["device"])  # under torchrun: join the ranks
+    world = ddp.setup(arguments["device"])  # under torchrun: join the ranks
     out, resume, overwrite = (arguments.pop(k) for k in ("out", "resume", "overwrite"))
     train_fields = {f.name for f in fields(TrainConfig)}
     train_options = {k: v for k, v in arguments.items() if k in train_fields}

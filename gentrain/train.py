@@ -19,8 +19,9 @@ import torch
 
 from genrun.errors import UserError
 from genrun.readers import DATA_SPECS_HELP, DataSplit
+from genrun.typed_json import parse
 
-from . import distributed
+from . import ddp
 from .checkpoint import save_checkpoint
 from .data import EpochBatches, chunks
 from .models import GenerativeModel
@@ -79,8 +80,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A run's stored settings, typed (genrun.typed_json); keys this
+        version no longer has are left out."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        kept = {k: v for k, v in values.items() if k in known}
+        fix = "the checkpoint is damaged or not from gentrain; start a new run"
+        return parse(cls, kept, "the checkpoint's train config", fix)
 
 
 def pick_device(name: str) -> torch.device:
@@ -183,7 +188,7 @@ class Trainer:
         resume: dict[str, Any] | None = None,
     ) -> None:
         self.config, self.data, self.out = config, data, Path(out)
-        self.world = distributed.current()  # torchrun ranks, or one process
+        self.world = ddp.current()  # torchrun ranks, or one process
         self.device = pick_device(config.device)
         # Channels-last convolutions measured 1.2x faster for Glow on CPU.
         self.model = model.to(self.device, memory_format=torch.channels_last).train()

@@ -153,7 +153,7 @@ def vae_exported(vae_checkpoint, tmp_path_factory) -> dict[str, Path]:
     """role -> engine (encode, decode, elbo) of the tiny VAE; read-only, like glow_exported."""
 
     def export(out: Path) -> None:
-        from genexport.engines import export_checkpoint
+        from genexport.export import export_checkpoint
 
         export_checkpoint(vae_checkpoint, out, name="tiny")
 

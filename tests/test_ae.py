@@ -16,9 +16,9 @@ from PIL import Image
 from training_helpers import first_and_last_losses
 
 import genrun
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.errors import UserError
-from genrun.manifest import read_from_onnx
+from genrun.manifest_io import read_from_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.cli import main
 from gentrain.models import AE, AEConfig
@@ -84,7 +84,7 @@ def test_sample_is_a_user_error(digits) -> None:
 def test_bad_config_is_a_user_error(digits) -> None:
     with pytest.raises(UserError, match="arch"):
         AEConfig(digits.shape, arch="resnet")
-    with pytest.raises(UserError, match="unknown AE config keys: kl"):
+    with pytest.raises(UserError, match="AE config: unknown keys: kl"):
         AEConfig.from_dict({"data_shape": digits.shape, "kl": "mc"})
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training (gentrain/distributed.py): 2 ranks on gloo train the
+"""Data-parallel training (gentrain/ddp.py): 2 ranks on gloo train the
 same model as one process (Glow with ActNorm's data-dependent init and
 dequantisation noise; the VAE with its reparameterisation noise), with EMA
 and clipping, and resume exactly."""
@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from genrun.readers import DataSplit, ImageSet, load_data
-from gentrain import distributed
+from gentrain import ddp
 from gentrain.checkpoint import load_checkpoint
 from gentrain.models import new_model
 from gentrain.train import TrainConfig, Trainer
@@ -112,13 +112,13 @@ def test_global_batch_noise_gives_each_rank_its_rows_of_one_draw() -> None:
     whole = [torch.rand(6, 2, 2), torch.randn(6, 5), torch.randn_like(torch.empty(6, 3))]
     for rank in range(3):
         torch.manual_seed(3)
-        with distributed.World(rank, 3).noise(6):
+        with ddp.World(rank, 3).noise(6):
             parts = [torch.rand(2, 2, 2), torch.randn(2, 5), torch.randn_like(torch.empty(2, 3))]
         for part, full in zip(parts, whole, strict=True):
             assert torch.equal(part, full[2 * rank : 2 * rank + 2])
     # Draws of other sizes are left alone, so they stay equal on every rank.
     torch.manual_seed(3)
-    with distributed.World(1, 3).noise(6):
+    with ddp.World(1, 3).noise(6):
         other = torch.randn(7)
     torch.manual_seed(3)
     assert torch.equal(other, torch.randn(7))
@@ -128,5 +128,5 @@ def test_a_batch_that_does_not_split_evenly_is_refused() -> None:
     from genrun.errors import UserError
 
     with pytest.raises(UserError, match="multiple of 3"):
-        distributed.World(0, 3).local_slice(torch.zeros(16, 1))
-    assert np.array_equal(distributed.World().local_slice(torch.arange(4)).numpy(), np.arange(4))
+        ddp.World(0, 3).local_slice(torch.zeros(16, 1))
+    assert np.array_equal(ddp.World().local_slice(torch.arange(4)).numpy(), np.arange(4))

@@ -20,6 +20,7 @@ from gentrain.models.glow.layers import (
     InvConv1x1,
     Squeeze,
 )
+from gentrain.models.glow.model import GlowLevel
 from gentrain.models.quantization import bits_per_dim, dequantize, quantize
 
 
@@ -48,18 +49,37 @@ def test_layer_inverts_and_logdet_matches_autograd(layer: torch.nn.Module) -> No
     torch.manual_seed(0)
     x = torch.randn(3, 4, 4, 4)
     layer.train()
-    layer(x, torch.zeros(3))  # data-dependent init where there is one
+    layer(x)  # data-dependent init where there is one
     _perturb(layer)
     layer.eval()
     assert_invertible(layer, x, tol=1e-4, logdet_tol=1e-6)
 
 
-def test_split_prior_inverts_and_logdet_is_exact() -> None:
+@pytest.mark.parametrize("cond", [2, None], ids=["split", "top"])
+def test_prior_inverts_and_logdet_is_exact(cond: int | None) -> None:
+    """The split prior standardises z = x[:, :2] given h = x[:, 2:] (passed
+    through); the top prior standardises all of x."""
     torch.manual_seed(0)
-    prior = GaussianStandardize(2, 2, (4, 4))
+    prior = GaussianStandardize(2, cond, (4, 4))
     _perturb(prior)
-    z, h = torch.randn(3, 2, 4, 4), torch.randn(3, 2, 4, 4)
-    assert_invertible(prior, z, tol=1e-5, logdet_tol=1e-6, h=h)
+    x = torch.randn(3, 2 if cond is None else 4, 4, 4)
+    if cond is not None:
+        assert torch.equal(prior(x)[0][:, 2:], x[:, 2:])
+    assert_invertible(prior, x, tol=1e-5, logdet_tol=1e-6)
+
+
+@pytest.mark.parametrize("top", [False, True], ids=["split", "top"])
+def test_level_inverts_and_logdet_is_exact(top: bool) -> None:
+    """A whole level (squeeze, steps, prior) is one composite transform."""
+    torch.manual_seed(0)
+    config = GlowConfig((1, 4, 4), levels=2, depth=2, hidden=8)
+    level = GlowLevel(1, (4, 4), config, top)
+    x = torch.randn(3, 1, 4, 4)
+    level.train()
+    level(x)  # ActNorm init
+    _perturb(level)
+    level.eval()
+    assert_invertible(level, x, tol=1e-4, logdet_tol=1e-6)
 
 
 @pytest.mark.parametrize("shape,levels", [((1, 8, 8), 2), ((1, 28, 28), 2), ((3, 8, 8), 3)])

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import genrun
-from genexport.engines import export_checkpoint
+from genexport.export import export_checkpoint
 from genrun.errors import UserError
 from genrun.readers import DataSplit, ImageSet
 from genrun.sampler import BlockNoise

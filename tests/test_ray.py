@@ -1,4 +1,4 @@
-"""`genrun --ray` (genrun/distributed.py): Ray actors give the one-process
+"""`genrun --ray` (genrun/ray_cluster.py): Ray actors give the one-process
 results: samples bit for bit, scores to float rounding, in the same order.
 One local Ray (2 CPUs, actors with fractional CPUs) shared by the module."""
 
@@ -12,7 +12,7 @@ import pytest
 from cli_helpers import InProcessCli
 from PIL import Image
 
-from genrun import distributed
+from genrun import ray_cluster
 from genrun.cli import main
 from genrun.engine import load
 from genrun.sampler import Sampler
@@ -32,7 +32,7 @@ def genrun(*args) -> None:
 @pytest.fixture(scope="module")
 def local_ray():
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    distributed.start()  # joins the running Ray, sets ordered, quiet execution
+    ray_cluster.start()  # joins the running Ray, sets ordered, quiet execution
     yield
     ray.shutdown()
 
@@ -50,7 +50,7 @@ def engines(glow_exported, vae_exported) -> dict[str, Path]:
 def test_ray_samples_equal_one_process_bit_for_bit(local_ray, engines, name, fixed) -> None:
     options = dict(temperature=0.8, seed=5, batch_size=64, fixed_levels=fixed)
     one = Sampler(load(engines[name], threads=1)).sample(700, **options)  # 3 units of 256
-    on_ray = distributed.sample(engines[name], 700, actors=2, **options)
+    on_ray = ray_cluster.sample(engines[name], 700, actors=2, **options)
     assert on_ray.dtype == np.uint8 and np.array_equal(on_ray, one)
 
 
@@ -58,7 +58,7 @@ def test_ray_samples_equal_one_process_bit_for_bit(local_ray, engines, name, fix
 def test_ray_scores_equal_one_process(local_ray, engines, digits, name, k) -> None:
     images = digits.test.images
     one = Scorer(load(engines[name], threads=1)).bits_per_dim(images, k, seed=2, batch_size=64)
-    on_ray = distributed.score(engines[name], images, k, seed=2, batch_size=64, actors=2)
+    on_ray = ray_cluster.score(engines[name], images, k, seed=2, batch_size=64, actors=2)
     np.testing.assert_allclose(on_ray, one, rtol=1e-6)
 
 

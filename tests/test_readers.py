@@ -20,9 +20,9 @@ import pytest
 from conftest import MNIST_DIR
 from PIL import Image
 
-from genrun import readers
+from genrun import atomic
 from genrun.errors import UserError
-from genrun.readers import DATA_SPECS_HELP, DataSplit, load_data, read_idx
+from genrun.readers import DATA_SPECS_HELP, DataSplit, download, load_data, read_idx
 
 STEMS = (
     "train-images-idx3-ubyte",
@@ -213,7 +213,7 @@ def test_offline_mnist_is_one_line_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
         "could not download MNIST (Temporary failure in name resolution); "
         "download the four files yourself and use --data mnist:DIR"
     )
-    assert [url.rsplit("/", 1)[0] + "/" for url in tried] == list(readers._MNIST_MIRRORS)
+    assert [url.rsplit("/", 1)[0] + "/" for url in tried] == list(download.MIRRORS)
     assert list(cache.iterdir()) == []  # no partial downloads left behind
 
 
@@ -233,10 +233,10 @@ def test_download_falls_back_to_second_mirror(
     stand in for the official ones) with the first mirror down."""
     cache = _cache(monkeypatch, tmp_path)
     shas = {s: hashlib.sha256((MNIST_DIR / f"{s}.gz").read_bytes()).hexdigest() for s in STEMS}
-    monkeypatch.setattr(readers, "_MNIST_SHA256", shas)
+    monkeypatch.setattr(download, "SHA256", shas)
 
     def second_mirror_only(url: str, timeout: float) -> io.BytesIO:
-        if url.startswith(readers._MNIST_MIRRORS[0]):
+        if url.startswith(download.MIRRORS[0]):
             raise TimeoutError("timed out")
         return io.BytesIO((MNIST_DIR / url.rsplit("/", 1)[1]).read_bytes())
 
@@ -244,6 +244,32 @@ def test_download_falls_back_to_second_mirror(
     data = load_data("mnist")
     np.testing.assert_array_equal(data.test.images, mnist.test.images)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
+
+
+def test_download_writes_through_the_atomic_writer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """While a file downloads, the only thing in the cache is a temporary of
+    genrun.atomic's naming (a dead writer's is swept first); whole and
+    checked, it is renamed into place."""
+    cache = _cache(monkeypatch, tmp_path)
+    cache.mkdir()
+    stale = cache / f".{STEMS[0]}.gz.999999999.{'0' * 32}.tmp"  # its writer was killed
+    stale.write_bytes(b"half a file")
+    payload, seen = b"mnist", []
+
+    class Response(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            seen.append(sorted(p.name for p in cache.iterdir()))
+            return super().read(size)
+
+    shas = {stem: hashlib.sha256(payload).hexdigest() for stem in STEMS}
+    monkeypatch.setattr(download, "SHA256", shas)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    download.fetch_mnist(cache)
+    assert len(seen[0]) == 1 and atomic._TEMP_NAME.match(seen[0][0]), seen[0]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
+    assert all((cache / f"{s}.gz").read_bytes() == payload for s in STEMS)
 
 
 def test_cached_mnist_needs_no_network(

@@ -13,7 +13,8 @@ from cli_helpers import InProcessCli
 
 from genexport.cli import main
 from genrun.engine import load
-from genrun.manifest import METADATA_KEY, from_json, read_from_onnx, to_json
+from genrun.manifest import METADATA_KEY, from_json, to_json
+from genrun.manifest_io import read_from_onnx
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="the triton extra is not installed"

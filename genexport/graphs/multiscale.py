@@ -21,6 +21,8 @@ from torch import nn
 from genrun.errors import UserError
 from genrun.manifest import (
     BITS_PER_DIM,
+    DENSITY,
+    GENERATE,
     IMAGES,
     LOG_LIKELIHOOD,
     OFFSET,
@@ -35,8 +37,9 @@ from gentrain.models import GenerativeModel
 from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
 from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
+from gentrain.models.transforms import Transform
 
-from .base import BATCH, Builder, Graph
+from .base import BATCH, Graph
 
 TEMPERATURE_EFFECT = (
     "every noise_i is multiplied by the sample's temperature before the reverse flow: "
@@ -44,16 +47,16 @@ TEMPERATURE_EFFECT = (
 )
 
 
-class Baked1x1(nn.Module):
+class Baked1x1(Transform):
     """y = W x + b per pixel with W, W^-1 and log|det W| fixed at export time
-    (computed in float64), under the layers' contract
-    forward(x, logdet, reverse) -> (y, logdet)."""
+    (computed in float64), under the layers' contract (forward and inverse,
+    each -> (outputs, logabsdet))."""
 
     def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, logdet_per_pixel: float):
         super().__init__()
         inverse = torch.linalg.inv(weight)
         self.register_buffer("weight", weight.float()[:, :, None, None])
-        self.register_buffer("inverse", inverse.float()[:, :, None, None])
+        self.register_buffer("inverse_weight", inverse.float()[:, :, None, None])
         # x = W^-1 (y - b) = W^-1 y - W^-1 b: the reverse is a conv with bias too.
         self.register_buffer("bias", None if bias is None else bias.float())
         self.register_buffer("inverse_bias", None if bias is None else (-inverse @ bias).float())
@@ -74,15 +77,14 @@ class Baked1x1(nn.Module):
         folded = weight.detach() * torch.exp(logs)[None, :]
         return cls(folded, folded @ shift, (logs.sum() + logabsdet).item())
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        dlogdet = x.shape[2] * x.shape[3] * self.logdet_per_pixel
-        if reverse:
-            y = F.conv2d(x, self.inverse, self.inverse_bias)
-            return y, None if logdet is None else logdet - dlogdet
-        y = F.conv2d(x, self.weight, self.bias)
-        return y, None if logdet is None else logdet + dlogdet
+    def _logabsdet(self, x: torch.Tensor) -> torch.Tensor:
+        return x.new_full((x.shape[0],), x.shape[2] * x.shape[3] * self.logdet_per_pixel)
+
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.conv2d(x, self.weight, self.bias), self._logabsdet(x)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return F.conv2d(y, self.inverse_weight, self.inverse_bias), -self._logabsdet(y)
 
 
 def check_actnorm_initialized(model: GenerativeModel) -> None:
@@ -186,7 +188,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return drawn, torch.rand(n, generator=generator)
 
     return Graph(
-        role="generate",
+        role=GENERATE,
         module=FlowGenerate(freeze_flow(model, fold)),
         reference=FlowGenerate(model),
         inputs=[
@@ -218,7 +220,7 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return pixels, torch.rand(n, *config.data_shape, generator=generator)
 
     return Graph(
-        role="density",
+        role=DENSITY,
         module=FlowDensity(freeze_flow(model, fold)),
         reference=FlowDensity(model),
         inputs=[
@@ -247,6 +249,3 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )
-
-
-BUILDERS: dict[str, Builder] = {"generate": generate_graph, "density": density_graph}

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from genrun.manifest import (
+    DECODE,
+    ELBO,
+    ENCODE,
     EPS,
     IMAGES,
     LOG_WEIGHT,
@@ -22,7 +25,7 @@ from genrun.manifest import (
 from gentrain.models import VAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Builder, Graph
+from .base import BATCH, Graph
 
 TEMPERATURE_EFFECT = (
     "the runtime multiplies the N(0, I) noise by the temperature and feeds it as z: "
@@ -108,7 +111,7 @@ def decode_graph(model: VAE, fold: bool = True) -> Graph:
 
     return _graph(
         model,
-        "decode",
+        DECODE,
         VAEDecode(model),
         inputs=[TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples")],
         outputs=[
@@ -127,7 +130,7 @@ def encode_graph(model: VAE, fold: bool = True) -> Graph:
     shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
     return _graph(
         model,
-        "encode",
+        ENCODE,
         VAEEncode(model),
         inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
         outputs=[
@@ -150,7 +153,7 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
 
     return _graph(
         model,
-        "elbo",
+        ELBO,
         VAEElbo(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
@@ -162,10 +165,3 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
         sample_inputs=sample_inputs,
         checks={LOG_WEIGHT: "nats"},
     )
-
-
-BUILDERS: dict[str, Builder] = {
-    "decode": decode_graph,
-    "encode": encode_graph,
-    "elbo": elbo_graph,
-}

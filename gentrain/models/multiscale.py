@@ -2,12 +2,10 @@
 images to standard-normal noise per level and back, the change of variables,
 dequantised bits/dim for training and evaluation, and sampling.
 
-A family builds `self.levels`, each level a module with
-
-    forward(x, logdet) -> (kept h, eps of this level, logdet)
-    reverse(h, eps) -> x          (h is None at the top level)
-
-and every prior folded into its level, so the flow maps data y to noise
+A family builds `self.levels`, each a `FlowLevel`: a composite of invertible
+layers (the flow contract, `transforms.py`) whose output's first `split`
+channels are that level's latent, the rest what the next level transforms.
+Every prior is folded into its level, so the flow maps data y to noise
 eps_1 .. eps_L with
 
     log p(y) = sum_l log N(eps_l; 0, I) + log|det d(eps)/dy|
@@ -26,6 +24,19 @@ from torch import nn
 
 from .base import GenerativeModel, Objective
 from .quantization import bits_per_dim, dequantize, discretization_nats, quantize
+from .transforms import CompositeTransform
+
+
+class FlowLevel(CompositeTransform):
+    """One scale of a multi-scale flow, the contract Glow's and RealNVP's share:
+    a composite transform (its layers, prior included, in `transforms()`) of
+    the level's input, after which the first `split` channels are the level's
+    standard-normal latent and the other `out_channels` go on to the next
+    level at half the resolution. At the `top` level every channel is latent."""
+
+    top: bool
+    split: int  # channels factored out as this level's latent
+    out_channels: int  # channels handed to the next level
 
 
 class MultiScaleFlow(GenerativeModel):
@@ -44,14 +55,19 @@ class MultiScaleFlow(GenerativeModel):
 
     # -- the flow ---------------------------------------------------------
     def forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Continuous images y -> (standard-normal latents per level, log|det|)."""
-        logdet = torch.zeros(y.shape[0], device=y.device)
-        latents = []
+        """Continuous images y -> (standard-normal latents per level, log|det|):
+        each level's latent is factored out of its output, the rest goes on."""
+        latents, total = [], None
         h = y
         for level in self.levels:
-            h, eps, logdet = level(h, logdet)
-            latents.append(eps)
-        return latents, logdet
+            x, logabsdet = level(h)
+            if level.top:
+                latents.append(x)
+            else:
+                latents.append(x[:, : level.split])
+                h = x[:, level.split :]
+            total = logabsdet if total is None else total + logabsdet
+        return latents, total
 
     def reverse(
         self, latents: list[torch.Tensor], temperature: float | torch.Tensor = 1.0
@@ -62,7 +78,8 @@ class MultiScaleFlow(GenerativeModel):
             temperature = temperature.view(-1, 1, 1, 1)
         h = None
         for level, eps in zip(reversed(self.levels), reversed(latents), strict=True):
-            h = level.reverse(h, eps * temperature)
+            eps = eps * temperature
+            h, _ = level.inverse(eps if h is None else torch.cat([eps, h], 1))
         return h
 
     def log_prob(self, y: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Glow's invertible layers, one class each, one contract (as in
-y0ast/Glow-PyTorch `modules.py`):
+"""Glow's invertible layers, one class each, under the toolkit's one flow
+contract (`gentrain/models/transforms.py`, as in nflows):
 
-    forward(x, logdet, reverse=False) -> (y, logdet)
+    forward(x) -> (y, logabsdet)      data -> latent
+    inverse(y) -> (x, logabsdet)      latent -> data, logabsdet = -forward's
 
-Going forward (data -> latent) each layer adds log|det J| to `logdet`; with
-`reverse=True` it inverts itself and subtracts it, so a round trip returns the
-`logdet` it was given.
+A flow step is a `CompositeTransform` of three of them, which sums their
+log-dets; no layer keeps a running total.
 """
 
 from __future__ import annotations
@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..stable import log_sigmoid
+from ..transforms import CompositeTransform, Transform, per_item
 
 
-class ActNorm(nn.Module):
+class ActNorm(Transform):
     """Per-channel affine y = (x + bias) * exp(logs), initialised from the first
     batch it sees so that the output has zero mean and unit variance per channel.
 
@@ -39,20 +40,19 @@ class ActNorm(nn.Module):
         self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
         self.initialized.fill_(True)
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if not self.initialized and self.training and not reverse:
+    def _logabsdet(self, x: torch.Tensor) -> torch.Tensor:
+        return per_item(x.shape[2] * x.shape[3] * self.logs.sum(), x)
+
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.initialized and self.training:
             self.initialize(x)
-        dlogdet = x.shape[2] * x.shape[3] * self.logs.sum()
-        if reverse:
-            y = x * torch.exp(-self.logs) - self.bias
-            return y, None if logdet is None else logdet - dlogdet
-        y = (x + self.bias) * torch.exp(self.logs)
-        return y, None if logdet is None else logdet + dlogdet
+        return (x + self.bias) * torch.exp(self.logs), self._logabsdet(x)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        return y * torch.exp(-self.logs) - self.bias, -self._logabsdet(y)
 
 
-class InvConv1x1(nn.Module):
+class InvConv1x1(Transform):
     """Invertible 1x1 convolution: y[:, :, i, j] = W x[:, :, i, j].
 
     With `lu=True` (the default, as in the Glow paper) W = P L (U + diag(s))
@@ -84,17 +84,16 @@ class InvConv1x1(nn.Module):
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * torch.exp(self.log_s))
         return self.p @ lower @ upper, self.log_s.sum()
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         weight, logabsdet = self.weight_and_logabsdet()
-        dlogdet = x.shape[2] * x.shape[3] * logabsdet
-        if reverse:
-            weight = torch.inverse(weight.double()).to(x.dtype)
-            y = F.conv2d(x, weight.unsqueeze(-1).unsqueeze(-1))
-            return y, None if logdet is None else logdet - dlogdet
         y = F.conv2d(x, weight.unsqueeze(-1).unsqueeze(-1))
-        return y, None if logdet is None else logdet + dlogdet
+        return y, per_item(x.shape[2] * x.shape[3] * logabsdet, x)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        weight, logabsdet = self.weight_and_logabsdet()
+        inverse = torch.inverse(weight.double()).to(y.dtype)
+        x = F.conv2d(y, inverse.unsqueeze(-1).unsqueeze(-1))
+        return x, per_item(-y.shape[2] * y.shape[3] * logabsdet, y)
 
 
 class ZeroConv2d(nn.Module):
@@ -128,7 +127,7 @@ class CouplingNet(nn.Module):
         nn.init.normal_(self.conv2.weight, std=0.05)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm1(self.conv1(x))[0])
+        h = F.relu(self.norm1(self.conv1(x))[0])  # ActNorm's log-det is not needed here
         h = F.relu(self.norm2(self.conv2(h))[0])
         return self.out(h)
 
@@ -141,7 +140,7 @@ class CouplingNet(nn.Module):
 SCALE_FLOOR = 0.05
 
 
-class AffineCoupling(nn.Module):
+class AffineCoupling(Transform):
     """Split channels (x_a, x_b); x_a passes through, x_b -> (x_b + t) * s with
     (h, t) = NN(x_a) and s = f + (1 - f) sigmoid(h + 2), f = SCALE_FLOOR: starts
     near the identity and keeps the forward map contracting, which keeps
@@ -182,28 +181,28 @@ class AffineCoupling(nn.Module):
         )
         return h[:, 0::2], log_scale
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
         shift, log_scale = self._shift_log_scale(x_a)
         if log_scale is None:
-            y_b = x_b - shift if reverse else x_b + shift
-            return torch.cat([x_a, y_b], 1), logdet
-        dlogdet = log_scale.flatten(1).sum(1)
-        if reverse:
-            y_b = x_b * torch.exp(-log_scale) - shift
-            return torch.cat([x_a, y_b], 1), None if logdet is None else logdet - dlogdet
+            return torch.cat([x_a, x_b + shift], 1), x.new_zeros(x.shape[0])
         y_b = (x_b + shift) * torch.exp(log_scale)
-        return torch.cat([x_a, y_b], 1), None if logdet is None else logdet + dlogdet
+        return torch.cat([x_a, y_b], 1), log_scale.flatten(1).sum(1)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        y_a, y_b = y[:, : self.split], y[:, self.split :]
+        shift, log_scale = self._shift_log_scale(y_a)
+        if log_scale is None:
+            return torch.cat([y_a, y_b - shift], 1), y.new_zeros(y.shape[0])
+        x_b = y_b * torch.exp(-log_scale) - shift
+        return torch.cat([y_a, x_b], 1), -log_scale.flatten(1).sum(1)
 
 
-class FlowStep(nn.Module):
-    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling."""
+class FlowStep(CompositeTransform):
+    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling (`self.layers`)."""
 
     def __init__(self, channels: int, hidden: int, lu: bool = True, additive: bool = False):
-        super().__init__()
-        self.layers = nn.ModuleList(
+        super().__init__(
             [
                 ActNorm(channels),
                 InvConv1x1(channels, lu),
@@ -211,40 +210,37 @@ class FlowStep(nn.Module):
             ]
         )
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        layers = reversed(self.layers) if reverse else self.layers
-        for layer in layers:
-            x, logdet = layer(x, logdet, reverse)
-        return x, logdet
 
-
-class Squeeze(nn.Module):
+class Squeeze(Transform):
     """(C, H, W) -> (4C, H/2, W/2), stacking each 2x2 neighbourhood in channels
-    so the next 1x1 convolution mixes former spatial neighbours."""
+    so the next 1x1 convolution mixes former spatial neighbours (a permutation:
+    log|det| = 0)."""
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         n, c, h, w = x.shape
-        if reverse:
-            x = x.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
-            return x.reshape(n, c // 4, h * 2, w * 2), logdet
         x = x.view(n, c, h // 2, 2, w // 2, 2).permute(0, 1, 3, 5, 2, 4)
-        return x.reshape(n, c * 4, h // 2, w // 2), logdet
+        return x.reshape(n, c * 4, h // 2, w // 2), x.new_zeros(n)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        n, c, h, w = y.shape
+        y = y.view(n, c // 4, 2, 2, h, w).permute(0, 1, 4, 2, 5, 3)
+        return y.reshape(n, c // 4, h * 2, w * 2), y.new_zeros(n)
 
 
-class GaussianStandardize(nn.Module):
-    """The prior of a latent z as an invertible layer: z -> eps = (z - mu) / sigma
-    with (mu, log sigma) predicted from the conditioning `h` (split priors) or
-    learned outright (the top prior). log p(z) = log N(eps; 0, I) + log|d eps/dz|,
-    so every level's latent is standard normal noise: generation takes noise in,
-    density hands noise out, and a round trip through both is exact.
+class GaussianStandardize(Transform):
+    """The prior of a level's factored-out latent as an invertible layer on the
+    whole level: its first `channels` channels z -> eps = (z - mu) / sigma, the
+    rest (h, the channels the next level keeps) pass through unchanged and
+    predict (mu, log sigma) (a split prior, Glow section 3); at the top level
+    (`cond_channels` None) every channel is z and (mu, log sigma) are learned
+    outright. log p(z | h) = log N(eps; 0, I) + log|d eps/dz|, so each level's
+    latent is standard-normal noise: generation takes noise in, density hands
+    noise out, and a round trip through both is exact.
     """
 
     def __init__(self, channels: int, cond_channels: int | None, shape: tuple[int, int]):
         super().__init__()
+        self.channels = channels
         if cond_channels is None:
             self.prior = None
             self.mean = nn.Parameter(torch.zeros(1, channels, *shape))
@@ -252,23 +248,26 @@ class GaussianStandardize(nn.Module):
         else:
             self.prior = ZeroConv2d(cond_channels, 2 * channels)
 
-    def _mean_logs(self, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _split(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """x -> (z, h, mean, logs); h is None at the top level."""
         if self.prior is None:
-            return self.mean, self.logs
+            return x, None, self.mean, self.logs
+        z, h = x[:, : self.channels], x[:, self.channels :]
         out = self.prior(h)
-        return out[:, 0::2], out[:, 1::2]
+        return z, h, out[:, 0::2], out[:, 1::2]
 
-    def forward(
-        self,
-        z: torch.Tensor,
-        logdet: torch.Tensor | None = None,
-        reverse: bool = False,
-        h: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        mean, logs = self._mean_logs(h)
-        dlogdet = -logs.expand_as(z).flatten(1).sum(1)
-        if reverse:
-            y = mean + torch.exp(logs) * z
-            return y, None if logdet is None else logdet - dlogdet
-        y = (z - mean) * torch.exp(-logs)
-        return y, None if logdet is None else logdet + dlogdet
+    @staticmethod
+    def _join(z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
+        return z if h is None else torch.cat([z, h], 1)
+
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        z, h, mean, logs = self._split(x)
+        eps = (z - mean) * torch.exp(-logs)
+        return self._join(eps, h), -logs.expand_as(z).flatten(1).sum(1)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        eps, h, mean, logs = self._split(y)
+        z = mean + torch.exp(logs) * eps
+        return self._join(z, h), logs.expand_as(eps).flatten(1).sum(1)

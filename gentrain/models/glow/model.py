@@ -8,19 +8,23 @@ out standard-normal noise; the change of variables, bits/dim and sampling are
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
-import torch
 from torch import nn
 
-from ..multiscale import MultiScaleFlow
+from genrun.manifest import DENSITY, GENERATE
+
+from ..multiscale import FlowLevel, MultiScaleFlow
+from ..transforms import Transform
 from .config import GlowConfig
 from .layers import FlowStep, GaussianStandardize, Squeeze
 
 
-class GlowLevel(nn.Module):
-    """Squeeze, K flow steps, then factor out half the channels (or, at the top
-    level, standardise all of them under the learned top prior)."""
+class GlowLevel(FlowLevel):
+    """Squeeze, K flow steps, then the prior: factor out half the channels,
+    standardised given the other half (or, at the top level, all of them
+    under the learned top prior)."""
 
     def __init__(self, in_channels: int, size: tuple[int, int], config: GlowConfig, top: bool):
         super().__init__()
@@ -37,28 +41,14 @@ class GlowLevel(nn.Module):
         self.prior = GaussianStandardize(self.split, cond, size)
         self.out_channels = channels - self.split
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x -> (kept h, eps of this level, logdet)."""
-        x, logdet = self.squeeze(x, logdet)
-        for step in self.steps:
-            x, logdet = step(x, logdet)
-        z, h = x[:, : self.split], x[:, self.split :]
-        eps, logdet = self.prior(z, logdet, h=None if self.top else h)
-        return h, eps, logdet
-
-    def reverse(self, h: torch.Tensor | None, eps: torch.Tensor) -> torch.Tensor:
-        z, _ = self.prior(eps, reverse=True, h=h)
-        x = z if self.top else torch.cat([z, h], 1)
-        for step in reversed(self.steps):
-            x, _ = step(x, reverse=True)
-        x, _ = self.squeeze(x, reverse=True)
-        return x
+    def transforms(self) -> Sequence[Transform]:
+        return [self.squeeze, *self.steps, self.prior]
 
 
 class Glow(MultiScaleFlow):
     family = "glow"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.glow"
     label = "Glow"
     description = "Glow (Kingma & Dhariwal 2018); reports test bits/dim"
     # Measured on MNIST (benchmarks/results/glow-sweep.md): Adam at a high

@@ -1,7 +1,7 @@
 """RealNVP's invertible layers (Dinh, Sohl-Dickstein & Bengio 2017), under
-Glow's contract (`gentrain/models/glow/layers.py`):
+the toolkit's one flow contract (`gentrain/models/transforms.py`):
 
-    forward(x, logdet, reverse=False) -> (y, logdet)
+    forward(x) -> (y, logabsdet),  inverse(y) -> (x, logabsdet)
 
 Squeeze and ActNorm are Glow's own; what is new here are the masks, the
 masked affine coupling with its residual network, and batch normalisation as
@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..glow.layers import ActNorm, ZeroConv2d
+from ..transforms import Transform, per_item
 
 
 def checkerboard_mask(height: int, width: int, parity: int) -> torch.Tensor:
@@ -31,7 +32,7 @@ def channel_mask(channels: int, parity: int) -> torch.Tensor:
     return (first if parity == 0 else 1 - first).view(1, channels, 1, 1)
 
 
-class BatchNorm(nn.Module):
+class BatchNorm(Transform):
     """Batch normalisation as an invertible layer (RealNVP, section 3.7):
     y = (x - mu) / sqrt(var + eps) * exp(log_gamma) + beta per channel, with
     log|det| = H W sum(log_gamma - log(var + eps) / 2).
@@ -49,10 +50,11 @@ class BatchNorm(nn.Module):
         self.register_buffer("running_var", torch.ones(1, channels, 1, 1))
         self.momentum, self.eps = momentum, eps
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.training and not reverse:
+    def _log_scale(self, var: torch.Tensor) -> torch.Tensor:
+        return self.log_gamma - 0.5 * torch.log(var + self.eps)
+
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.training:
             mean = x.mean(dim=(0, 2, 3), keepdim=True)
             var = (x - mean).pow(2).mean(dim=(0, 2, 3), keepdim=True)
             with torch.no_grad():
@@ -60,16 +62,17 @@ class BatchNorm(nn.Module):
                 self.running_var.lerp_(var, self.momentum)
         else:
             mean, var = self.running_mean, self.running_var
-        log_scale = self.log_gamma - 0.5 * torch.log(var + self.eps)
-        dlogdet = x.shape[2] * x.shape[3] * log_scale.sum()
-        if reverse:
-            y = (x - self.beta) * torch.exp(-log_scale) + mean
-            return y, None if logdet is None else logdet - dlogdet
+        log_scale = self._log_scale(var)
         y = (x - mean) * torch.exp(log_scale) + self.beta
-        return y, None if logdet is None else logdet + dlogdet
+        return y, per_item(x.shape[2] * x.shape[3] * log_scale.sum(), x)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        log_scale = self._log_scale(self.running_var)
+        x = (y - self.beta) * torch.exp(-log_scale) + self.running_mean
+        return x, per_item(-y.shape[2] * y.shape[3] * log_scale.sum(), y)
 
 
-def make_norm(kind: str, channels: int) -> nn.Module:
+def make_norm(kind: str, channels: int) -> Transform:
     """The invertible normalisation `kind` ("batchnorm" or "actnorm")."""
     return BatchNorm(channels) if kind == "batchnorm" else ActNorm(channels)
 
@@ -107,7 +110,7 @@ class ResNet(nn.Module):
         return self.out(F.relu(self.norm(h)[0]))
 
 
-class MaskedAffineCoupling(nn.Module):
+class MaskedAffineCoupling(Transform):
     """y = b x + (1 - b) (x exp(s(b x)) + t(b x)) with a fixed binary mask b
     (checkerboard or channel), log|det| = sum((1 - b) s).
 
@@ -126,15 +129,14 @@ class MaskedAffineCoupling(nn.Module):
         free = 1 - self.mask
         return shift * free, self.scale * torch.tanh(raw) * free
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor | None = None, reverse: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         x_id = x * self.mask  # the same going either way: y b = x b
         shift, log_scale = self._shift_log_scale(x_id)
-        dlogdet = log_scale.flatten(1).sum(1)
-        free = 1 - self.mask
-        if reverse:
-            y = x_id + free * (x - shift) * torch.exp(-log_scale)
-            return y, None if logdet is None else logdet - dlogdet
-        y = x_id + free * (x * torch.exp(log_scale) + shift)
-        return y, None if logdet is None else logdet + dlogdet
+        y = x_id + (1 - self.mask) * (x * torch.exp(log_scale) + shift)
+        return y, log_scale.flatten(1).sum(1)
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        y_id = y * self.mask
+        shift, log_scale = self._shift_log_scale(y_id)
+        x = y_id + (1 - self.mask) * (y - shift) * torch.exp(-log_scale)
+        return x, -log_scale.flatten(1).sum(1)

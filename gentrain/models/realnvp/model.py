@@ -12,18 +12,22 @@ variables, bits/dim and sampling are `MultiScaleFlow`'s.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 from torch import nn
 
+from genrun.manifest import DENSITY, GENERATE
+
 from ..glow.layers import Squeeze
-from ..multiscale import MultiScaleFlow
+from ..multiscale import FlowLevel, MultiScaleFlow
+from ..transforms import Transform
 from .config import RealNVPConfig
 from .layers import MaskedAffineCoupling, channel_mask, checkerboard_mask, make_norm
 
 
-class RealNVPScale(nn.Module):
+class RealNVPScale(FlowLevel):
     """One scale: couplings (each followed by a normalisation), and unless
     `top`, a squeeze, channel couplings and the factoring out of half the channels."""
 
@@ -53,23 +57,14 @@ class RealNVPScale(nn.Module):
             layers += [coupling, make_norm(config.norm, channels)]
         return layers
 
-    def forward(
-        self, x: torch.Tensor, logdet: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x -> (kept h, eps of this scale, logdet)."""
-        for layer in self.flow:
-            x, logdet = layer(x, logdet)
-        return x[:, self.split :], x[:, : self.split], logdet
-
-    def reverse(self, h: torch.Tensor | None, eps: torch.Tensor) -> torch.Tensor:
-        x = eps if self.top else torch.cat([eps, h], 1)
-        for layer in reversed(self.flow):
-            x, _ = layer(x, reverse=True)
-        return x
+    def transforms(self) -> Sequence[Transform]:
+        return self.flow
 
 
 class RealNVP(MultiScaleFlow):
     family = "realnvp"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.realnvp"
     label = "RealNVP"
     description = "RealNVP (Dinh et al. 2017); reports test bits/dim"
     # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and

@@ -6,7 +6,10 @@ z_K = f_K o ... o f_1(z_0), and
 
 The flow parameters are amortised, as in the paper: the encoder network
 outputs them per image next to (mu, log sigma^2), so each layer here has no
-weights of its own and maps (z, raw parameters) -> (z', log|det dz'/dz|).
+weights of its own. Under the toolkit's one flow contract
+(`gentrain/models/transforms.py`) the raw parameters are the context:
+forward(z, params) -> (z', log|det dz'/dz|); neither map has a closed-form
+inverse, so `inverse` raises InverseNotAvailable.
 Raw parameters are unconstrained; each layer maps them onto the paper's
 invertibility condition (appendix A), so any encoder output gives an
 invertible map. z may carry leading sample dimensions (..., N, k) in front of
@@ -17,12 +20,13 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from genrun.errors import UserError
 
+from ..transforms import CompositeTransform, Transform
 
-class PlanarFlow(nn.Module):
+
+class PlanarFlow(Transform):
     """f(z) = z + u_hat tanh(w^T z + b), log|det| = log|1 + u_hat^T w tanh'(w^T z + b)|.
 
     Invertible iff w^T u_hat >= -1: u_hat = u + (m(w^T u) - w^T u) w / |w|^2
@@ -53,7 +57,7 @@ class PlanarFlow(nn.Module):
         return z + u_hat * h, log_det.squeeze(-1)
 
 
-class RadialFlow(nn.Module):
+class RadialFlow(Transform):
     """f(z) = z + beta_hat (z - z_0) / (alpha + r), r = |z - z_0|, with
     log|det| = (k - 1) log(1 + beta_hat h) + log(1 + beta_hat h + beta_hat h' r),
     h = 1 / (alpha + r). Invertible iff beta_hat >= -alpha: alpha = softplus(a),
@@ -80,7 +84,7 @@ class RadialFlow(nn.Module):
         return z + beta * h * diff, log_det.squeeze(-1)
 
 
-FLOWS: dict[str, type[nn.Module]] = {"planar": PlanarFlow, "radial": RadialFlow}
+FLOWS: dict[str, type[Transform]] = {"planar": PlanarFlow, "radial": RadialFlow}
 
 
 def parse_posterior_flow(spec: str) -> tuple[str, int]:
@@ -95,19 +99,14 @@ def parse_posterior_flow(spec: str) -> tuple[str, int]:
     return kind, int(count)
 
 
-class PosteriorFlow(nn.Module):
-    """`count` layers of one kind; `num_params` raw numbers per image drive them all."""
+class PosteriorFlow(CompositeTransform):
+    """`count` layers of one kind; `num_params` raw numbers per image drive
+    them all: forward(z_0 (..., N, k), params (N, num_params)) -> (z_K,
+    sum_k log|det J_k| (..., N)), each layer reading its own slice of params."""
 
     def __init__(self, kind: str, count: int, latent_dim: int) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(FLOWS[kind](latent_dim) for _ in range(count))
+        super().__init__(FLOWS[kind](latent_dim) for _ in range(count))
         self.num_params = sum(layer.num_params for layer in self.layers)
 
-    def forward(self, z: torch.Tensor, params: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(z_0 (..., N, k), params (N, num_params)) -> (z_K, sum_k log|det J_k| (..., N))."""
-        sizes = [layer.num_params for layer in self.layers]
-        log_dets = []
-        for layer, layer_params in zip(self.layers, params.split(sizes, dim=-1), strict=True):
-            z, log_det = layer(z, layer_params)
-            log_dets.append(log_det)
-        return z, torch.stack(log_dets).sum(0)
+    def contexts(self, params: torch.Tensor) -> list[torch.Tensor]:
+        return list(params.split([layer.num_params for layer in self.layers], dim=-1))

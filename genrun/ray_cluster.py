@@ -29,8 +29,8 @@ from .engine import load
 from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
 from .readers import read_image_files
-from .sampler import BLOCK, Sampler
-from .scorer import Scorer
+from .sampler import BLOCK, Sampler, check_count
+from .scorer import Scorer, Scores
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
 # Actors ask for fractions of a CPU and leave one whole CPU of the cluster to
@@ -116,7 +116,7 @@ class _ScoreActor(_EngineActor):
 
 
 def _pool(actors: int, cpus: float | None):
-    _check_count("--actors", actors)
+    check_count("--actors", actors)
     ray = _ray()
     if cpus is None:
         spare = max(ray.cluster_resources().get("CPU", 1) - 1, 0.1)
@@ -240,6 +240,30 @@ def score(
     return np.concatenate([scores for _, scores in _in_order(dataset, BITS_PER_DIM, len(images))])
 
 
+def cli_samples(
+    engine: Path, out: Path, kind: str, address: str | None, **options: Any
+) -> Iterator[np.ndarray] | None:
+    """`genrun sample --ray`: on the Ray at `address` (see `start`), a
+    parquet `out` written as shards (returns None), else the samples as
+    chunks in index order for the caller to write."""
+    start(address)
+    if kind != "parquet":
+        return sample_batches(engine, **options)
+    write_parquet(sample_dataset(engine, **options), out)
+    return None
+
+
+def cli_scores(
+    engine: Path, images: np.ndarray | list[Path], address: str | None, **options: Any
+) -> Scores:
+    """`genrun likelihood --ray`: the nll bound in bits/dim as Scores (floored
+    at 0 on the actors; the count of floored values is not gathered)."""
+    start(address)
+    values = score(engine, images, **options)
+    nonfinite = int((~np.isfinite(values)).sum())
+    return Scores("nll", values, nonfinite, 0, options.get("iw_samples"), options.get("seed", 0))
+
+
 def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """The pipeline's rows as (index, column) chunks, checked to come in index
     order 0..n-1; an actor's UserError comes back as itself."""
@@ -260,8 +284,3 @@ def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.nda
         raise
     if expected != n:
         raise RuntimeError(f"Ray returned {expected} of {n} rows")
-
-
-def _check_count(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -20,29 +20,30 @@ import torch
 
 from genrun.errors import UserError
 from genrun.manifest import (
+    DENSITY,
+    GENERATE,
+    SCORING_ROLES,
     CheckpointInfo,
     ExportInfo,
     Manifest,
     Parity,
     TrainingScores,
-    read_from_onnx,
-    write_to_onnx,
 )
+from genrun.manifest_io import read_from_onnx, write_to_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
 from .fp16 import to_float16
 from .graphs import (
-    FAMILY_GRAPHS,
     Graph,
     build_graph,
     check_actnorm_initialized,
+    exportable,
     folds_actnorm,
     pixel_mapping,
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
-from .training_scores import ROLES as SCORING_ROLES
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
@@ -77,10 +78,10 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
     """The checkpoint's payload and its model, or a one-line UserError."""
     payload = load_checkpoint(checkpoint)
     family = payload.get("family")
-    if family not in FAMILY_GRAPHS:
+    if family not in exportable():
         raise UserError(
             f"{checkpoint} holds a model of unknown family {family!r}; genexport exports: "
-            f"{', '.join(FAMILY_GRAPHS)}"
+            f"{', '.join(exportable())}"
         )
     model = model_from_checkpoint(payload)
     check_actnorm_initialized(model)
@@ -133,8 +134,8 @@ def export_checkpoint(
         for role in parse_roles(model.family, roles)
     ]
     by_role = {engine.graph.role: engine for engine in engines}
-    if {"generate", "density"} <= by_role.keys():
-        generate, density = by_role["generate"], by_role["density"]
+    if {GENERATE, DENSITY} <= by_role.keys():
+        generate, density = by_role[GENERATE], by_role[DENSITY]
         trip = round_trip(
             density.graph,
             session(density.model),
