@@ -205,7 +205,7 @@ def _as_most_ood(values: np.ndarray) -> np.ndarray:
     return np.where(np.isfinite(values), values, np.inf)
 
 
-def report(family: str, engine: Path, trained: str, table, means, load: str) -> list[str]:
+def report(family: str, engine: Path, trained: str, table, means, load_note: str) -> list[str]:
     manifest = load(engine).manifest
     stats = manifest.training_scores
     sets = list(next(iter(table.values())))
@@ -214,7 +214,7 @@ def report(family: str, engine: Path, trained: str, table, means, load: str) -> 
         "",
         f"Training: `gentrain fit {family}` defaults, {trained}. Typicality statistics "
         f"from export: training bits/dim {stats.bpd_mean:.3f} (std {stats.bpd_std:.3f}) over "
-        f"the first {stats.images} training images, K = {stats.iw_samples}. {load}",
+        f"the first {stats.images} training images, K = {stats.iw_samples}. {load_note}",
         "",
         "Mean nll (bits/dim bound) per set: "
         + ", ".join(f"{name} {value:.2f}" for name, value in means.items())
@@ -275,12 +275,12 @@ def main() -> None:
             budget = ["--steps", steps[family]]
         engine, trained = engine_of(family, args.runs, args.data, budget)
         table, means = evaluate(engine, test, sets)
-        load = (
+        load_note = (
             f"Load average (1/5/15 min) {load_before} at the start, {_load()} at the end: "
             "timings depend on it"
             + (", the figures do not (a step budget)." if family not in minutes else ".")
         )
-        section = report(family, engine, trained, table, means, load)
+        section = report(family, engine, trained, table, means, load_note)
         section.append(
             f"Export and scoring of the {len(test) + len(sets) * SET_SIZE} images took "
             f"{time.perf_counter() - started:.0f} s.\n"
