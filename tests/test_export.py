@@ -3,7 +3,7 @@ several batch sizes, the flow round trip, engines that run in plain
 onnxruntime, standard operators only, float16 error, the CLI and its errors.
 
 Each graph is exported once (the exporter takes seconds a graph); the tiny
-checkpoints and the VAE's engines are conftest's."""
+checkpoints and their engines are conftest's."""
 
 from __future__ import annotations
 
@@ -35,12 +35,9 @@ assert_one_line_error = CLI.assert_one_line_error
 
 
 @pytest.fixture(scope="module")
-def glow_engines(glow_checkpoint, tmp_path_factory) -> tuple[dict[str, Path], str]:
-    """Both Glow graphs through the CLI, as a user runs it; (paths, stdout)."""
-    out = tmp_path_factory.mktemp("glow-engines")
-    code, stdout, err = genexport("onnx", glow_checkpoint, "--out", out, "--name", "tiny")
-    assert code == 0, err
-    return {role: out / f"tiny.{role}.onnx" for role in ("generate", "density")}, stdout
+def glow_engines(glow_export_run) -> tuple[dict[str, Path], str]:
+    """Both Glow graphs through the CLI, as a user runs it (conftest's); (paths, stdout)."""
+    return glow_export_run
 
 
 @pytest.fixture(scope="module")
