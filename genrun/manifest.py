@@ -9,7 +9,8 @@ genrun/manifest_io.py's job.
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
-Fields (version 2; version 1 is version 2 without training_scores, and reads)
+Fields (version 3; version 2 is version 3 without graph_sha256, version 1 also
+without training_scores; both read)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses versions it does not know
                 (READABLE_VERSIONS).
@@ -89,11 +90,16 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
   seed          their seed: typicality scores with the same k.
   bpd_mean      mean bits/dim of those images.
   bpd_std       their standard deviation (ddof 1).
+graph_sha256    hex sha256 of the ONNX file's bytes outside its metadata (the
+                graph, weights, opsets: `genrun.manifest_io.graph_sha256`),
+                or null (versions 1 and 2). genrun's ONNX loader refuses a
+                file whose graph no longer matches (since version 3).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -101,8 +107,8 @@ from typing import Any
 from .errors import UserError
 from .typed_json import Malformed, parse
 
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # version 2: no graph_sha256; version 1: no training_scores either
 METADATA_KEY = "vaeflow.manifest"
 
 # The roles of graphs, written once: a model family lists the ones it exports
@@ -243,6 +249,7 @@ class Manifest:
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
+    graph_sha256: str | None = None
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -298,6 +305,9 @@ def _check_values(manifest: Manifest) -> None:
         if not shape:
             raise Malformed(f"latent_shapes[{i}] is empty")
         sizes(f"latent_shapes[{i}]", shape)
+    digest = manifest.graph_sha256
+    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
+        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
 
 
 def check_graph(

@@ -13,7 +13,9 @@ before any runtime parses it. A plan's manifest travels in its sidecar JSON
 
 from __future__ import annotations
 
+import hashlib
 import io
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -64,10 +66,57 @@ def manifest_in(path: Path) -> Manifest | None:
 def read_metadata(handle: BinaryIO) -> dict[str, str]:
     """The metadata_props of a serialised ModelProto read from `handle`: every
     top-level field is skipped by its length except metadata_props."""
+    props: dict[str, str] = {}
+    for field, _, payload, end in _top_level_fields(handle):
+        if field == METADATA_PROPS:
+            if end - payload > MAX_ENTRY_BYTES:
+                raise _Malformed(f"a metadata entry of {end - payload} bytes")
+            key, value = _entry(handle.read(end - payload))
+            props[key] = value
+    return props
+
+
+def graph_sha256(handle: BinaryIO) -> str:
+    """sha256 of a serialised ModelProto without its metadata_props: the
+    graph, its weights and opsets, everything but the metadata, where the
+    manifest that records this digest lives. The same on the bytes genexport
+    writes and on the file read back; any byte changed outside the metadata
+    changes it."""
+    digest = hashlib.sha256()
+    for field, start, _, end in _top_level_fields(handle):
+        if field != METADATA_PROPS:
+            handle.seek(start)
+            for offset in range(start, end, 1 << 20):
+                digest.update(handle.read(min(1 << 20, end - offset)))
+    return digest.hexdigest()
+
+
+def check_graph_sha256(path: Path, manifest: Manifest) -> None:
+    """A UserError unless the file's graph is the one genexport recorded in
+    `manifest` (manifests from before version 3 record none: nothing to check)."""
+    if manifest.graph_sha256 is None:
+        return
+    try:
+        with open(path, "rb") as handle:
+            actual = graph_sha256(handle)
+    except (_Malformed, OSError) as err:
+        raise UserError(f"{path} cannot be read whole ({err}); copy the engine again") from None
+    if actual != manifest.graph_sha256:
+        raise UserError(
+            f"{path} does not hold the graph its manifest records (sha256 {actual[:12]}..., "
+            f"exported {manifest.graph_sha256[:12]}...): it changed after export; "
+            "re-export it with `genexport onnx` or copy the original again"
+        )
+
+
+def _top_level_fields(handle: BinaryIO) -> Iterator[tuple[int, int, int, int]]:
+    """(field number, start, payload start, end) of each top-level field of the
+    serialised ModelProto in `handle`, in file order; after each, the handle
+    is moved to the field's end whatever the caller read."""
     size = handle.seek(0, 2)
     handle.seek(0)
-    props: dict[str, str] = {}
     while handle.tell() < size:
+        start = handle.tell()
         field, kind = _tag(handle)
         if kind == VARINT:
             _varint(handle)
@@ -77,18 +126,16 @@ def read_metadata(handle: BinaryIO) -> dict[str, str]:
             length = _varint(handle)
             if handle.tell() + length > size:
                 raise _Malformed(f"field {field} runs {length} bytes past the end of the file")
-            if field == METADATA_PROPS:
-                if length > MAX_ENTRY_BYTES:
-                    raise _Malformed(f"a metadata entry of {length} bytes")
-                key, value = _entry(handle.read(length))
-                props[key] = value
-            else:
-                handle.seek(length, 1)
+            handle.seek(length, 1)
         else:
             raise _Malformed(f"wire type {kind} at byte {handle.tell()}")
+        end = handle.tell()
+        payload = end - length if kind == LENGTH_DELIMITED else end
+        handle.seek(payload)
+        yield field, start, payload, end
+        handle.seek(end)
     if handle.tell() != size:
         raise _Malformed("the last field runs past the end of the file")
-    return props
 
 
 def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:

@@ -26,7 +26,7 @@ from test_genrun_graphs import _save, _value
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import TrainingScores, from_json, to_json
+from genrun.manifest import MANIFEST_VERSION, TrainingScores, from_json, to_json
 from genrun.manifest_io import read_from_onnx
 from genrun.ood import auroc, compressed_bits, fpr_at_95_tpr, typicality
 from genrun.sampler import BlockNoise
@@ -125,7 +125,7 @@ def test_complexity_is_bits_per_dim_minus_png_bits_per_pixel(flow, digits) -> No
 def test_typicality_statistics_travel_in_the_manifest(flow, digits) -> None:
     manifest = read_from_onnx(flow["path"])
     stats = manifest.training_scores
-    assert manifest.version == 2 and (stats.data, stats.split, stats.iw_samples) == (
+    assert manifest.version == MANIFEST_VERSION and (stats.data, stats.split, stats.iw_samples) == (
         "digits",
         "train",
         1,

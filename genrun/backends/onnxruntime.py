@@ -50,7 +50,7 @@ import onnxruntime
 
 from ..errors import UserError
 from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
-from ..manifest_io import manifest_in
+from ..manifest_io import check_graph_sha256, manifest_in
 from . import nvidia
 from .base import Feeds, LoadOptions, Runner, log
 
@@ -171,6 +171,8 @@ def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
         if not path.is_file():
             raise
         manifest, unreadable = None, err
+    if manifest is not None:  # changed since export (weights overwritten): refuse it
+        check_graph_sha256(path, manifest)
     provider = resolve_provider(options.provider)
     chosen = [provider, *[p for p in PROVIDERS if p != provider and _is_slower(p, provider)]]
     chosen = [p for p in chosen if p in available_providers()]
