@@ -222,10 +222,10 @@ def main() -> None:
             flops = count_flops(paths[role])
             for batch in batches:
                 cells = torch_rows(model, role, batch, args.device, args)
-                for precision, path in (("fp32", paths[role]), ("fp16", fp16[family][role])):
+                for precision, path in (("fp32", paths[role]), ("fp16", fp16[family].get(role))):
                     for provider in ("cuda", "tensorrt"):
                         peer = f"ONNX Runtime {provider} {precision}"
-                        here = path if provider in gpu_providers else None
+                        here = path if provider in gpu_providers and path else None
                         cells.append((peer, engine_row(here, provider, batch, args)))
                     plan = (plans.get((family, precision)) or {}).get(role)
                     cells.append(
@@ -266,6 +266,8 @@ def targets(rows, engines, fp16, plans, data, batches, args) -> list[str]:
             lines.append(
                 f"fp16 plan >= {factor}x torch.compile at batch {batch}: {ratio:.2f}x, {verdict}"
             )
+    if not fp16["glow"]:
+        return [*lines, "fp16 targets and end to end: not measured (no fp16 engines)"]
     # End to end: genrun's Sampler on the fastest engine it can load, at the largest batch.
     batch = max(batches)
     plan16 = (plans.get(("glow", "fp16")) or {}).get("generate")

@@ -24,8 +24,8 @@ def test_stage_timeouts_add_up_to_under_six_minutes() -> None:
 def test_dry_run_passes_every_stage(tmp_path) -> None:
     env = {**os.environ, "OUT": str(tmp_path), "PYTHON": sys.executable, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        ["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=400
-    )
+        ["bash", str(SCRIPT), "--dry-run"], env=env, capture_output=True, text=True, timeout=1500
+    )  # the script's own stage limits (x4 in a dry run) stop it first
     summary = (tmp_path / "summary.txt").read_text()
     assert result.returncode == 0, summary + result.stderr
     for number, stage in enumerate(["truth", "train", "parity", "graphs", "throughput"], 1):
@@ -34,9 +34,9 @@ def test_dry_run_passes_every_stage(tmp_path) -> None:
     assert "torch imported: False" in truth and "--provider auto: runs on cpu" in truth
     parity = (tmp_path / "3-parity.txt").read_text()
     assert "FAILED" not in parity and "not run" not in parity, parity
-    assert parity.count("built, parity ok") == 4  # Glow generate, density x fp32, fp16
+    assert parity.count("built, parity ok") == 2  # Glow generate, density (fp32)
     graphs = (tmp_path / "4-graphs.txt").read_text()
-    assert graphs.count("equal; graphed [4, 8, 32]") == 4, graphs
+    assert graphs.count("equal; graphed [4, 8, 32]") == 2, graphs
     assert (
         "| glow generate | 1 | TensorRT plan fp32 | off |"
         in (tmp_path / "5-throughput.txt").read_text()
