@@ -23,10 +23,11 @@ DEFAULT_FOLDER_SIZE = 64
 
 def read_folder(
     directory: Path, size: int, mode: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
     """Every PNG/JPEG under `directory`, fitted to size x size, converted to
-    `mode` ("L", "RGB" or None: see `_open_picture`). Labels come from the
-    first-level subfolder (ImageFolder style) when no image sits directly in
+    `mode` ("L", "RGB" or None: see `_open_picture`), with labels and class
+    names: labels come from the first-level subfolder (ImageFolder style,
+    classes in sorted order of their names) when no image sits directly in
     `directory`."""
     if not directory.is_dir():
         raise UserError(f"image folder {directory} does not exist; check the path")
@@ -41,7 +42,7 @@ def read_folder(
         pictures = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pictures]
     stacked = np.stack(pictures)
     images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return images, _folder_labels(directory, files)
+    return images, *_folder_labels(directory, files)
 
 
 def _load_picture(path: Path, size: int, mode: str | None = None) -> np.ndarray:
@@ -145,10 +146,14 @@ def read_image_files(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarr
     return stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
 
 
-def _folder_labels(directory: Path, files: list[Path]) -> np.ndarray | None:
+def _folder_labels(
+    directory: Path, files: list[Path]
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(label of each file, class names by label) from the first-level
+    sub-folders; (None, None) when an image sits directly in `directory`."""
     parts = [path.relative_to(directory).parts for path in files]
     if any(len(p) == 1 for p in parts):
-        return None
+        return None, None
     classes = sorted({p[0] for p in parts})
     index = {name: i for i, name in enumerate(classes)}
-    return np.array([index[p[0]] for p in parts], dtype=np.int64)
+    return np.array([index[p[0]] for p in parts], dtype=np.int64), tuple(classes)
