@@ -27,7 +27,7 @@ import onnxruntime
 import torch
 from torch.utils import _pytree as pytree
 
-from genrun.manifest import IMAGES, TEMPERATURE, Parity
+from genrun.manifest import IMAGES, LABEL, TEMPERATURE, Parity
 from gentrain.models.quantization import dequantize
 
 from .graphs import Graph, nats_per_bpd
@@ -156,10 +156,12 @@ def round_trip(
     own = 0.0  # PyTorch float32's round-trip error on the same images
     misses: list[str] = []
     for n in BATCH_SIZES:
-        pixels, offset = density.sample_inputs(n, torch.Generator().manual_seed(SEED + n))
-        latents = density_engine.run(_latent_names(density), {IMAGES: pixels.numpy()})
-        noise = [spec.name for spec in generate.inputs if spec.name != TEMPERATURE]
-        feeds = dict(zip(noise, latents, strict=True))
+        # A conditional flow's inputs end with labels: both graphs get the same.
+        pixels, offset, *labels = density.sample_inputs(n, torch.Generator().manual_seed(SEED + n))
+        label = {LABEL: labels[0].numpy()} if labels else {}
+        latents = density_engine.run(_latent_names(density), {IMAGES: pixels.numpy(), **label})
+        noise = [spec.name for spec in generate.inputs if spec.name not in (TEMPERATURE, LABEL)]
+        feeds = {**dict(zip(noise, latents, strict=True)), **label}
         images, back = generate_engine.run(None, {**feeds, TEMPERATURE: np.ones(n, np.float32)})
         centres = dequantize(pixels, generate.pixel_bits).numpy()
         got = {"round_trip.images": images, "round_trip.pixels": back}
@@ -167,8 +169,9 @@ def round_trip(
         _accumulate(errors, got, want)
         misses += _one_sided(generate, got, want, f"images of batch {n}, seed {SEED + n}")
         with torch.no_grad():
-            _, _, *reference_latents = density.reference(pixels, torch.full_like(offset, 0.5))
-            y, _ = generate.reference(reference_latents, torch.ones(n))
+            centre = torch.full_like(offset, 0.5)
+            _, _, *reference_latents = density.reference(pixels, centre, *labels)
+            y, _ = generate.reference(reference_latents, torch.ones(n), *labels)
         own = max(own, _max_abs(y.numpy(), centres))
     return Parity(
         precision=precision,

@@ -9,7 +9,8 @@ route for genrun), each imported only when called.
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
-Fields (version 2; version 1 is version 2 without training_scores, and reads)
+Fields (version 2; version 1 is version 2 without training_scores, and reads;
+version 3 is version 2 with classes)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses versions it does not know
                 (READABLE_VERSIONS).
@@ -25,7 +26,7 @@ precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 are reduced and accumulated in float32).
 inputs, outputs list of TensorSpec, in graph order:
   name          the ONNX input/output name.
-  dtype         numpy dtype name: "float32" or "uint8".
+  dtype         numpy dtype name: "float32", "uint8" or "int64" (labels).
   shape         list; ints are fixed sizes, the string "N" marks the batch
                 axis (dynamic; every tensor of one call shares it).
   description   what the tensor holds, in words.
@@ -78,6 +79,15 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 ActNorm into the 1x1 convolutions (nodes_unfolded,
                 nodes_folded; null for vae), and library versions {torch,
                 onnx, onnxruntime, vaeflow, ...}.
+classes         list of ClassSpec, or absent/null (version 3, conditional engines
+                only: trained with --conditional). Each class's index (its label), its
+                name where the data named it (a folder's sub-folder, an npz's
+                class_names; null for bare indices such as MNIST's) and log_prior =
+                log p(y), its share of the training images. A conditional generate,
+                decode, density or elbo graph takes the input "label" (int64 (N,),
+                0..K-1); a conditional flow's marginal density engine (role density,
+                `genexport onnx --marginal`) takes none and also outputs
+                "class_log_likelihood", log P(x|y) (N, K).
 training_scores TrainingScores or null (density and elbo roles, since version 2;
                 null when export could not read the training data): the
                 bits/dim bound genrun's Scorer computes, over training images,
@@ -104,7 +114,10 @@ from typing import Any
 from .errors import UserError
 
 MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
+# Version 1: no training_scores; version 3: version 2 with `classes`, written
+# only for conditional engines (so an older reader refuses them in one line).
+READABLE_VERSIONS = (1, 2, 3)
+CONDITIONAL_VERSION = 3
 METADATA_KEY = "vaeflow.manifest"
 
 # The names of the tensors, written once: graphs declare them, runtimes look
@@ -121,6 +134,8 @@ Z = "z"  # a latent code (decode input, autoencoder encode output)
 MU = "mu"  # mean of q(z|x) (vae encode)
 LOGVAR = "logvar"  # log variance of q(z|x) (vae encode)
 EPS = "eps"  # N(0, I) noise of the reparameterisation (vae elbo)
+LABEL = "label"  # class labels int64 (N,) of a conditional engine
+CLASS_LOG_LIKELIHOOD = "class_log_likelihood"  # log P(x|y) (N, K) (marginal density)
 
 
 def noise_name(i: int) -> str:
@@ -219,6 +234,15 @@ class TrainingScores:
 
 
 @dataclass
+class ClassSpec:
+    """One class of a conditional engine."""
+
+    index: int  # its label
+    name: str | None  # the data's name for it (a folder's sub-folder), null for bare indices
+    log_prior: float  # log p(y): its share of the training images
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -234,16 +258,32 @@ class Manifest:
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
+    classes: list[ClassSpec] | None = None  # a conditional engine's (version 3)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
+
+    @property
+    def conditional(self) -> bool:
+        """From a class-conditional model (`classes` lists them)."""
+        return self.classes is not None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes' names by index where the data named them, else None."""
+        if not self.classes or any(c.name is None for c in self.classes):
+            return None
+        return [str(c.name) for c in self.classes]
 
     def output(self, name: str) -> TensorSpec:
         return next(spec for spec in self.outputs if spec.name == name)
 
 
 def to_json(manifest: Manifest) -> str:
-    return json.dumps(asdict(manifest), indent=1, sort_keys=True)
+    values = asdict(manifest)
+    if values["classes"] is None:  # an unconditional engine's manifest stays version 2's
+        del values["classes"]
+    return json.dumps(values, indent=1, sort_keys=True)
 
 
 def from_json(text: str, source: str = "the manifest") -> Manifest:
@@ -331,7 +371,7 @@ def _type_name(kind: Any) -> str:
     return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
 
 
-DTYPES = ("float32", "float16", "uint8")
+DTYPES = ("float32", "float16", "uint8", "int64")
 
 
 def _check_values(manifest: Manifest) -> None:
@@ -357,6 +397,13 @@ def _check_values(manifest: Manifest) -> None:
         if not shape:
             raise _Malformed(f"manifest.latent_shapes[{i}] is empty")
         sizes(f"manifest.latent_shapes[{i}]", shape)
+    if manifest.classes is not None:
+        indices = [c.index for c in manifest.classes]
+        names = [c.name for c in manifest.classes if c.name is not None]
+        if len(indices) < 2 or indices != list(range(len(indices))):
+            raise _Malformed(f"manifest.classes must be indices 0..K-1, K >= 2, got {indices}")
+        if len(set(names)) != len(names):
+            raise _Malformed("manifest.classes has a name twice")
 
 
 def check_graph(

@@ -53,6 +53,23 @@ def build_graph(model: GenerativeModel, role: str, fold: bool = True) -> Graph:
     return builders[role](model, fold)
 
 
+# The conditional flows' extra graph: the marginal density engine (role density,
+# no label input), written as NAME.marginal.onnx by `genexport onnx --marginal`.
+MARGINAL = "marginal"
+
+
+def marginal_builder(model: GenerativeModel) -> Builder:
+    """The function (fold) -> Graph of a conditional model's marginal density
+    engine, or a one-line UserError where there is none."""
+    build = getattr(FAMILY_GRAPHS[model.family], "marginal_graph", None)
+    if build is None or not model.num_classes:
+        raise UserError(
+            "--marginal writes the marginal density engine of a class-conditional glow or "
+            f"realnvp (trained with --conditional); this {model.family} model has none"
+        )
+    return lambda fold: build(model, fold)
+
+
 def folds_actnorm(family: str) -> bool:
     """Whether the family's graphs fold ActNorm into 1x1 convolutions (Glow)."""
     return getattr(FAMILY_GRAPHS[family], "FOLDS_ACTNORM", False)
@@ -66,11 +83,13 @@ def pixel_mapping(model: GenerativeModel) -> PixelMapping:
 __all__ = [
     "BATCH",
     "FAMILY_GRAPHS",
+    "MARGINAL",
     "Builder",
     "Graph",
     "build_graph",
     "check_actnorm_initialized",
     "folds_actnorm",
+    "marginal_builder",
     "nats_per_bpd",
     "pixel_mapping",
     "register_graphs",

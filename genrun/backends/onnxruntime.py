@@ -43,6 +43,7 @@ ORT_DTYPES = {
     "tensor(float16)": "float16",
     "tensor(double)": "float64",
     "tensor(uint8)": "uint8",
+    "tensor(int64)": "int64",  # a conditional engine's labels
 }
 # The TensorRT provider's one optimisation profile over the batch axis: min, opt, max.
 PROFILE_BATCHES = (1, 256, 4096)

@@ -55,19 +55,21 @@ class LabelledNet(nn.Module):
         self.cut, first = next(
             (i + 1, m) for i, m in enumerate(net) if isinstance(m, (nn.Linear, nn.Conv2d))
         )
-        width = first.out_features if isinstance(first, nn.Linear) else first.out_channels
+        self.conv = isinstance(first, nn.Conv2d)
+        width = first.out_channels if self.conv else first.out_features
         self.label_bias = nn.Parameter(torch.zeros(num_classes, width)) if num_classes else None
 
     def run(self, x: torch.Tensor, label: torch.Tensor | None) -> torch.Tensor:
-        """net(x), with label (N,) the class of each of x's last N rows (x may
-        have leading sample dimensions folded into its first axis)."""
+        """net(x), with label (N,) the class of x's rows. With labels, x may
+        carry leading sample dimensions (..., N, features) in front of a
+        Linear first layer; they fold into the batch after it."""
         if label is None:
             return self.net(x)
         h = self.net[: self.cut](x)
         # (N, width); class weights (N, K) mix the classes' biases (a soft one-hot).
         bias = label @ self.label_bias if label.is_floating_point() else self.label_bias[label]
-        bias = bias.repeat(len(h) // len(bias), 1)  # the same labels for every sample
-        return self.net[self.cut :](h + bias.view(*bias.shape, *[1] * (h.dim() - 2)))
+        h = h + bias[:, :, None, None] if self.conv else (h + bias).reshape(-1, h.shape[-1])
+        return self.net[self.cut :](h)
 
 
 class GaussianEncoder(LabelledNet):
@@ -136,7 +138,7 @@ class Decoder(LabelledNet):
 
     def forward(self, z: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         """z (..., N, k) -> likelihood parameters (..., N, C, H, W); label (N,)."""
-        params = self.run(z.reshape(-1, self.latent_dim), label)
+        params = self.run(z if label is not None else z.reshape(-1, self.latent_dim), label)
         return params.reshape(*z.shape[:-1], *params.shape[1:])
 
     def log_prob(
