@@ -16,12 +16,12 @@ from typing import Annotated
 
 import typer
 
-from genrun.describe import labelled, manifest_lines, parity_text
+from genrun.describe import describe, file_size, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import Manifest, read_from_onnx, to_json
+from genrun.manifest import read_from_onnx, to_json
 
 from .export import ExportedGraph, export_checkpoint, verify_engine
-from .graphs import FAMILY_GRAPHS, roles
+from .graphs import exportable, roles
 from .onnx import OPSETS
 from .tensorrt import PlanOptions, export_plans
 
@@ -41,7 +41,7 @@ def onnx_command(
         str | None,
         typer.Option(
             help="Comma-separated roles (default: all of the family's): "
-            + "; ".join(f"{family}: {','.join(roles(family))}" for family in FAMILY_GRAPHS)
+            + "; ".join(f"{family}: {','.join(roles(family))}" for family in exportable())
         ),
     ] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, one of {OPSETS}.")] = OPSETS[0],
@@ -77,7 +77,7 @@ def onnx_command(
     rows = [
         (
             str(engine.path),
-            _size(len(engine.model.SerializeToString())),
+            file_size(len(engine.model.SerializeToString())),
             engine.nodes,
             "{} -> {}".format(*engine.nodes_folding) if engine.nodes_folding else "-",
             f"{engine.seconds:.1f} s",
@@ -143,7 +143,7 @@ def tensorrt_command(
     rows = [
         (
             str(plan.path),
-            _size(len(plan.plan)),
+            file_size(len(plan.plan)),
             "{min}/{opt}/{max}".format(**plan.info.profile),
             f"{plan.seconds:.1f} s",
         )
@@ -217,16 +217,8 @@ def info_command(
     if json_out:
         typer.echo(to_json(manifest))
         return
-    for line in describe(manifest, engine):
+    for line in describe(engine, manifest):
         typer.echo(line)
-
-
-def describe(manifest: Manifest, engine: Path) -> list[str]:
-    """The engine file and its size, then the manifest (genrun's printer)."""
-    return [
-        labelled("engine", f"{engine} ({_size(engine.stat().st_size)})"),
-        *manifest_lines(manifest),
-    ]
 
 
 def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
@@ -236,10 +228,6 @@ def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
         typer.echo(
             "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
         )
-
-
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 1024:.0f} KiB" if n_bytes < 1 << 20 else f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def main() -> None:

@@ -22,7 +22,10 @@ import torch
 from genrun.errors import UserError
 from genrun.manifest import (
     CONDITIONAL_VERSION,
+    DENSITY,
+    GENERATE,
     MANIFEST_VERSION,
+    SCORING_ROLES,
     CheckpointInfo,
     ClassSpec,
     ExportInfo,
@@ -37,18 +40,17 @@ from gentrain.models import GenerativeModel
 
 from .fp16 import to_float16
 from .graphs import (
-    FAMILY_GRAPHS,
     MARGINAL,
     Graph,
     build_graph,
     check_actnorm_initialized,
+    exportable,
     folds_actnorm,
     marginal_builder,
     pixel_mapping,
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
-from .training_scores import ROLES as SCORING_ROLES
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
@@ -83,10 +85,10 @@ def load_trained(checkpoint: Path) -> tuple[dict, GenerativeModel]:
     """The checkpoint's payload and its model, or a one-line UserError."""
     payload = load_checkpoint(checkpoint)
     family = payload.get("family")
-    if family not in FAMILY_GRAPHS:
+    if family not in exportable():
         raise UserError(
             f"{checkpoint} holds a model of unknown family {family!r}; genexport exports: "
-            f"{', '.join(FAMILY_GRAPHS)}"
+            f"{', '.join(exportable())}"
         )
     model = model_from_checkpoint(payload)
     check_actnorm_initialized(model)
@@ -146,8 +148,8 @@ def export_checkpoint(
         build = marginal_builder(model)
         path = out / f"{name}.{MARGINAL}{suffix}.onnx"
         engines.append(_export_role(model, MARGINAL, opset, precision, path, build))
-    if {"generate", "density"} <= by_role.keys():
-        generate, density = by_role["generate"], by_role["density"]
+    if {GENERATE, DENSITY} <= by_role.keys():
+        generate, density = by_role[GENERATE], by_role[DENSITY]
         trip = round_trip(
             density.graph,
             session(density.model),

@@ -39,6 +39,8 @@ from genrun.engine import ort_session
 from genrun.errors import UserError
 from genrun.manifest import (
     BATCH,
+    DENSITY,
+    GENERATE,
     IMAGES,
     PIXELS,
     TEMPERATURE,
@@ -315,9 +317,9 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
     temperature 1 -> the images again (pixels within the export's round-trip
     bound of the inputs, images within it of ONNX Runtime's round trip)."""
     by_role = {plan.manifest.role: plan for plan in plans}
-    if not {"generate", "density"} <= by_role.keys():
+    if not {GENERATE, DENSITY} <= by_role.keys():
         return
-    generate, density = by_role["generate"], by_role["density"]
+    generate, density = by_role[GENERATE], by_role[DENSITY]
     tolerance = bounds(generate.manifest)
     if not {"round_trip.images", "round_trip.pixels"} <= tolerance.keys():
         return  # exported one role at a time: no round-trip bound recorded
@@ -328,9 +330,9 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
     for batch in (1, 7):
         pixels = seeded_inputs(density.manifest.inputs, batch, batch)[IMAGES]
         ones = np.ones(batch, np.float32)
-        got_latents = runners["density"].run({IMAGES: pixels})
+        got_latents = runners[DENSITY].run({IMAGES: pixels})
         feeds = {n: got_latents[latent] for n, latent in zip(noise, latents, strict=True)}
-        got = runners["generate"].run({**feeds, TEMPERATURE: ones})
+        got = runners[GENERATE].run({**feeds, TEMPERATURE: ones})
         want_latents = sessions[0].run(latents, {IMAGES: pixels})
         feeds = dict(zip(noise, want_latents, strict=True))
         want_images = sessions[1].run([IMAGES], {**feeds, TEMPERATURE: ones})[0]

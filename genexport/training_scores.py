@@ -24,7 +24,6 @@ from genrun.scorer import Scorer
 
 from .onnx import session
 
-ROLES = ("density", "elbo")  # the roles that score images
 MAX_IMAGES = 1000  # the first this many training images ...
 MAX_ROWS = 20_000  # ... or fewer, so that images x K stays within this many graph rows
 SEED = 0

@@ -60,6 +60,12 @@ def is_stream(path: str | Path) -> bool:
     return not (stat.S_ISREG(mode) or stat.S_ISDIR(mode))
 
 
+def target_folder(path: str | Path) -> Path | None:
+    """The folder a write to `path` lands in (links followed), or None for a
+    stream, which is written into where it is."""
+    return None if is_stream(path) else resolve_target(path).parent
+
+
 def existing_mode(target: Path) -> int | None:
     """The permission bits of a regular file already at `target`, else None."""
     try:

@@ -8,36 +8,35 @@ genrun info --engine runs/demo/demo.generate.onnx
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Annotated
 
 import numpy as np
 import typer
-from PIL import Image
 
-from .atomic import atomic_folder, is_stream, resolve_target, write_atomic
 from .bench import bench
-from .describe import labelled, manifest_lines, tensor_lines
-from .engine import PROVIDERS, Engine, available_providers, load
+from .describe import describe
+from .engine import PROVIDERS, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
-from .images import save_grid, write_npz_stream
-from .manifest import IMAGES
-from .readers import DATA_SPECS_HELP, load_data, read_image_files
+from .nonfinite import check_policy
+from .outputs import SampleOutput, check_writable, is_stdout, write_csv
+from .readers import (
+    DATA_SPECS_HELP,
+    TEST_FRACTION,
+    folder_of,
+    load_data,
+    read_image_files,
+    read_named_folder,
+    split_indices,
+)
 from .sampler import SampleBatches, Sampler
+from .score_table import ScoreTable
 from .scorer import Scorer, Scores
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
-
-# A grid is built in memory and one PNG; beyond this many tiles it is neither
-# viewable nor small, so larger runs go to an .npz or a folder (both stream).
-MAX_GRID = 10_000
 
 EngineOption = Annotated[
     Path,
@@ -110,53 +109,36 @@ def sample_command(
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
-    # Checks the arguments before anything is written.
+    # Checks the arguments and the output before anything is sampled or written.
     batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
-    kind = _output_kind(out)
-    if ray or ray_address or kind == "parquet":  # the same samples, made by Ray actors
+    row_shape = tuple(sampler.engine.manifest.data_shape)
+    output = SampleOutput(out, n, row_shape, counted_at_end=nonfinite == "drop")
+    if ray or ray_address or output.kind == "parquet":  # the same samples, made by Ray actors
         if nonfinite != "error":
             raise UserError(
                 f"--nonfinite {nonfinite} is not supported with Ray yet (its actors refuse "
                 "non-finite samples); drop --ray, or keep the default --nonfinite error"
             )
-        chunks = _ray_samples(
-            engine, out, kind, ray_address, actors, provider, n=n, temperature=temperature,
-            seed=seed, batch_size=batch, fixed_levels=fixed_levels,
+        from .ray_cluster import cli_samples
+
+        chunks = cli_samples(
+            engine, out, output.kind, ray_address, actors=actors, provider=provider, n=n,
+            temperature=temperature, seed=seed, batch_size=batch, fixed_levels=fixed_levels,
         )  # fmt: skip
         if chunks is None:  # written as parquet shards
             typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
             return
         batches = SampleBatches.of_finite(chunks, n)
-    if kind == "png" and n > MAX_GRID:
-        raise UserError(
-            f"--n {n} is too many for a PNG grid (at most {MAX_GRID}); write an .npz "
-            "(--out samples.npz) or one PNG each (--out DIR), both streamed to disk"
-        )
-    _check_writable(out)
     # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
     with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
-        if kind == "dir":
-            _write_dir(out, progress)
-        elif kind == "npz" and nonfinite == "drop":  # the count is known only at the end
-            _writing(out, lambda: _write_npz_spooled(out, progress, sampler.engine.manifest))
-        elif kind == "npz":
-            shape = (n, *sampler.engine.manifest.data_shape)
-            _writing(out, lambda: write_npz_stream(out, IMAGES, progress, shape))
-        else:
-            kept = list(progress)
-            if not kept:
-                raise UserError(f"{batches.summary()}: no sample left to write to {out}")
-            _writing(out, lambda: save_grid(np.concatenate(kept), out))
+        output.write(progress, batches.summary)
     written = n - (batches.nonfinite if nonfinite == "drop" else 0)
     typer.echo(
         f"{written} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}",
-        err=_is_stdout(out),
+        err=output.to_stdout,
     )
     if batches.nonfinite:
         typer.echo(f"warning: {batches.summary()}", err=True)
-
-
-NONFINITE = ("error", "drop", "keep")
 
 
 @app.command("likelihood")
@@ -169,7 +151,13 @@ def likelihood_command(
     data: Annotated[
         str | None, typer.Option(help=f"Images to score instead of FILES: {DATA_SPECS_HELP}.")
     ] = None,
-    split: Annotated[str, typer.Option(help="With --data: test, train or all.")] = "test",
+    split: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: test, train or all (default: test; for folder:DIR all, every "
+            "image in file order; its test and train are the split gentrain makes with --seed 0)."
+        ),
+    ] = None,
     score: Annotated[
         str,
         typer.Option(
@@ -182,8 +170,9 @@ def likelihood_command(
     out: Annotated[
         Path | None,
         typer.Option(
-            help="CSV of per-image scores: split, index, SCORE (--data) or file, SCORE (FILES); "
-            "typicality with --m > 1: one row per group."
+            help="CSV of per-image scores: file, SCORE (FILES, or a folder:DIR with the path "
+            "relative to DIR) or split, index, SCORE (other --data); typicality with --m > 1: "
+            "one row per group."
         ),
     ] = None,
     iw_samples: Annotated[
@@ -217,105 +206,66 @@ def likelihood_command(
     with K draws), never negative."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
-    if nonfinite not in NONFINITE:
-        raise UserError(f"unknown --nonfinite {nonfinite!r}; use one of: {', '.join(NONFINITE)}")
+    check_policy(nonfinite)
     scorer = Scorer(load(engine, provider))
     expected = tuple(scorer.engine.manifest.data_shape)
     splits = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}
-    if split not in splits:
+    if split is not None and split not in splits:
         raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
-        _check_writable(out)
+        check_writable(out)
 
     on_ray = ray or ray_address is not None
     if on_ray and score != "nll":
         raise UserError(f"--ray scores nll only, not {score}; drop --ray for {score}")
 
-    def scored(images: np.ndarray) -> Scores:
+    def scored(images: np.ndarray | list[Path]) -> Scores:
         if on_ray:  # the same bound from Ray actors (FILES are read there)
-            return _ray_scores(
-                engine, images, ray_address, actors, provider, iw_samples, seed, batch
-            )
+            from .ray_cluster import cli_scores
+
+            return cli_scores(
+                engine, images, ray_address, iw_samples=iw_samples, seed=seed,
+                batch_size=batch, actors=actors, provider=provider,
+            )  # fmt: skip
         return scorer.score(images, score, iw_samples, seed, batch, m)
 
-    grouped = score == "typicality" and m > 1
+    group = m if score == "typicality" else 1
     if files:
-        result = scored(files if on_ray else read_image_files(files, expected))
-        header = ("first_file", "images", score) if grouped else ("file", score)
-        labels = [(str(files[i]),) for i in range(0, len(files), m if grouped else 1)]
-        sizes = [min(m, len(files) - i) for i in range(0, len(files), m)] if grouped else None
-        rows, results, what = _rows(labels, sizes, result.values), [result], "files"
-    else:
-        folder = data.startswith("folder:")  # resized and converted like image FILES
-        loaded = load_data(data, size=expected[1] if folder else None, channels=expected[0])
-        if loaded.shape != expected:
-            raise UserError(
-                f"{data} holds images of shape {loaded.shape}, the engine expects {expected} "
-                "(C, H, W); score data like the model's training data"
-            )
-        header = ("split", "first_index", "images", score) if grouped else ("split", "index", score)
-        rows, results, what = [], [], f"{data} {split}"
-        for name in splits[split]:
-            images = getattr(loaded, name).images
-            result = scored(images)
-            starts = range(0, len(images), m if grouped else 1)
-            sizes = [min(m, len(images) - i) for i in starts] if grouped else None
-            rows += _rows([(name, i) for i in starts], sizes, result.values)
-            results.append(result)
-    bad = [row for row in rows if not math.isfinite(row[-1])]
-    if bad and nonfinite == "error":
-        raise UserError(
-            f"{len(bad)} of {len(rows)} {score} scores are not finite (first: "
-            f"{' '.join(map(str, bad[0][:-1]))} = {bad[0][-1]}); the model overflows on "
-            "them: pass --nonfinite drop to leave them out, or keep to write them to the CSV"
+        table, what = ScoreTable(score, ("file",), group), "files"
+        table.add(
+            [(str(f),) for f in files],
+            scored(files if on_ray else read_image_files(files, expected)),
         )
-    if nonfinite == "drop":
-        rows = [row for row in rows if math.isfinite(row[-1])]
-    values = np.array([row[-1] for row in rows if math.isfinite(row[-1])])
+    elif (folder := folder_of(data)) is not None:  # a user's images: each row names its file
+        names, images = read_named_folder(folder, expected[1], expected[0])
+        _check_shape(data, images.shape[1:], expected)
+        if split in ("train", "test"):  # the part gentrain trained or tested on
+            chosen = split_indices(len(names), TEST_FRACTION, seed=0)[split == "test"]
+            names, images = [names[i] for i in chosen], images[chosen]
+        table, what = ScoreTable(score, ("file",), group), f"{data} {split or 'all'}"
+        table.add([(name,) for name in names], scored(images))
+    else:
+        loaded = load_data(data, channels=expected[0])
+        _check_shape(data, loaded.shape, expected)
+        table, what = ScoreTable(score, ("split", "index"), group), f"{data} {split or 'test'}"
+        for name in splits[split or "test"]:
+            images = getattr(loaded, name).images
+            table.add([(name, i) for i in range(len(images))], scored(images))
+    table.apply(nonfinite)
     if out is not None:
-        text = io.StringIO()
-        writer = csv.writer(text, lineterminator="\n")
-        writer.writerows([header, *rows])
-        _write_text(out, text.getvalue())
-    unit = " bits/dim" if score in ("nll", "bpd_density_at_centers", "complexity") else ""
-    count = f"{len(rows)} groups of {m} images" if grouped else f"{len(rows)} images"
-    mean = "no finite score"
-    if len(values):
-        stderr = values.std(ddof=1) / math.sqrt(len(values)) if len(values) > 1 else 0.0
-        mean = f"{score}{unit} mean {values.mean():.4f} +- {stderr:.4f}"
-    notes = [_describe_bound(scorer, results[0])] if results[0].iw_samples is not None else []
-    floored = sum(result.floored for result in results)
-    if floored:
-        notes.append(f"{floored} estimates below 0 raised to 0, as -log P(x) >= 0")
-    if bad:
-        verb = "dropped" if nonfinite == "drop" else "kept in the CSV, left out of the mean"
-        notes.append(f"{len(bad)} non-finite {verb}")
+        write_csv(out, table.csv_rows())
     typer.echo(
-        f"{what}: {count}, {mean}"
-        + (f" ({'; '.join(notes)})" if notes else "")
-        + (f" -> {out}" if out else ""),
-        err=out is not None and _is_stdout(out),
+        table.summary(what, scorer) + (f" -> {out}" if out else ""),
+        err=out is not None and is_stdout(out),
     )
 
 
-def _rows(labels: list[tuple], sizes: list[int] | None, values: np.ndarray) -> list[tuple]:
-    if sizes is None:
-        return [(*label, float(v)) for label, v in zip(labels, values, strict=True)]
-    return [(*label, n, float(v)) for label, n, v in zip(labels, sizes, values, strict=True)]
-
-
-def _describe_bound(scorer: Scorer, result: Scores) -> str:
-    if scorer.exact and not scorer.dequantized:
-        return "exact log P(x) of the discrete image"
-    if scorer.exact:
-        kind = (
-            "dequantised variational bound"
-            if result.iw_samples == 1
-            else f"importance-weighted dequantisation bound, K = {result.iw_samples}"
+def _check_shape(data: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
+    if tuple(shape) != expected:
+        raise UserError(
+            f"{data} holds images of shape {tuple(shape)}, the engine expects {expected} "
+            "(C, H, W); score data like the model's training data"
         )
-    else:
-        kind = f"IWAE bound, K = {result.iw_samples}"
-    return f"bits/dim: {kind}, seed {result.seed}"
 
 
 @app.command("bench")
@@ -378,165 +328,8 @@ def bench_command(
 def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> None:
     """The engine's model, tensors, provenance and the providers present."""
     loaded = load(engine, provider)
-    for line in describe(loaded):
+    for line in describe(loaded.path, loaded.manifest, loaded):
         typer.echo(line)
-
-
-def describe(engine: Engine) -> list[str]:
-    """The engine file, the provider, then its manifest (or a foreign graph's tensors)."""
-    provider = labelled(
-        "provider", f"{engine.provider} (present: {', '.join(available_providers())})"
-    )
-    if engine.manifest is None:  # a foreign graph: only what the graph itself says
-        return [
-            labelled(
-                "engine",
-                f"{engine.path}, no vaeflow manifest (bench and run work; sample and "
-                "likelihood need one: re-export with `genexport onnx CKPT`)",
-            ),
-            provider,
-            "inputs",
-            *tensor_lines(engine.inputs),
-            "outputs",
-            *tensor_lines(engine.outputs),
-        ]
-    return [
-        labelled("engine", str(engine.path)),
-        provider,
-        *manifest_lines(engine.manifest),
-        *_plan_lines(engine),
-    ]
-
-
-def _plan_lines(engine: Engine) -> list[str]:
-    """A TensorRT plan's build facts (its sidecar), or nothing for ONNX."""
-    plan = engine.plan
-    if plan is None:
-        return []
-    profile = plan.profile
-    return [
-        labelled(
-            "tensorrt",
-            f"{plan.tensorrt}, built on {plan.gpu} (compute capability "
-            f"{plan.compute_capability}, hardware compatibility {plan.hardware_compat}), "
-            f"{plan.precision}",
-        ),
-        f"  profile  batch min {profile['min']}, opt {profile['opt']}, max {profile['max']}; "
-        f"from {plan.onnx_file} (sha256 {plan.onnx_sha256[:12]}...)",
-    ]
-
-
-def _ray_samples(engine: Path, out: Path, kind: str, address, actors, provider, **options):
-    """Sample batches from Ray actors, or None once written as parquet shards."""
-    from . import ray_cluster
-
-    ray_cluster.start(address)
-    if kind != "parquet":
-        return ray_cluster.sample_batches(engine, actors=actors, provider=provider, **options)
-    _check_writable(out)
-    dataset = ray_cluster.sample_dataset(engine, actors=actors, provider=provider, **options)
-    ray_cluster.write_parquet(dataset, out)
-    return None
-
-
-def _ray_scores(engine, images, address, actors, provider, iw_samples, seed, batch) -> Scores:
-    """The nll bound in bits/dim from Ray actors (floored at 0 there; the count of
-    floored values is not gathered)."""
-    from . import ray_cluster
-    from .scorer import Scores
-
-    ray_cluster.start(address)
-    values = ray_cluster.score(
-        engine, images, iw_samples, seed, batch, actors=actors, provider=provider
-    )
-    return Scores("nll", values, int((~np.isfinite(values)).sum()), 0, iw_samples, seed)
-
-
-def _output_kind(out: Path) -> str:
-    if out.suffix.lower() == ".parquet":
-        return "parquet"
-    if out.suffix.lower() in (".png", ".npz"):
-        return out.suffix.lower()[1:]
-    if is_stream(out):
-        return "npz"  # a pipe or device (/dev/stdout): the array, streamed
-    if out.suffix:
-        raise UserError(
-            f"--out {out}: use a .png grid, an .npz file, a folder or (with --ray) DIR.parquet"
-        )
-    return "dir"
-
-
-def _check_writable(out: Path) -> None:
-    """Fail before the work, not after: the folder must exist or be creatable."""
-    if is_stream(out):
-        return  # a pipe or device is written into where it is, not beside it
-    folder = resolve_target(out).parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise UserError(f"cannot create {folder} ({err.strerror}); pick a writable --out") from None
-    if not os.access(folder, os.W_OK):
-        raise UserError(f"{folder} is not writable; pick a writable --out")
-
-
-def _is_stdout(out: Path) -> bool:
-    """Whether `out` is this process's stdout: the summary then goes to stderr."""
-    try:
-        return os.path.samestat(os.stat(out), os.fstat(sys.stdout.fileno()))
-    except (OSError, ValueError, io.UnsupportedOperation):
-        return False
-
-
-def _write_dir(out: Path, batches) -> None:
-    """One PNG per sample, streamed batch by batch into a hidden folder that is
-    renamed to `out` only when complete."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} exists and is not an empty folder; pick a new --out")
-    try:
-        with atomic_folder(out) as tmp:
-            index = 0
-            for batch in batches:
-                for image in batch:
-                    picture = image[0] if image.shape[0] == 1 else image.transpose(1, 2, 0)
-                    Image.fromarray(picture).save(tmp / f"{index:06d}.png")
-                    index += 1
-    except OSError as err:
-        raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
-
-
-def _write_npz_spooled(out: Path, batches, manifest) -> None:
-    """An npz of however many rows `batches` yields: the rows go to an
-    anonymous temporary file beside `out` first (bounded memory), then into
-    the streamed npz, whose header needs the row count."""
-    row_shape = tuple(manifest.data_shape)
-    row_bytes = math.prod(row_shape)
-    with tempfile.TemporaryFile(dir=out.parent) as spool:
-        rows = 0
-        for batch in batches:
-            spool.write(np.ascontiguousarray(batch).tobytes())
-            rows += len(batch)
-
-        def replay():
-            spool.seek(0)
-            per_read = max(1, (64 << 20) // row_bytes)  # 64 MiB at a time
-            for start in range(0, rows, per_read):
-                count = min(per_read, rows - start)
-                data = spool.read(count * row_bytes)
-                yield np.frombuffer(data, np.uint8).reshape(count, *row_shape)
-
-        write_npz_stream(out, IMAGES, replay(), (rows, *row_shape))
-
-
-def _writing(out: Path, write) -> None:
-    """Call `write()`, turning an OS error into a one-line UserError."""
-    try:
-        write()
-    except OSError as err:
-        raise UserError(f"cannot write {out} ({err.strerror}); pick a writable --out") from None
-
-
-def _write_text(out: Path, text: str) -> None:
-    _writing(out, lambda: write_atomic(out, text.encode()))
 
 
 def main() -> None:

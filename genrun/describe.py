@@ -1,10 +1,41 @@
-"""The manifest as aligned, readable lines: the one printer behind `genrun
-info` and `genexport info` (each adds its own first lines: the file, the
-provider)."""
+"""An engine in aligned, readable lines: the one printer behind `genrun
+info` (a loaded engine: the provider that runs it too) and `genexport info`
+(the file's manifest), and the parity lines `genexport onnx` prints."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from .manifest import Manifest, Parity, TensorSpec
+
+if TYPE_CHECKING:  # the printer needs no runtime: genexport info loads none
+    from .engine import Engine
+
+
+def describe(path: Path, manifest: Manifest | None, loaded: Engine | None = None) -> list[str]:
+    """The engine file and its size; for a `loaded` engine the provider
+    running it (and those present); then its manifest, or a foreign graph's
+    own tensors; then a TensorRT plan's build facts."""
+    lines = [labelled("engine", f"{path} ({file_size(path.stat().st_size)})")]
+    if loaded is not None:
+        from .engine import available_providers
+
+        present = ", ".join(available_providers())
+        lines.append(labelled("provider", f"{loaded.provider} (present: {present})"))
+    if manifest is None:  # a foreign graph: only what the graph itself says
+        lines[0] += (
+            ", no vaeflow manifest (bench and run work; sample and likelihood need one: "
+            "re-export with `genexport onnx CKPT`)"
+        )
+        inputs, outputs = (loaded.inputs, loaded.outputs) if loaded else ([], [])
+        return [*lines, "inputs", *tensor_lines(inputs), "outputs", *tensor_lines(outputs)]
+    return [*lines, *manifest_lines(manifest), *_plan_lines(loaded and loaded.plan)]
+
+
+def file_size(n_bytes: int) -> str:
+    """'120 KiB' or '3.4 MiB'."""
+    return f"{n_bytes / 1024:.0f} KiB" if n_bytes < 1 << 20 else f"{n_bytes / (1 << 20):.1f} MiB"
 
 
 def labelled(label: str, text: str) -> str:
@@ -79,3 +110,21 @@ def manifest_lines(manifest: Manifest) -> list[str]:
 
 def _shape(shape: list[int | str]) -> str:
     return "[" + ", ".join(str(d) for d in shape) + "]"
+
+
+def _plan_lines(plan) -> list[str]:
+    """A TensorRT plan's build facts (its sidecar, genrun.backends.sidecar.PlanInfo),
+    or nothing for ONNX."""
+    if plan is None:
+        return []
+    profile = plan.profile
+    return [
+        labelled(
+            "tensorrt",
+            f"{plan.tensorrt}, built on {plan.gpu} (compute capability "
+            f"{plan.compute_capability}, hardware compatibility {plan.hardware_compat}), "
+            f"{plan.precision}",
+        ),
+        f"  profile  batch min {profile['min']}, opt {profile['opt']}, max {profile['max']}; "
+        f"from {plan.onnx_file} (sha256 {plan.onnx_sha256[:12]}...)",
+    ]

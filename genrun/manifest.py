@@ -103,15 +103,13 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import types
-import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from .errors import UserError
+from .typed_json import Malformed, parse
 
 MANIFEST_VERSION = 2
 # Version 1: no training_scores; version 3: version 2 with `classes`, written
@@ -119,6 +117,17 @@ MANIFEST_VERSION = 2
 READABLE_VERSIONS = (1, 2, 3)
 CONDITIONAL_VERSION = 3
 METADATA_KEY = "vaeflow.manifest"
+
+# The roles of graphs, written once: a model family lists the ones it exports
+# (gentrain.models.GenerativeModel.roles), the manifest names one, runtimes
+# take the ones they can run.
+GENERATE = "generate"  # noise (and temperature) -> images, pixels (flows, hvae)
+DENSITY = "density"  # uint8 images (and offset) -> log P(x), bits/dim, latents (flows)
+DECODE = "decode"  # a latent code -> images, pixels (vae, ae)
+ENCODE = "encode"  # uint8 images -> the posterior's or the code (vae, ae)
+ELBO = "elbo"  # uint8 images and posterior noise -> one importance weight (vae, hvae)
+SAMPLING_ROLES = (GENERATE, DECODE)  # what Sampler draws from (with a prior)
+SCORING_ROLES = (DENSITY, ELBO)  # what Scorer bounds -log P(x) with
 
 # The names of the tensors, written once: graphs declare them, runtimes look
 # them up. The batch axis is the string BATCH in every shape.
@@ -275,9 +284,6 @@ class Manifest:
             return None
         return [str(c.name) for c in self.classes]
 
-    def output(self, name: str) -> TensorSpec:
-        return next(spec for spec in self.outputs if spec.name == name)
-
 
 def to_json(manifest: Manifest) -> str:
     values = asdict(manifest)
@@ -301,74 +307,9 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
             f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine with this "
             "vaeflow's `genexport onnx` or use the vaeflow release that wrote it"
         )
-    try:
-        manifest = _build(Manifest, values, "manifest")
-        _check_values(manifest)
-    except _Malformed as err:
-        expected = ", ".join(f.name for f in fields(Manifest))
-        raise UserError(
-            f"{source} is malformed ({err}); a version {MANIFEST_VERSION} manifest has: "
-            f"{expected}; re-export the engine"
-        ) from None
-    return manifest
-
-
-class _Malformed(Exception):
-    """A manifest value of the wrong type or out of range: where and what."""
-
-
-def _build(kind: Any, value: Any, where: str) -> Any:
-    """`value` (parsed JSON) checked against the type annotation `kind`, with
-    dataclasses built from their objects; the schema is the dataclasses above,
-    declared once. Ints pass where floats are expected (JSON writes 1.0 as 1)."""
-    if is_dataclass(kind):
-        if not isinstance(value, dict):
-            raise _Malformed(f"{where} must be an object, got {type(value).__name__}")
-        hints = typing.get_type_hints(kind)
-        names = {f.name for f in fields(kind)}
-        unknown = sorted(set(value) - names)
-        if unknown:
-            raise _Malformed(f"{where} has unknown keys {unknown}")
-        built = {}
-        for item in fields(kind):
-            if item.name in value:
-                inner = f"{where}.{item.name}"
-                built[item.name] = _build(hints[item.name], value[item.name], inner)
-            elif item.default is item.default_factory is dataclasses.MISSING:
-                raise _Malformed(f"{where} lacks {item.name!r}")
-        return kind(**built)
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if kind is Any:
-        return value
-    if origin in (typing.Union, types.UnionType):
-        for option in args:
-            try:
-                return _build(option, value, where)
-            except _Malformed:
-                continue
-        names = " or ".join(_type_name(option) for option in args)
-        raise _Malformed(f"{where} must be {names}, got {value!r:.60}")
-    if origin is list:
-        if not isinstance(value, list):
-            raise _Malformed(f"{where} must be a list, got {value!r:.60}")
-        return [_build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is dict:
-        if not isinstance(value, dict):
-            raise _Malformed(f"{where} must be an object, got {value!r:.60}")
-        return {k: _build(args[1], v, f"{where}.{k}") for k, v in value.items()}
-    if kind is type(None):
-        if value is not None:
-            raise _Malformed(f"{where} must be null, got {value!r:.60}")
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise _Malformed(f"{where} must be {_type_name(kind)}, got {value!r:.60}")
-    return value
-
-
-def _type_name(kind: Any) -> str:
-    return "null" if kind is type(None) else getattr(kind, "__name__", str(kind))
+    expected = ", ".join(f.name for f in fields(Manifest))
+    fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
+    return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=_check_values)
 
 
 DTYPES = ("float32", "float16", "uint8", "int64")
@@ -382,28 +323,28 @@ def _check_values(manifest: Manifest) -> None:
         for i, size in enumerate(shape):
             ok = size == BATCH if isinstance(size, str) else size >= 1
             if not ok or (isinstance(size, str) and not batch):
-                raise _Malformed(f"{where}[{i}] must be a size >= 1, got {size!r}")
+                raise Malformed(f"{where}[{i}] = {size!r} is not a size >= 1")
 
     for group in ("inputs", "outputs"):
         for spec in getattr(manifest, group):
-            where = f"manifest.{group}[{spec.name}]"
+            where = f"{group}[{spec.name}]"
             if spec.dtype not in DTYPES:
-                raise _Malformed(f"{where}.dtype must be one of {DTYPES}, got {spec.dtype!r}")
+                raise Malformed(f"{where}.dtype = {spec.dtype!r:.30} is not one of {DTYPES}")
             sizes(f"{where}.shape", spec.shape, batch=True)
     if len(manifest.data_shape) != 3:
-        raise _Malformed(f"manifest.data_shape must be [C, H, W], got {manifest.data_shape}")
-    sizes("manifest.data_shape", manifest.data_shape)
+        raise Malformed(f"data_shape = {manifest.data_shape} is not [C, H, W]")
+    sizes("data_shape", manifest.data_shape)
     for i, shape in enumerate(manifest.latent_shapes):
         if not shape:
-            raise _Malformed(f"manifest.latent_shapes[{i}] is empty")
-        sizes(f"manifest.latent_shapes[{i}]", shape)
+            raise Malformed(f"latent_shapes[{i}] is empty")
+        sizes(f"latent_shapes[{i}]", shape)
     if manifest.classes is not None:
         indices = [c.index for c in manifest.classes]
         names = [c.name for c in manifest.classes if c.name is not None]
         if len(indices) < 2 or indices != list(range(len(indices))):
-            raise _Malformed(f"manifest.classes must be indices 0..K-1, K >= 2, got {indices}")
+            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
         if len(set(names)) != len(names):
-            raise _Malformed("manifest.classes has a name twice")
+            raise Malformed("classes has a name twice")
 
 
 def check_graph(
@@ -448,10 +389,6 @@ def check_graph(
                     f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
                     "engine with `genexport onnx`"
                 )
-
-
-def _training_scores(value: Any) -> TrainingScores | None:
-    return None if value is None else TrainingScores(**value)
 
 
 def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:

@@ -30,7 +30,7 @@ from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
 from .readers import read_image_files
 from .sampler import BLOCK, Sampler
-from .scorer import Scorer
+from .scorer import Scorer, Scores
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
 # Actors ask for fractions of a CPU and leave one whole CPU of the cluster to
@@ -249,6 +249,30 @@ def score(
         **_pool(actors, actor_cpus),
     )
     return np.concatenate([scores for _, scores in _in_order(dataset, BITS_PER_DIM, len(images))])
+
+
+def cli_samples(
+    engine: Path, out: Path, kind: str, address: str | None, **options: Any
+) -> Iterator[np.ndarray] | None:
+    """`genrun sample --ray`: on the Ray at `address` (see `start`), a
+    parquet `out` written as shards (returns None), else the samples as
+    chunks in index order for the caller to write."""
+    start(address)
+    if kind != "parquet":
+        return sample_batches(engine, **options)
+    write_parquet(sample_dataset(engine, **options), out)
+    return None
+
+
+def cli_scores(
+    engine: Path, images: np.ndarray | list[Path], address: str | None, **options: Any
+) -> Scores:
+    """`genrun likelihood --ray`: the nll bound in bits/dim as Scores (floored
+    at 0 on the actors; the count of floored values is not gathered)."""
+    start(address)
+    values = score(engine, images, **options)
+    nonfinite = int((~np.isfinite(values)).sum())
+    return Scores("nll", values, nonfinite, 0, options.get("iw_samples"), options.get("seed", 0))
 
 
 def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

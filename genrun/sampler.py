@@ -16,13 +16,10 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, LABEL, PIXELS, TEMPERATURE
+from .manifest import IMAGES, LABEL, PIXELS, SAMPLING_ROLES, TEMPERATURE
+from .nonfinite import check_policy, nonfinite_rows
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
-# What a sample with NaN/inf in its continuous "images" becomes: "error" (count
-# them all, then refuse: nothing written), "drop" (left out, counted) or "keep"
-# (written as the graph's pixels, whose uint8 cast of NaN/inf means nothing).
-NONFINITE = ("error", "drop", "keep")
 
 
 class BlockNoise:
@@ -78,25 +75,25 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        engine.require_manifest("sampling")
-        if engine.role not in ("generate", "decode") or PIXELS not in _outputs(engine):
+        manifest = engine.require_manifest("sampling")
+        what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
+        if manifest.role not in SAMPLING_ROLES or PIXELS not in _outputs(engine):
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine; sampling needs a "
-                "generate or decode engine (e.g. glow generate, vae decode)"
+                f"{what}; sampling needs a generate or decode engine (e.g. glow generate, "
+                "vae decode)"
             )
-        if engine.manifest.temperature is None:  # the manifest's word for "has a prior"
+        if manifest.temperature is None:  # the manifest's word for "has a prior"
             raise UserError(
-                f"{engine.path} is a {engine.family} {engine.role} engine with no prior to "
-                "sample from (e.g. an autoencoder's decoder); feed your own codes via "
-                "engine.run(z=...)"
+                f"{what} with no prior to sample from (e.g. an autoencoder's decoder); feed "
+                "your own codes via engine.run(z=...)"
             )
         self.engine = engine
         self.noise_inputs = _noise_inputs(engine, (TEMPERATURE, LABEL), "sampling")
-        inputs = {s.name for s in engine.manifest.inputs}
+        self.input_dtypes = {spec.name: spec.dtype for spec in manifest.inputs}
         # Graphs with a "temperature" input scale their noise themselves.
-        self.feeds_temperature = TEMPERATURE in inputs
+        self.feeds_temperature = TEMPERATURE in self.input_dtypes
         # A conditional engine's: how many classes its "label" input takes (else 0).
-        self.num_classes = len(engine.manifest.classes or []) if LABEL in inputs else 0
+        self.num_classes = len(manifest.classes or []) if LABEL in self.input_dtypes else 0
 
     def labels(self, n: int, label: int | np.ndarray | None = None) -> np.ndarray | None:
         """The class of each of n samples of a conditional engine, int64 (n,):
@@ -170,8 +167,7 @@ class Sampler:
         _check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
-        if nonfinite not in NONFINITE:
-            raise UserError(f"nonfinite must be one of {', '.join(NONFINITE)}, got {nonfinite!r}")
+        check_policy(nonfinite)
         scale = self._checked_temperature(temperature)
         levels = len(self.noise_inputs)
         if (
@@ -195,7 +191,7 @@ class Sampler:
         temperature input's, else the noise's): 1e39 is finite as a Python
         float but inf in float32, and must be refused, not fed."""
         name = TEMPERATURE if self.feeds_temperature else self.noise_inputs[0]
-        dtype = np.dtype(self.engine.manifest.input(name).dtype)
+        dtype = np.dtype(self.input_dtypes[name])
         try:
             scale = float(temperature)
         except (TypeError, ValueError, OverflowError):  # 10**400 overflows a float
@@ -339,14 +335,6 @@ class SampleBatches:
         return (
             f"{self.nonfinite} of {self.produced} samples had NaN or inf in their images ({done})"
         )
-
-
-def nonfinite_rows(images: np.ndarray | None, rows: int) -> np.ndarray:
-    """Per row of a batch: True where any value is NaN or inf (all False
-    when there is nothing to check: no float "images" output)."""
-    if images is None or not np.issubdtype(images.dtype, np.floating):
-        return np.zeros(rows, bool)
-    return ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
 
 
 def _check_count(name: str, value: int) -> None:

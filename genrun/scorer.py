@@ -32,6 +32,8 @@ from .engine import Engine
 from .errors import UserError
 from .manifest import (
     CLASS_LOG_LIKELIHOOD,
+    DENSITY,
+    ELBO,
     IMAGES,
     LABEL,
     LOG_LIKELIHOOD,
@@ -47,7 +49,7 @@ SCORES = ("nll", "complexity", "typicality", "bpd_density_at_centers")
 # bound); elbo engines 100 latents, a runtime's trade of time for a tighter
 # bound (gentrain eval's offline default is the family's default_iw_samples,
 # 1000 for the VAEs).
-DEFAULT_IW_SAMPLES = {"density": 1, "elbo": 100}
+DEFAULT_IW_SAMPLES = {DENSITY: 1, ELBO: 100}
 
 
 @dataclass
@@ -95,7 +97,7 @@ class Scorer:
         # A density graph without an offset input scores the discrete image itself.
         self.dequantized = self.exact and OFFSET in inputs
         self.dims = math.prod(engine.manifest.data_shape)
-        self.default_iw_samples = DEFAULT_IW_SAMPLES["density" if self.exact else "elbo"]
+        self.default_iw_samples = DEFAULT_IW_SAMPLES[DENSITY if self.exact else ELBO]
 
     # -- the bound -----------------------------------------------------------------
     def nll(

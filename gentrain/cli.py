@@ -35,7 +35,15 @@ from .models import FAMILIES, build_model, model_class, new_model
 from .plots import PLOT_KINDS, make_plot
 from .train import CHECKPOINT_NAME, TrainConfig, Trainer, pick_device
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+# Every option can also come from the environment, named GENTRAIN_COMMAND_OPTION
+# (GENTRAIN_FIT_GLOW_STEPS=100, GENTRAIN_EVAL_IW_SAMPLES=10): a flag on the
+# command line wins. CI and smoke runs shorten README's commands this way.
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    help=__doc__,
+    context_settings={"auto_envvar_prefix": "GENTRAIN"},
+)
 fit_app = typer.Typer(
     no_args_is_help=True, help="Train a model: `gentrain fit FAMILY`, one command per family."
 )

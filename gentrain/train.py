@@ -19,6 +19,7 @@ import torch
 
 from genrun.errors import UserError
 from genrun.readers import DATA_SPECS_HELP, DataSplit
+from genrun.typed_json import parse
 
 from . import ddp
 from .checkpoint import save_checkpoint
@@ -79,8 +80,12 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A run's stored settings, typed (genrun.typed_json); keys this
+        version no longer has are left out."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        kept = {k: v for k, v in values.items() if k in known}
+        fix = "the checkpoint is damaged or not from gentrain; start a new run"
+        return parse(cls, kept, "the checkpoint's train config", fix)
 
 
 def pick_device(name: str) -> torch.device:

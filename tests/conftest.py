@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-# The clone's parent holds shared/ both here and in CI (read-only MNIST subset).
-MNIST_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+# 500 train / 100 test real MNIST digits shipped with the tests (its README:
+# provenance and licence). Nothing outside the repository is ever read.
+MNIST_DIR = Path(__file__).resolve().parent / "data" / "mnist-mini"
 
 # Four steps: enough for real (non-initial) weights, seconds to train.
 TINY_RUN = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
@@ -19,7 +20,7 @@ TINY_RUN = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, lo
 
 @pytest.fixture(scope="session")
 def mnist():
-    """The shared MNIST subset (8,000 train / 1,000 test), read once per session."""
+    """The repository's MNIST subset (500 train / 100 test, 28x28), read once per session."""
     from genrun.readers import load_data
 
     return load_data(f"mnist:{MNIST_DIR}")

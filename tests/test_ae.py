@@ -84,7 +84,7 @@ def test_sample_is_a_user_error(digits) -> None:
 def test_bad_config_is_a_user_error(digits) -> None:
     with pytest.raises(UserError, match="arch"):
         AEConfig(digits.shape, arch="resnet")
-    with pytest.raises(UserError, match="unknown AE config keys: kl"):
+    with pytest.raises(UserError, match="AE config: unknown keys: kl"):
         AEConfig.from_dict({"data_shape": digits.shape, "kl": "mc"})
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 import pytest
+from conftest import MNIST_DIR
 from PIL import Image
 
 from gentrain.cli import main
@@ -127,6 +128,4 @@ def test_bad_inputs_are_one_line_errors(glow_run, tmp_path, monkeypatch, capsys)
     assert_one_line_error(run("eval", broken), "truncated")
     assert_one_line_error(run("sample", ckpt, "--n", 0), "--n must be at least 1")
     assert_one_line_error(run("sample", ckpt, "--temperature", -1), "--temperature")
-    assert_one_line_error(
-        run("eval", ckpt, "--data", "mnist:../shared/data/mnist"), "shape (1, 28, 28)"
-    )
+    assert_one_line_error(run("eval", ckpt, "--data", f"mnist:{MNIST_DIR}"), "shape (1, 28, 28)")

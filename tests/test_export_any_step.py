@@ -1,5 +1,5 @@
 """Every checkpoint along a real training run exports (issue 10, section 2):
-a small Glow on the shared MNIST saved early, midway and late, and an HVAE
+a small Glow on the repository's MNIST subset saved early, midway and late, and an HVAE
 saved early, pass parity judged on what a user sees (pixels within a level,
 bits/dim within 1e-4, images within the model's own float32 conditioning);
 the manifest records the raw figures. One-sided infinities are misses that
@@ -20,7 +20,6 @@ import torch
 from genexport.export import export_checkpoint
 from genexport.verify import CONDITIONING_FACTOR, _one_sided
 from genrun.manifest import read_from_onnx
-from genrun.readers import DataSplit, ImageSet
 from gentrain.checkpoint import load_checkpoint
 from gentrain.models import HVAE, Glow, GlowConfig, HVAEConfig
 from gentrain.train import CHECKPOINT_NAME, TrainConfig, Trainer
@@ -29,15 +28,6 @@ GLOW_STEPS = {"early": 10, "middle": 100, "late": 400}
 # The flow's reverse is where parity broke; the late checkpoint also exports
 # the density graph and runs the round trip through both (each role ~10 s).
 GLOW_ROLES = {"early": "generate", "middle": "generate", "late": None}
-
-
-@pytest.fixture(scope="module")
-def mnist_subset(mnist) -> DataSplit:
-    return DataSplit(
-        train=ImageSet(mnist.train.images[:2000], mnist.train.labels[:2000]),
-        test=ImageSet(mnist.test.images[:100], mnist.test.labels[:100]),
-        spec=mnist.spec,
-    )
 
 
 def _train_along(model, data, steps: dict[str, int], out: Path, **config) -> dict[str, Path]:
@@ -56,12 +46,12 @@ def _train_along(model, data, steps: dict[str, int], out: Path, **config) -> dic
 
 
 @pytest.fixture(scope="module")
-def glow_run(mnist_subset, tmp_path_factory) -> dict[str, Path]:
+def glow_run(mnist, tmp_path_factory) -> dict[str, Path]:
     torch.manual_seed(0)
-    model = Glow(GlowConfig(mnist_subset.shape, levels=2, depth=1, hidden=16))
+    model = Glow(GlowConfig(mnist.shape, levels=2, depth=1, hidden=16))
     return _train_along(
         model,
-        mnist_subset,
+        mnist,
         GLOW_STEPS,
         tmp_path_factory.mktemp("glow"),
         batch_size=32,
@@ -93,11 +83,11 @@ def test_glow_exports_at_every_stage_of_training(glow_run, stage, tmp_path) -> N
 
 
 @pytest.mark.slow
-def test_an_early_hvae_exports_its_elbo_with_finite_log_weights(mnist_subset, tmp_path) -> None:
+def test_an_early_hvae_exports_its_elbo_with_finite_log_weights(mnist, tmp_path) -> None:
     torch.manual_seed(0)
-    config = HVAEConfig(mnist_subset.shape, groups=2, latent_channels=2, hidden=16)
+    config = HVAEConfig(mnist.shape, groups=2, latent_channels=2, hidden=16)
     saved = _train_along(
-        HVAE(config), mnist_subset, {"early": 60}, tmp_path, batch_size=32, lr=2e-3, clip=100.0
+        HVAE(config), mnist, {"early": 60}, tmp_path, batch_size=32, lr=2e-3, clip=100.0
     )
     (engine,) = export_checkpoint(saved["early"], tmp_path, roles="elbo")
     record = read_from_onnx(engine.path).parity[0]

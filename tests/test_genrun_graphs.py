@@ -29,6 +29,7 @@ from genrun.manifest import (
     TensorSpec,
     write_to_onnx,
 )
+from genrun.readers import TEST_FRACTION, split_indices
 from genrun.sampler import BLOCK, Sampler
 from genrun.scorer import Scorer
 
@@ -255,7 +256,7 @@ def test_cli_likelihood_reads_every_data_source(tmp_path, mnist) -> None:
     engine = _density_graph(tmp_path / "d.onnx", (1, 28, 28))
     code, stdout, err = CLI.run("likelihood", "--engine", engine, "--data", f"mnist:{MNIST_DIR}")
     assert code == 0, err
-    assert "test: 1000 images" in stdout
+    assert f"test: {len(mnist.test.images)} images" in stdout
     assert _mean_of(stdout) == pytest.approx(_bpd(mnist.test.images).mean(), abs=1e-4)
 
     test, train = mnist.test.images[:10], mnist.train.images[:5]
@@ -300,6 +301,39 @@ def test_cli_likelihood_scores_image_files_by_name(tmp_path, mnist) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == [
         "0.png", "1.png", "2.png", "d.onnx", "scores.csv", "small.png"
     ]  # fmt: skip
+
+
+def test_cli_likelihood_scores_every_image_of_a_folder_by_name(tmp_path, digits) -> None:
+    """A user's folder is scored whole by default (no training split), each
+    CSV row naming its file relative to the folder; --split test scores the
+    part gentrain held out, still by name."""
+    engine = _density_graph(tmp_path / "d.onnx", (1, 8, 8))
+    images = digits.test.images[:6]
+    names = ["a.png", "b.png", "sub/c.png", "sub/d.png", "z/e.png", "z/f.png"]
+    for name, image in zip(names, images, strict=True):
+        (tmp_path / "pics" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image[0]).save(tmp_path / "pics" / name)
+    out = tmp_path / "scores.csv"
+    args = ("likelihood", "--engine", engine, "--data", f"folder:{tmp_path}/pics", "--out", out)
+    code, stdout, err = CLI.run(*args)
+    assert code == 0, err
+    assert "all: 6 images" in stdout
+    rows = [line.split(",") for line in out.read_text().splitlines()]
+    assert rows[0] == ["file", "nll"] and [row[0] for row in rows[1:]] == names
+    assert np.allclose([float(row[1]) for row in rows[1:]], _bpd(images), atol=1e-5)
+
+    code, stdout, err = CLI.run(*args, "--split", "test")
+    assert code == 0, err
+    held_out = [names[i] for i in split_indices(6, TEST_FRACTION, seed=0)[1]]
+    assert [line.split(",")[0] for line in out.read_text().splitlines()[1:]] == held_out
+    assert f"test: {len(held_out)} images" in stdout
+
+
+def test_sample_refuses_an_npz_larger_than_the_free_space(tmp_path) -> None:
+    engine = _generate_graph(tmp_path / "g.onnx", "glow", True)  # 5 bytes a sample
+    result = CLI.run("sample", "--engine", engine, "--n", 10**12, "--out", tmp_path / "big.npz")
+    CLI.assert_one_line_error(result, "--n 1000000000000 samples of shape (1, 1, 5) need 5.0 TB")
+    assert [p.name for p in tmp_path.iterdir()] == ["g.onnx"]  # nothing written
 
 
 def _foreign_graph(path: Path, batch_dim: str | int = "N", u_type: int = UINT8) -> Path:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import re
 import shutil
 import struct
 import subprocess
@@ -19,6 +20,7 @@ import pytest
 from conftest import MNIST_DIR
 from PIL import Image
 
+from genrun import atomic
 from genrun.errors import UserError
 from genrun.readers import DATA_SPECS_HELP, DataSplit, download, load_data, read_idx
 
@@ -54,9 +56,9 @@ def _assert_one_line(err: pytest.ExceptionInfo) -> str:
 # ----------------------------------------------------------------------------- MNIST
 
 
-def test_shared_mnist_subset_loads(mnist: DataSplit) -> None:
-    assert mnist.train.images.shape == (8000, 1, 28, 28)
-    assert mnist.test.images.shape == (1000, 1, 28, 28)
+def test_mnist_subset_loads(mnist: DataSplit) -> None:
+    assert mnist.train.images.shape == (500, 1, 28, 28)
+    assert mnist.test.images.shape == (100, 1, 28, 28)
     assert mnist.shape == (1, 28, 28)
     assert mnist.spec == f"mnist:{MNIST_DIR}"
     for part in (mnist.train, mnist.test):
@@ -64,6 +66,15 @@ def test_shared_mnist_subset_loads(mnist: DataSplit) -> None:
         assert part.labels.dtype == np.int64 and part.labels.shape == (len(part.images),)
         assert set(np.unique(part.labels)) == set(range(10))
         assert part.images.min() == 0 and part.images.max() == 255
+
+
+def test_mnist_subset_is_the_one_its_readme_describes() -> None:
+    """The shipped files are byte for byte those whose sha256 the README lists."""
+    readme = (MNIST_DIR / "README.md").read_text()
+    listed = dict(re.findall(r"^\| (\S+\.gz) \| .* \| ([0-9a-f]{64}) \|$", readme, re.M))
+    assert sorted(listed) == sorted(f"{stem}.gz" for stem in STEMS)
+    for name, sha in listed.items():
+        assert hashlib.sha256((MNIST_DIR / name).read_bytes()).hexdigest() == sha, name
 
 
 def test_raw_idx_files_match_gzipped(mnist: DataSplit, tmp_path: Path) -> None:
@@ -78,8 +89,8 @@ def test_raw_idx_files_match_gzipped(mnist: DataSplit, tmp_path: Path) -> None:
 def test_read_idx_shapes() -> None:
     images = read_idx(MNIST_DIR / "t10k-images-idx3-ubyte.gz")
     labels = read_idx(MNIST_DIR / "t10k-labels-idx1-ubyte.gz")
-    assert images.shape == (1000, 28, 28) and images.dtype == np.uint8
-    assert labels.shape == (1000,) and labels.dtype == np.uint8
+    assert images.shape == (100, 28, 28) and images.dtype == np.uint8
+    assert labels.shape == (100,) and labels.dtype == np.uint8
     images[0, 0, 0] = 1  # writable, not a view on an immutable buffer
 
 
@@ -173,9 +184,7 @@ def test_labels_in_place_of_images(tmp_path: Path) -> None:
 def test_mnist_resized_for_glow(mnist: DataSplit) -> None:
     resized = load_data(f"mnist:{MNIST_DIR}", size=32)
     assert resized.shape == (1, 32, 32)
-    assert (
-        resized.train.images.shape == (8000, 1, 32, 32) and resized.train.images.dtype == np.uint8
-    )
+    assert resized.train.images.shape == (500, 1, 32, 32) and resized.train.images.dtype == np.uint8
     np.testing.assert_array_equal(resized.train.labels, mnist.train.labels)
     # Bilinear resizing keeps the digit where it was: the means barely move.
     assert abs(resized.test.images.mean() - mnist.test.images.mean()) < 2
@@ -220,7 +229,7 @@ def test_sha256_mismatch_removes_the_file(monkeypatch: pytest.MonkeyPatch, tmp_p
 def test_download_falls_back_to_second_mirror(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path, mnist: DataSplit
 ) -> None:
-    """Serve the shared subset as if it were the release (its own sha256s
+    """Serve the repository's subset as if it were the release (its own sha256s
     stand in for the official ones) with the first mirror down."""
     cache = _cache(monkeypatch, tmp_path)
     shas = {s: hashlib.sha256((MNIST_DIR / f"{s}.gz").read_bytes()).hexdigest() for s in STEMS}
@@ -235,6 +244,32 @@ def test_download_falls_back_to_second_mirror(
     data = load_data("mnist")
     np.testing.assert_array_equal(data.test.images, mnist.test.images)
     assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
+
+
+def test_download_writes_through_the_atomic_writer(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """While a file downloads, the only thing in the cache is a temporary of
+    genrun.atomic's naming (a dead writer's is swept first); whole and
+    checked, it is renamed into place."""
+    cache = _cache(monkeypatch, tmp_path)
+    cache.mkdir()
+    stale = cache / f".{STEMS[0]}.gz.999999999.{'0' * 32}.tmp"  # its writer was killed
+    stale.write_bytes(b"half a file")
+    payload, seen = b"mnist", []
+
+    class Response(io.BytesIO):
+        def read(self, size: int = -1) -> bytes:
+            seen.append(sorted(p.name for p in cache.iterdir()))
+            return super().read(size)
+
+    shas = {stem: hashlib.sha256(payload).hexdigest() for stem in STEMS}
+    monkeypatch.setattr(download, "SHA256", shas)
+    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: Response(payload))
+    download.fetch_mnist(cache)
+    assert len(seen[0]) == 1 and atomic._TEMP_NAME.match(seen[0][0]), seen[0]
+    assert sorted(p.name for p in cache.iterdir()) == sorted(f"{s}.gz" for s in STEMS)
+    assert all((cache / f"{s}.gz").read_bytes() == payload for s in STEMS)
 
 
 def test_cached_mnist_needs_no_network(

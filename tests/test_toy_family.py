@@ -6,7 +6,6 @@ onnx` and sampled by genrun, which must draw exactly what the model decodes."""
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -18,8 +17,8 @@ from torch import nn
 
 import genrun
 from genexport import cli as genexport_cli
-from genexport.graphs import BATCH, FAMILY_GRAPHS, Graph, register_graphs
-from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
+from genexport.graphs import BATCH, Graph
+from genrun.manifest import DECODE, IMAGES, PIXELS, PixelMapping, TensorSpec, Z
 from genrun.sampler import BlockNoise
 from gentrain import cli as gentrain_cli
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
@@ -43,6 +42,8 @@ class Toy(GenerativeModel):
     """x = sigmoid(W z + b), z ~ N(0, I); trained to reconstruct the mean image."""
 
     family = "toy"
+    roles = (DECODE,)  # the engine graphs it exports ...
+    graphs = __name__  # ... built in this module: decode_graph, pixel_mapping
     label = "Toy"
     description = "a toy linear decoder; reports the test squared error"
     config_class = ToyConfig
@@ -90,7 +91,7 @@ def decode_graph(model: Toy, fold: bool = True) -> Graph:
     shape = [BATCH, *config.data_shape]
     module = ToyDecode(model.eval())
     return Graph(
-        role="decode",
+        role=DECODE,
         module=module,
         reference=module,
         inputs=[TensorSpec(Z, "float32", [BATCH, config.latent_dim], "latent code")],
@@ -110,18 +111,14 @@ def pixel_mapping(model: Toy) -> PixelMapping:
     return PixelMapping(8, [0.0, 1.0], "x01 = x / 255", "x = round(clip(x01, 0, 1) * 255)", 0.0)
 
 
-TOY_GRAPHS = types.SimpleNamespace(BUILDERS={"decode": decode_graph}, pixel_mapping=pixel_mapping)
-
-
 @pytest.fixture
 def toy_registered():
-    """Register the toy family, its fit command and its graphs; unregister after."""
+    """Register the toy family (graphs included) and its fit command; unregister after."""
     commands = list(gentrain_cli.fit_app.registered_commands)
     register_family(Toy)
     gentrain_cli.add_fit_command("toy")
-    register_graphs("toy", TOY_GRAPHS)
     yield
-    del FAMILIES["toy"], FAMILY_GRAPHS["toy"]
+    del FAMILIES["toy"]
     gentrain_cli.fit_app.registered_commands[:] = commands
 
 

@@ -11,19 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from training_helpers import first_images
 
 from genrun.errors import UserError
-from genrun.readers import DataSplit
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
 from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
-
-
-@pytest.fixture(scope="module")
-def small_mnist(mnist) -> DataSplit:
-    """2,000 training and 200 test images of the shared MNIST, at 28x28."""
-    return first_images(mnist, 2000, 200)
 
 
 def _glow(shape) -> Glow:
@@ -47,8 +39,8 @@ def _config(**overrides) -> TrainConfig:
     return TrainConfig(**{**values, **overrides})
 
 
-def test_glow_training_lowers_test_bits_per_dim(small_mnist, tmp_path) -> None:
-    trainer = Trainer(_glow(small_mnist.shape), small_mnist, _config(steps=40), tmp_path)
+def test_glow_training_lowers_test_bits_per_dim(mnist, tmp_path) -> None:
+    trainer = Trainer(_glow(mnist.shape), mnist, _config(steps=40), tmp_path)
     trainer.fit()
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     test = [r["bpd"] for r in records if r["split"] == "test"]
@@ -58,16 +50,14 @@ def test_glow_training_lowers_test_bits_per_dim(small_mnist, tmp_path) -> None:
     assert all(r["images_per_s"] > 0 for r in records if r["split"] == "train")
 
 
-def test_resume_equals_an_uninterrupted_run(small_mnist, tmp_path) -> None:
-    whole = Trainer(_glow(small_mnist.shape), small_mnist, _config(steps=20), tmp_path / "a")
+def test_resume_equals_an_uninterrupted_run(mnist, tmp_path) -> None:
+    whole = Trainer(_glow(mnist.shape), mnist, _config(steps=20), tmp_path / "a")
     whole.fit()
-    first = Trainer(_glow(small_mnist.shape), small_mnist, _config(steps=10), tmp_path / "b")
+    first = Trainer(_glow(mnist.shape), mnist, _config(steps=10), tmp_path / "b")
     first.fit()
     payload = load_checkpoint(tmp_path / "b" / "checkpoint.pt")
     assert payload["step"] == 10
-    resumed = Trainer(
-        _glow(small_mnist.shape), small_mnist, _config(steps=20), tmp_path / "b", resume=payload
-    )
+    resumed = Trainer(_glow(mnist.shape), mnist, _config(steps=20), tmp_path / "b", resume=payload)
     resumed.fit()
     for (name, a), b in zip(
         whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
@@ -75,13 +65,13 @@ def test_resume_equals_an_uninterrupted_run(small_mnist, tmp_path) -> None:
         assert torch.equal(a, b), name
 
 
-def test_non_finite_losses_stop_with_a_clear_error_and_keep_the_checkpoint(small_mnist, tmp_path):
-    trainer = Trainer(_glow(small_mnist.shape), small_mnist, _config(steps=10), tmp_path)
+def test_non_finite_losses_stop_with_a_clear_error_and_keep_the_checkpoint(mnist, tmp_path):
+    trainer = Trainer(_glow(mnist.shape), mnist, _config(steps=10), tmp_path)
     trainer.fit()
     good = (tmp_path / "checkpoint.pt").read_bytes()
     broken = Trainer(
-        _glow(small_mnist.shape),
-        small_mnist,
+        _glow(mnist.shape),
+        mnist,
         _config(steps=40, max_bad_steps=3),
         tmp_path,
         resume=load_checkpoint(tmp_path / "checkpoint.pt"),
@@ -94,11 +84,11 @@ def test_non_finite_losses_stop_with_a_clear_error_and_keep_the_checkpoint(small
     assert (tmp_path / "checkpoint.pt").read_bytes() == good
 
 
-def test_checkpoint_round_trip_rebuilds_the_same_model(small_mnist, tmp_path) -> None:
-    trainer = Trainer(_glow(small_mnist.shape), small_mnist, _config(steps=5), tmp_path)
+def test_checkpoint_round_trip_rebuilds_the_same_model(mnist, tmp_path) -> None:
+    trainer = Trainer(_glow(mnist.shape), mnist, _config(steps=5), tmp_path)
     trainer.fit()
     model = model_from_checkpoint(load_checkpoint(tmp_path / "checkpoint.pt"), family="glow")
-    x = torch.from_numpy(small_mnist.test.images[:8])
+    x = torch.from_numpy(mnist.test.images[:8])
     trainer.model.eval()
     key = "bpd_density_at_centers"
     assert torch.equal(model.evaluate(x)[key], trainer.model.evaluate(x)[key])
@@ -168,11 +158,11 @@ def test_foreign_truncated_and_missing_files_are_one_line_errors(tmp_path) -> No
     assert zipfile.is_zipfile(good)
 
 
-def test_epoch_batches_are_a_pure_function_of_seed_and_step(small_mnist) -> None:
+def test_epoch_batches_are_a_pure_function_of_seed_and_step(mnist) -> None:
     from gentrain.data import EpochBatches
 
-    a = EpochBatches(small_mnist.train.images, 64, seed=3)
-    b = EpochBatches(small_mnist.train.images, 64, seed=3)
+    a = EpochBatches(mnist.train.images, 64, seed=3)
+    b = EpochBatches(mnist.train.images, 64, seed=3)
     steps = [0, 40, 31, 5, 62]  # out of order, across epochs
     for step in steps:
         assert torch.equal(a.batch(step), b.batch(step))

@@ -35,8 +35,8 @@ KILLS = 12
 
 @pytest.fixture(scope="module")
 def tiny_mnist(mnist) -> DataSplit:
-    """512 training and 64 test images of the shared MNIST."""
-    return first_images(mnist, 512, 64)
+    """The 500 training and first 64 test images of the repository's MNIST subset."""
+    return first_images(mnist, 500, 64)
 
 
 def _glow(shape) -> Glow:

@@ -8,11 +8,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from genrun.manifest import IMAGES, PIXELS, PixelMapping, TensorSpec, Z
+from genrun.manifest import DECODE, ENCODE, IMAGES, PIXELS, PixelMapping, TensorSpec, Z
 from gentrain.models import AE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Builder, Graph
+from .base import BATCH, Graph
 
 
 class AEDecode(nn.Module):
@@ -60,7 +60,7 @@ def decode_graph(model: AE, fold: bool = True) -> Graph:
         return (torch.randn(n, config.latent_dim, generator=generator),)
 
     return Graph(
-        role="decode",
+        role=DECODE,
         module=module,
         reference=module,
         inputs=[TensorSpec(Z, "float32", code, "codes, e.g. from the encode graph")],
@@ -87,7 +87,7 @@ def encode_graph(model: AE, fold: bool = True) -> Graph:
         return (torch.randint(0, 256, (n, *config.data_shape), generator=generator).byte(),)
 
     return Graph(
-        role="encode",
+        role=ENCODE,
         module=module,
         reference=module,
         inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
@@ -97,6 +97,3 @@ def encode_graph(model: AE, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=8,
     )
-
-
-BUILDERS: dict[str, Builder] = {"decode": decode_graph, "encode": encode_graph}

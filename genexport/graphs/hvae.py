@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 from genrun.manifest import (
+    ELBO,
+    GENERATE,
     IMAGES,
     LOG_WEIGHT,
     PIXELS,
@@ -21,7 +23,7 @@ from genrun.manifest import (
 from gentrain.models import HVAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Builder, Graph
+from .base import BATCH, Graph
 from .vae import pixel_mapping
 
 TEMPERATURE_EFFECT = (
@@ -30,7 +32,7 @@ TEMPERATURE_EFFECT = (
     "1 samples the model, 0 gives the prior means group by group"
 )
 
-__all__ = ["BUILDERS", "pixel_mapping"]
+__all__ = ["elbo_graph", "generate_graph", "pixel_mapping"]
 
 
 class HVAEGenerate(nn.Module):
@@ -77,7 +79,7 @@ def generate_graph(model: HVAE, fold: bool = True) -> Graph:
         return _noise(model, n, generator), torch.rand(n, generator=generator)
 
     return Graph(
-        role="generate",
+        role=GENERATE,
         module=module,
         reference=module,
         inputs=[
@@ -112,7 +114,7 @@ def elbo_graph(model: HVAE, fold: bool = True) -> Graph:
         return pixels, _noise(model, n, generator)
 
     return Graph(
-        role="elbo",
+        role=ELBO,
         module=module,
         reference=module,
         inputs=[
@@ -132,6 +134,3 @@ def elbo_graph(model: HVAE, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=8,
     )
-
-
-BUILDERS: dict[str, Builder] = {"generate": generate_graph, "elbo": elbo_graph}

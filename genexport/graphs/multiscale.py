@@ -22,6 +22,8 @@ from genrun.errors import UserError
 from genrun.manifest import (
     BITS_PER_DIM,
     CLASS_LOG_LIKELIHOOD,
+    DENSITY,
+    GENERATE,
     IMAGES,
     LABEL,
     LOG_LIKELIHOOD,
@@ -39,7 +41,7 @@ from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 from gentrain.models.transforms import Transform
 
-from .base import BATCH, Builder, Graph, class_cycle
+from .base import BATCH, Graph, class_cycle
 
 TEMPERATURE_EFFECT = (
     "every noise_i is multiplied by the sample's temperature before the reverse flow: "
@@ -250,7 +252,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return drawn, torch.rand(n, generator=generator), *_labels(model, n, generator)
 
     return Graph(
-        role="generate",
+        role=GENERATE,
         module=FlowGenerate(freeze_flow(model, fold)),
         reference=FlowGenerate(model),
         inputs=[
@@ -283,7 +285,7 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
 
     of = " given its label" if model.num_classes else ""
     return Graph(
-        role="density",
+        role=DENSITY,
         module=FlowDensity(freeze_flow(model, fold)),
         reference=FlowDensity(model),
         inputs=[
@@ -327,7 +329,7 @@ def marginal_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         return pixels, torch.rand(n, *config.data_shape, generator=generator)
 
     return Graph(
-        role="density",
+        role=DENSITY,
         module=FlowMarginal(freeze_flow(model, fold)),
         reference=FlowMarginal(model),
         inputs=[
@@ -357,6 +359,3 @@ def marginal_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )
-
-
-BUILDERS: dict[str, Builder] = {"generate": generate_graph, "density": density_graph}

@@ -9,6 +9,9 @@ import torch
 from torch import nn
 
 from genrun.manifest import (
+    DECODE,
+    ELBO,
+    ENCODE,
     EPS,
     IMAGES,
     LABEL,
@@ -23,7 +26,7 @@ from genrun.manifest import (
 from gentrain.models import VAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Builder, Graph, class_cycle
+from .base import BATCH, Graph, class_cycle
 
 TEMPERATURE_EFFECT = (
     "the runtime multiplies the N(0, I) noise by the temperature and feeds it as z: "
@@ -135,7 +138,7 @@ def decode_graph(model: VAE, fold: bool = True) -> Graph:
 
     return _graph(
         model,
-        "decode",
+        DECODE,
         VAEDecode(model),
         inputs=[
             TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples"),
@@ -157,7 +160,7 @@ def encode_graph(model: VAE, fold: bool = True) -> Graph:
     shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
     return _graph(
         model,
-        "encode",
+        ENCODE,
         VAEEncode(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to encode"),
@@ -187,7 +190,7 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
 
     return _graph(
         model,
-        "elbo",
+        ELBO,
         VAEElbo(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
@@ -200,10 +203,3 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
         sample_inputs=sample_inputs,
         checks={LOG_WEIGHT: "nats"},
     )
-
-
-BUILDERS: dict[str, Builder] = {
-    "decode": decode_graph,
-    "encode": encode_graph,
-    "elbo": elbo_graph,
-}

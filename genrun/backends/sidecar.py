@@ -36,12 +36,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field, fields
+import re
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..manifest import METADATA_KEY, Manifest, from_json, to_json
+from ..typed_json import Malformed, parse
 
 PLAN_VERSION = 1
 PLAN_KEY = "vaeflow.plan"
@@ -150,15 +152,23 @@ def _plan_info(values: Any, path: Path) -> PlanInfo:
             f"{path} has plan info version {version!r}, this vaeflow reads version "
             f"{PLAN_VERSION}; rebuild the plan with this vaeflow's `genexport tensorrt`"
         )
-    try:
-        info = PlanInfo(**values)
-    except TypeError as err:
-        expected = ", ".join(f.name for f in fields(PlanInfo))
-        raise UserError(
-            f"{path} is malformed ({err}); plan info has: {expected}; rebuild the plan"
-        ) from None
-    if info.hardware_compat not in HARDWARE_COMPAT or not all(
-        isinstance(info.profile.get(key), int) for key in ("min", "opt", "max")
-    ):
-        raise UserError(f"{path} is malformed (hardware_compat or profile); rebuild the plan")
-    return info
+    return parse(
+        PlanInfo,
+        values,
+        f"{path} holds malformed plan info",
+        "rebuild the plan",
+        check=_check_plan_info,
+    )
+
+
+def _check_plan_info(info: PlanInfo) -> None:
+    """What types alone do not say: the choices, the profile's three batch
+    sizes, a "major.minor" compute capability."""
+    if info.hardware_compat not in HARDWARE_COMPAT:
+        raise Malformed(
+            f"hardware_compat = {info.hardware_compat!r:.30} is not one of {HARDWARE_COMPAT}"
+        )
+    if sorted(info.profile) != ["max", "min", "opt"]:
+        raise Malformed(f"profile = {info.profile!r:.60} is not {{min, opt, max}}")
+    if not re.fullmatch(r"\d+\.\d+", info.compute_capability):
+        raise Malformed(f"compute_capability = {info.compute_capability!r:.30} is not major.minor")

@@ -15,16 +15,20 @@ needs scikit-learn. One module per format:
 """
 
 from .idx import read_idx
-from .image_files import MAX_IMAGE_PIXELS, read_image_files
-from .imagesets import DataSplit, ImageSet
-from .spec import DATA_SPECS_HELP, load_data
+from .image_files import MAX_IMAGE_PIXELS, read_image_files, read_named_folder
+from .imagesets import TEST_FRACTION, DataSplit, ImageSet, split_indices
+from .spec import DATA_SPECS_HELP, folder_of, load_data
 
 __all__ = [
     "DATA_SPECS_HELP",
     "MAX_IMAGE_PIXELS",
+    "TEST_FRACTION",
     "DataSplit",
     "ImageSet",
+    "folder_of",
     "load_data",
     "read_idx",
     "read_image_files",
+    "read_named_folder",
+    "split_indices",
 ]

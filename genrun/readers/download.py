@@ -8,9 +8,9 @@ import http.client
 import os
 import urllib.error
 import urllib.request
-import uuid
 from pathlib import Path
 
+from genrun.atomic import AtomicFile
 from genrun.errors import UserError
 
 from .idx import MNIST_STEMS
@@ -69,24 +69,21 @@ def _download_mnist_file(stem: str, directory: Path) -> None:
 
 
 def _download_verified(url: str, target: Path, sha256: str) -> None:
-    """Stream `url` into a temp file beside `target`, check its sha256, then
-    rename: an interrupted or bad download never leaves a file at `target`."""
-    tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.part")  # umask mode, not 0600
-    try:
-        digest = hashlib.sha256()
-        with (
-            open(tmp, "xb") as out,
-            urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
-        ):
-            for chunk in iter(lambda: response.read(1 << 20), b""):
-                digest.update(chunk)
-                out.write(chunk)
-        if digest.hexdigest() != sha256:
+    """Stream `url` into `target` through the shared atomic writer (a
+    temporary beside it, renamed into place only when whole and its sha256
+    right): an interrupted or bad download never leaves a file at `target`,
+    and one killed outright is swept by the next write into the folder."""
+    digest = hashlib.sha256()
+    with (
+        AtomicFile(target) as out,
+        urllib.request.urlopen(url, timeout=_DOWNLOAD_TIMEOUT_S) as response,
+    ):
+        for chunk in iter(lambda: response.read(1 << 20), b""):
+            digest.update(chunk)
+            out.write(chunk)
+        if digest.hexdigest() != sha256:  # raised inside: the temporary is removed
             raise UserError(
                 f"{url} gave a file with the wrong sha256 ({digest.hexdigest()[:16]}...), "
                 f"so it was removed; try again later or download it yourself and use "
                 f"--data mnist:DIR"
             )
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)

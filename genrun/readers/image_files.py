@@ -24,11 +24,28 @@ DEFAULT_FOLDER_SIZE = 64
 def read_folder(
     directory: Path, size: int, mode: str | None = None
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
-    """Every PNG/JPEG under `directory`, fitted to size x size, converted to
-    `mode` ("L", "RGB" or None: see `_open_picture`), with labels and class
-    names: labels come from the first-level subfolder (ImageFolder style,
-    classes in sorted order of their names) when no image sits directly in
-    `directory`."""
+    """Every PNG/JPEG under `directory` (`folder_files`), fitted to size x
+    size, converted to `mode` ("L", "RGB" or None: see `_open_picture`), with
+    labels and class names: labels come from the first-level subfolder
+    (ImageFolder style, classes in sorted order of their names) when no image
+    sits directly in `directory`."""
+    files = folder_files(directory)
+    return _read_pictures(files, size, mode), *_folder_labels(directory, files)
+
+
+def read_named_folder(
+    directory: Path, size: int, channels: int | None = None
+) -> tuple[list[str], np.ndarray]:
+    """Every image under `directory` as `read_folder` reads it, in file
+    order, and each one's path relative to `directory`: what scoring a
+    folder reports, row by row."""
+    files = folder_files(directory)
+    names = [path.relative_to(directory).as_posix() for path in files]
+    return names, _read_pictures(files, size, channel_mode(channels))
+
+
+def folder_files(directory: Path) -> list[Path]:
+    """Every PNG/JPEG file under `directory`, sorted by the path relative to it."""
     if not directory.is_dir():
         raise UserError(f"image folder {directory} does not exist; check the path")
     files = sorted(
@@ -37,12 +54,16 @@ def read_folder(
     )
     if not files:
         raise UserError(f"{directory} holds no .png/.jpg/.jpeg images; add some or fix the path")
+    return files
+
+
+def _read_pictures(files: list[Path], size: int, mode: str | None) -> np.ndarray:
+    """uint8 (N, C, size, size); one colour image makes the whole set RGB."""
     pictures = [_load_picture(path, size, mode) for path in files]
-    if any(p.ndim == 3 for p in pictures):  # one colour image makes the whole set RGB
+    if any(p.ndim == 3 for p in pictures):
         pictures = [p if p.ndim == 3 else np.repeat(p[..., None], 3, axis=2) for p in pictures]
     stacked = np.stack(pictures)
-    images = stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
-    return images, *_folder_labels(directory, files)
+    return stacked[:, None] if stacked.ndim == 3 else stacked.transpose(0, 3, 1, 2)
 
 
 def _load_picture(path: Path, size: int, mode: str | None = None) -> np.ndarray:

@@ -9,6 +9,9 @@ import numpy as np
 
 from genrun.errors import UserError
 
+# The share of a source without an official split that is held out for test.
+TEST_FRACTION = 0.1
+
 
 @dataclass
 class ImageSet:
@@ -79,16 +82,20 @@ def image_set(images: np.ndarray, labels: np.ndarray | None) -> ImageSet:
 def split(
     images: np.ndarray, labels: np.ndarray | None, test_fraction: float, seed: int
 ) -> tuple[ImageSet, ImageSet]:
-    """Deterministic train/test split: a seeded permutation picks the test
-    indices; both halves keep the source order so folders stay browsable."""
-    n = len(images)
-    if n < 2:
-        raise UserError(f"need at least 2 images to make a train/test split, found {n}")
-    n_test = min(max(1, round(n * test_fraction)), n - 1)
-    order = np.random.default_rng(seed).permutation(n)
-    test_idx, train_idx = np.sort(order[:n_test]), np.sort(order[n_test:])
+    """Deterministic train/test split (`split_indices`)."""
+    train_idx, test_idx = split_indices(len(images), test_fraction, seed)
 
     def take(idx: np.ndarray) -> ImageSet:
         return image_set(images[idx], None if labels is None else labels[idx])
 
     return take(train_idx), take(test_idx)
+
+
+def split_indices(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, test) indices of n items: a seeded permutation picks the test
+    indices; both halves keep the source order so folders stay browsable."""
+    if n < 2:
+        raise UserError(f"need at least 2 images to make a train/test split, found {n}")
+    n_test = min(max(1, round(n * test_fraction)), n - 1)
+    order = np.random.default_rng(seed).permutation(n)
+    return np.sort(order[n_test:]), np.sort(order[:n_test])

@@ -12,7 +12,7 @@ from genrun.errors import UserError
 from .download import cache_dir, fetch_mnist
 from .idx import read_mnist_dir
 from .image_files import DEFAULT_FOLDER_SIZE, channel_mode, read_folder
-from .imagesets import DataSplit, split
+from .imagesets import TEST_FRACTION, DataSplit, split
 from .npz import read_npz
 from .resize import resized
 
@@ -29,7 +29,7 @@ _DIGITS_FILE = Path(__file__).parents[1] / "data" / "digits.npz"
 def load_data(
     spec: str,
     size: int | None = None,
-    test_fraction: float = 0.1,
+    test_fraction: float = TEST_FRACTION,
     seed: int = 0,
     channels: int | None = None,
 ) -> DataSplit:
@@ -52,9 +52,9 @@ def load_data(
         train, test = read_mnist_dir(fetch_mnist(cache_dir()))
     elif kind == "mnist" and arg:
         train, test = read_mnist_dir(Path(arg).expanduser())
-    elif kind == "folder" and arg:
+    elif folder_of(spec) is not None:
         images, labels, names = read_folder(
-            Path(arg).expanduser(), size or DEFAULT_FOLDER_SIZE, channel_mode(channels)
+            folder_of(spec), size or DEFAULT_FOLDER_SIZE, channel_mode(channels)
         )
         train, test = split(images, labels, test_fraction, seed)
     elif kind == "npz" and arg:
@@ -65,6 +65,12 @@ def load_data(
         train, test = resized(train, size), resized(test, size)
         bits = 8  # interpolation makes new grey levels
     return DataSplit(train=train, test=test, spec=spec, bits=bits, class_names=names)
+
+
+def folder_of(spec: str) -> Path | None:
+    """The folder of a "folder:DIR" spec, else None."""
+    kind, _, arg = spec.partition(":")
+    return Path(arg).expanduser() if kind == "folder" and arg else None
 
 
 def _check_options(size: int | None, test_fraction: float) -> None:

@@ -49,6 +49,12 @@ class GenerativeModel(nn.Module):
     headline_metric: str = ""
     # The sampling temperature pictures use unless told otherwise.
     default_temperature: float = 1.0
+    # The engine graphs genexport writes for the family, in this order (role
+    # names of genrun.manifest), and the module that builds them (named, not
+    # imported: training never needs it): one `ROLE_graph(model, fold) ->
+    # Graph` per role and `pixel_mapping(model)`; see genexport/graphs.
+    roles: ClassVar[tuple[str, ...]] = ()
+    graphs: ClassVar[str] = ""
 
     def __init__(self, config) -> None:
         super().__init__()

@@ -7,13 +7,11 @@ fit FAMILY` (--field-name, or `flag`): its default and help live here only."""
 
 from __future__ import annotations
 
-import numbers
-import types
-import typing
-from dataclasses import asdict, field, fields
+from dataclasses import asdict, field
 from typing import Any, TypeVar
 
 from genrun.errors import UserError
+from genrun.typed_json import parse
 
 C = TypeVar("C", bound="ModelConfig")
 
@@ -109,51 +107,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls: type[C], values: dict[str, Any]) -> C:
-        unknown = set(values) - {f.name for f in fields(cls)}
-        if unknown:
-            family = cls.__name__.removesuffix("Config")
-            raise UserError(
-                f"unknown {family} config keys: {', '.join(sorted(unknown))}; the checkpoint "
-                "comes from another version of vaeflow"
-            )
-        hints = typing.get_type_hints(cls)
-        for name, value in values.items():
-            _check_field(cls, name, value, hints[name])
-        return cls(**values)
-
-
-def _check_field(cls: type, name: str, value: Any, kind: Any) -> None:
-    """`value` has the field's type (ints for ints, never bools; a tuple field
-    takes a list or tuple of its items) and lies in FIELD_RANGES[name]."""
-    family = cls.__name__.removesuffix("Config")
-    fix = "the checkpoint is damaged or not from gentrain, or the option is out of range"
-    if not _has_type(value, kind):
-        raise UserError(f"{family} config {name} = {value!r:.60} is not a {kind}; {fix}")
-    if name in FIELD_RANGES and value is not None:
-        low, high = FIELD_RANGES[name]
-        for item in value if isinstance(value, (list, tuple)) else [value]:
-            if not low <= item <= high:  # NaN fails too
-                raise UserError(
-                    f"{family} config {name} = {value!r:.60} is outside {low:g}..{high:g}; {fix}"
-                )
-
-
-def _has_type(value: Any, kind: Any) -> bool:
-    origin, args = typing.get_origin(kind), typing.get_args(kind)
-    if origin in (typing.Union, types.UnionType):
-        return any(_has_type(value, option) for option in args)
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
-        return isinstance(value, (list, tuple)) and all(_has_type(v, args[0]) for v in value)
-    if origin is tuple:
-        return (
-            isinstance(value, (list, tuple))
-            and len(value) == len(args)
-            and all(_has_type(v, a) for v, a in zip(value, args, strict=True))
+        """The config of stored or given values, each checked against its
+        field's type and FIELD_RANGES (genrun.typed_json), then by the
+        config's own __post_init__."""
+        family = cls.__name__.removesuffix("Config")
+        fix = (
+            "the checkpoint is damaged, from another version of vaeflow or not from gentrain, "
+            "or an option is out of range"
         )
-    if kind is type(None):
-        return value is None
-    if kind is float:
-        return isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if kind is int:
-        return isinstance(value, numbers.Integral) and not isinstance(value, bool)
-    return isinstance(value, kind)
+        return parse(cls, values, f"{family} config", fix, ranges=FIELD_RANGES)

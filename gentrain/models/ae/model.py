@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from genrun.errors import UserError
+from genrun.manifest import DECODE, ENCODE
 
 from ..base import GenerativeModel, Objective
 from ..quantization import means_to_uint8
@@ -27,6 +28,8 @@ from .pca import PCA
 
 class AE(GenerativeModel):
     family = "ae"
+    roles = (DECODE, ENCODE)
+    graphs = "genexport.graphs.ae"
     label = "AE"
     description = "a deterministic autoencoder; reports the test MSE (summed over pixels in [0, 1])"
     has_prior = False

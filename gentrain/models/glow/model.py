@@ -13,6 +13,8 @@ from typing import ClassVar
 
 from torch import nn
 
+from genrun.manifest import DENSITY, GENERATE
+
 from ..multiscale import FlowLevel, MultiScaleFlow
 from ..transforms import Transform
 from .config import GlowConfig
@@ -45,6 +47,8 @@ class GlowLevel(FlowLevel):
 
 class Glow(MultiScaleFlow):
     family = "glow"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.glow"
     label = "Glow"
     description = "Glow (Kingma & Dhariwal 2018); reports test bits/dim"
     # Measured on MNIST (benchmarks/results/glow-sweep.md): Adam at a high

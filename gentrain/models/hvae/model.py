@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from genrun.errors import UserError
+from genrun.manifest import ELBO, GENERATE
 
 from ..base import GenerativeModel, Objective
 from ..importance import ImportanceWeighted
@@ -182,6 +183,8 @@ class TopDown(nn.Module):
 
 class HVAE(ImportanceWeighted, GenerativeModel):
     family = "hvae"
+    roles = (GENERATE, ELBO)
+    graphs = "genexport.graphs.hvae"
     label = "HVAE"
     description = (
         "a hierarchical VAE (NVAE-style, Vahdat & Kautz 2020); reports the test negative "

@@ -18,6 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+from genrun.manifest import DENSITY, GENERATE
+
 from ..glow.layers import Squeeze
 from ..multiscale import FlowLevel, MultiScaleFlow
 from ..transforms import Transform
@@ -61,6 +63,8 @@ class RealNVPScale(FlowLevel):
 
 class RealNVP(MultiScaleFlow):
     family = "realnvp"
+    roles = (GENERATE, DENSITY)
+    graphs = "genexport.graphs.realnvp"
     label = "RealNVP"
     description = "RealNVP (Dinh et al. 2017); reports test bits/dim"
     # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and

@@ -10,15 +10,12 @@ broadcast against x.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 from torch import nn
 
 from ..stable import log_sigmoid
-
-if TYPE_CHECKING:
-    from .config import VAEConfig
 
 PIXEL_DIMS = (-3, -2, -1)
 LOG_2PI = math.log(2 * math.pi)
@@ -30,13 +27,22 @@ LOGVAR_MIN = 2 * math.log(1 / 256)
 LOGVAR_MAX = 0.0
 
 
+class LikelihoodConfig(Protocol):
+    """What a likelihood reads from its model's config (a VAE's or an HVAE's;
+    the config module imports this one, so it is not named here)."""
+
+    likelihood: str
+    sigma: float
+    data_shape: tuple[int, int, int]
+
+
 class Likelihood(nn.Module):
     """p(x|z) given the decoder's raw output `params` of shape (..., C, H, W)."""
 
     # True when log_prob is a probability mass (no density-to-bin correction needed).
     discrete: bool = False
 
-    def __init__(self, config: VAEConfig) -> None:
+    def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__()
 
     def log_prob(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
@@ -75,7 +81,7 @@ class Gaussian(Likelihood):
     params are the means themselves (the lecture's mu_dec(z) = NN(z)), so a
     pixel can reach exactly 0 or 1; `mean` clips them to [0, 1] for display."""
 
-    def __init__(self, config: VAEConfig) -> None:
+    def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__(config)
         # A buffer so it follows the model across devices; not saved, the config holds it.
         fixed = torch.tensor(2 * math.log(config.sigma))
@@ -102,7 +108,7 @@ class LearnedGaussian(Gaussian):
     parameter of the data's shape, started at log sigma^2), clamped to
     [LOGVAR_MIN, LOGVAR_MAX]."""
 
-    def __init__(self, config: VAEConfig) -> None:
+    def __init__(self, config: LikelihoodConfig) -> None:
         super().__init__(config)
         self.logvar = nn.Parameter(torch.full(config.data_shape, 2 * math.log(config.sigma)))
 
@@ -117,7 +123,7 @@ LIKELIHOODS: dict[str, type[Likelihood]] = {
 }
 
 
-def build_likelihood(config: VAEConfig) -> Likelihood:
+def build_likelihood(config: LikelihoodConfig) -> Likelihood:
     return LIKELIHOODS[config.likelihood](config)
 
 

@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from genrun.errors import UserError
+from genrun.manifest import DECODE, ELBO, ENCODE
 
 from ..base import GenerativeModel, Objective
 from ..importance import ImportanceWeighted
@@ -152,6 +153,8 @@ class Decoder(LabelledNet):
 
 class VAE(ImportanceWeighted, GenerativeModel):
     family = "vae"
+    roles = (DECODE, ENCODE, ELBO)
+    graphs = "genexport.graphs.vae"
     label = "VAE"
     description = "a VAE (Kingma & Welling 2014); reports the test negative ELBO in nats"
     default_iw_samples = 1000
