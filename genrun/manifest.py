@@ -88,6 +88,10 @@ classes         list of ClassSpec, or absent/null (version 3, conditional engine
                 0..K-1); a conditional flow's marginal density engine (role density,
                 `genexport onnx --marginal`) takes none and also outputs
                 "class_log_likelihood", log P(x|y) (N, K).
+provenance      Provenance, or absent/null (version 3; the engines that ship in
+                genrun/builtin): the script and the exact commands that made the
+                engine, its training data with licence and citation, and what was
+                measured (test bits/dim, classification accuracy, ...).
 training_scores TrainingScores or null (density and elbo roles, since version 2;
                 null when export could not read the training data): the
                 bits/dim bound genrun's Scorer computes, over training images,
@@ -112,8 +116,9 @@ from .errors import UserError
 from .typed_json import Malformed, parse
 
 MANIFEST_VERSION = 2
-# Version 1: no training_scores; version 3: version 2 with `classes`, written
-# only for conditional engines (so an older reader refuses them in one line).
+# Version 1: no training_scores; version 3: version 2 with `classes` and
+# `provenance`, written only where they are (so an older reader refuses those
+# engines in one line and reads every other).
 READABLE_VERSIONS = (1, 2, 3)
 CONDITIONAL_VERSION = 3
 METADATA_KEY = "vaeflow.manifest"
@@ -252,6 +257,16 @@ class ClassSpec:
 
 
 @dataclass
+class Provenance:
+    """How a shipped engine was made (genrun/builtin: scripts/builtin_engines.sh)."""
+
+    script: str  # the repository script that ran the commands
+    commands: list[str]  # the exact commands, in order
+    data: str  # the training data: where it came from, its licence and citation
+    results: dict[str, float]  # what was measured: test bits/dim, accuracy, ...
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -268,6 +283,7 @@ class Manifest:
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
     classes: list[ClassSpec] | None = None  # a conditional engine's (version 3)
+    provenance: Provenance | None = None  # a shipped engine's (version 3)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -287,8 +303,9 @@ class Manifest:
 
 def to_json(manifest: Manifest) -> str:
     values = asdict(manifest)
-    if values["classes"] is None:  # an unconditional engine's manifest stays version 2's
-        del values["classes"]
+    for key in ("classes", "provenance"):  # absent, a manifest stays version 2's
+        if values[key] is None:
+            del values[key]
     return json.dumps(values, indent=1, sort_keys=True)
 
 

@@ -186,6 +186,34 @@ class Sampler:
         )
         return SampleBatches(pipeline, n - first, nonfinite)
 
+    def batches_by_class(
+        self,
+        n: int,
+        classes: list[int],
+        temperature: float = 0.7,
+        seed: int = 0,
+        batch_size: int = 256,
+        fixed_levels: int = 0,
+        nonfinite: str = "error",
+    ) -> SampleBatches:
+        """n samples of each class in `classes`, class after class: for each
+        class c the very samples of `batches(n, ..., label=c)`, so every class
+        gets the same noise (a grid of one row per class shows the classes
+        side by side). A conditional engine only."""
+        if not self.num_classes:
+            raise UserError(f"{self.engine.path} has no classes to sample; drop the label")
+        parts = [
+            self.batches(n, temperature, seed, batch_size, fixed_levels, nonfinite, label=c)
+            for c in classes
+        ]
+
+        def pipeline() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            for row, part in enumerate(parts):
+                for start, pixels, bad in part._pipeline:
+                    yield row * n + start, pixels, bad
+
+        return SampleBatches(pipeline(), n * len(classes), nonfinite)
+
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
         temperature input's, else the noise's): 1e39 is finite as a Python

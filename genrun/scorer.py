@@ -164,12 +164,8 @@ class Scorer:
         normalised over y (argmax: the generative classifier). A marginal
         density engine gives every class in one call per batch; a density
         engine with a label input runs once per class."""
+        self.check_classifies()
         manifest = self.engine.manifest
-        if not manifest.conditional or not (self.exact and (self.by_class or self.takes_label)):
-            raise UserError(
-                f"{self.engine.path} is not a conditional density engine; classify needs one "
-                "(`genexport onnx --marginal` of a model trained with --conditional)"
-            )
         _check_images(images)
         _check_count("batch size", batch_size)
         k = len(manifest.classes)
@@ -192,6 +188,15 @@ class Scorer:
         shift = np.where(np.isfinite(peak), peak, 0.0)
         with np.errstate(divide="ignore", invalid="ignore"):
             return joint - shift - np.log(np.exp(joint - shift).sum(axis=1, keepdims=True))
+
+    def check_classifies(self) -> None:
+        """A one-line UserError unless the engine is a conditional density engine."""
+        manifest = self.engine.manifest
+        if not manifest.conditional or not (self.exact and (self.by_class or self.takes_label)):
+            raise UserError(
+                f"{self.engine.path} is not a conditional density engine; classify needs one "
+                "(`genexport onnx --marginal` of a model trained with --conditional)"
+            )
 
     def checked_labels(self, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
         """`labels` as int64 (N,) in 0..K-1, where the engine takes them (a
