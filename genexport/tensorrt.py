@@ -42,6 +42,7 @@ from genrun.manifest import (
     DENSITY,
     GENERATE,
     IMAGES,
+    LABEL,
     PIXELS,
     TEMPERATURE,
     Manifest,
@@ -256,9 +257,12 @@ def plan_runner(trt: Any, plan: bytes, onnx_path: Path, manifest: Manifest) -> P
     return PlanRunner(trt, engine, onnx_path.with_suffix(".plan"), manifest, None)
 
 
-def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
+def seeded_inputs(
+    specs: list[TensorSpec], batch: int, seed: int, classes: int = 0
+) -> dict[str, np.ndarray]:
     """Parity inputs: random pixels, standard-normal floats, the temperature
-    PARITY_TEMPERATURE; inputs with a default are left to it."""
+    PARITY_TEMPERATURE, a conditional graph's labels (every one of `classes`
+    in turn); inputs with a default are left to it."""
     rng = np.random.default_rng([SEED, seed])
     feeds = {}
     for spec in specs:
@@ -267,6 +271,8 @@ def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, n
         shape = [batch if size == BATCH else size for size in spec.shape]
         if spec.dtype == "uint8":
             feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif spec.name == LABEL:
+            feeds[spec.name] = (np.arange(batch) + seed) % max(classes, 1)
         elif spec.name == TEMPERATURE:
             feeds[spec.name] = np.full(shape, PARITY_TEMPERATURE, np.float32)
         else:
@@ -297,8 +303,9 @@ def plan_parity(runner: Any, onnx_path: Path, manifest: Manifest, batch_sizes: l
     names = [spec.name for spec in manifest.outputs if spec.name in tolerance]
     reference = ort_session(onnx_path)
     errors = dict.fromkeys(names, 0.0)
+    classes = len(manifest.classes or [])
     for batch in batch_sizes:
-        feeds = seeded_inputs(manifest.inputs, batch, batch)
+        feeds = seeded_inputs(manifest.inputs, batch, batch, classes)
         got = runner.run(feeds)
         want = dict(zip(names, reference.run(names, feeds), strict=True))
         for name in names:
@@ -324,18 +331,23 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
     if not {"round_trip.images", "round_trip.pixels"} <= tolerance.keys():
         return  # exported one role at a time: no round-trip bound recorded
     latents = [latent_name(i) for i in range(len(density.manifest.latent_shapes))]
-    noise = [s.name for s in generate.manifest.inputs if s.name != TEMPERATURE]
+    if latents[0] not in {spec.name for spec in density.manifest.outputs}:
+        return  # a conditional flow's marginal density engine has no latents to invert
+    noise = [s.name for s in generate.manifest.inputs if s.name not in (TEMPERATURE, LABEL)]
     sessions = [ort_session(density.onnx_path), ort_session(generate.onnx_path)]
     errors = {"round_trip.images": 0.0, "round_trip.pixels": 0.0}
+    classes = len(density.manifest.classes or [])
     for batch in (1, 7):
-        pixels = seeded_inputs(density.manifest.inputs, batch, batch)[IMAGES]
+        inputs = seeded_inputs(density.manifest.inputs, batch, batch, classes)
+        pixels = inputs[IMAGES]
+        label = {LABEL: inputs[LABEL]} if LABEL in inputs else {}  # conditional: both get it
         ones = np.ones(batch, np.float32)
-        got_latents = runners[DENSITY].run({IMAGES: pixels})
+        got_latents = runners[DENSITY].run({IMAGES: pixels, **label})
         feeds = {n: got_latents[latent] for n, latent in zip(noise, latents, strict=True)}
-        got = runners[GENERATE].run({**feeds, TEMPERATURE: ones})
-        want_latents = sessions[0].run(latents, {IMAGES: pixels})
+        got = runners[GENERATE].run({**feeds, **label, TEMPERATURE: ones})
+        want_latents = sessions[0].run(latents, {IMAGES: pixels, **label})
         feeds = dict(zip(noise, want_latents, strict=True))
-        want_images = sessions[1].run([IMAGES], {**feeds, TEMPERATURE: ones})[0]
+        want_images = sessions[1].run([IMAGES], {**feeds, **label, TEMPERATURE: ones})[0]
         errors["round_trip.images"] = max(
             errors["round_trip.images"], max_abs(got[IMAGES], want_images)
         )

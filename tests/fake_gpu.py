@@ -27,7 +27,7 @@ import numpy as np
 from genrun.engine import ort_session
 
 HEADER = b"FAKEPLAN\n"
-ORT_NUMPY = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8}
+ORT_NUMPY = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int64)": np.int64}
 
 
 # --- cuda.bindings.runtime -------------------------------------------------

@@ -167,3 +167,29 @@ def test_engines_without_classes_refuse_labels(glow_exported, tmp_path) -> None:
         (("likelihood", "--engine", density, "--data", "digits", "--marginal"), "not conditional"),
     ]:
         GENRUN.assert_one_line_error(GENRUN.run(*args), match)
+
+
+def test_tensorrt_plans_take_the_label_too(conditional, digits, tmp_path, monkeypatch) -> None:
+    """With tests/fake_gpu.py's TensorRT (the plan runs in ONNX Runtime): the
+    label input gets a profile, plan parity feeds every class, and the plans
+    sample and classify as their ONNX engines do."""
+    import fake_gpu
+
+    from genexport.tensorrt import PlanOptions, export_plans
+
+    _, engines = conditional
+    fake_gpu.install(monkeypatch)
+    plans = {}
+    for graph in ("generate", "marginal"):
+        built = export_plans(
+            engines[graph].path, tmp_path, options=PlanOptions(opt_batch=8, max_batch=32)
+        )
+        plans[graph] = built[0].path
+        assert not built[0].parity.failures()
+    plan_samples = Sampler(load(plans["generate"])).sample(12, seed=2, label=6, batch_size=5)
+    onnx_samples = Sampler(load(engines["generate"].path)).sample(12, seed=2, label=6)
+    assert np.array_equal(plan_samples, onnx_samples)
+    images = digits.test.images[:40]
+    plan_classes = Scorer(load(plans["marginal"])).classify(images).argmax(1)
+    onnx_classes = Scorer(load(engines["marginal"].path)).classify(images).argmax(1)
+    assert np.array_equal(plan_classes, onnx_classes)
