@@ -9,7 +9,9 @@ vaeflow` has something to run without torch or training:
 `builtin:NAME` names a model; each command takes the file of the role it
 needs (sampling NAME.generate.onnx, scoring and classifying
 NAME.marginal.onnx or NAME.density.onnx). In Python,
-`genrun.load("builtin:NAME.generate")`. Each engine's manifest records how it
+`genrun.load("builtin:NAME.generate")` (`load` below: genrun.engine.load for
+any path, resolving builtin: first; the engine module itself knows nothing of
+builtin engines, which keeps it out of an import circle). Each engine's manifest records how it
 was made (`provenance`: scripts/builtin_engines.sh's exact commands, the data
 and its licence, the measured results); genrun/builtin/README.md says the same.
 """
@@ -18,9 +20,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from . import engine as engine_module
 from .errors import UserError
-from .manifest import Manifest, read_with_onnxruntime
+from .manifest import Manifest
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 PREFIX = "builtin:"
@@ -71,10 +75,17 @@ def resolve(engine: str | Path, role: str | None = None) -> Path:
     raise UserError(f"{PREFIX}{name} has no {want}; it ships: {choices}")
 
 
+def load(path: str | Path, *args: Any, **options: Any) -> engine_module.Engine:
+    """`genrun.load`: `genrun.engine.load` of `path`, where `builtin:NAME.GRAPH`
+    is the shipped file."""
+    return engine_module.load(resolve(path), *args, **options)
+
+
 def engines() -> list[BuiltinEngine]:
     """Every shipped engine file with its manifest, by model then graph."""
     found = []
     for path in sorted(BUILTIN_DIR.glob("*.onnx")):
         name, graph = path.name.split(".")[:2]
-        found.append(BuiltinEngine(name, graph, path, read_with_onnxruntime(path)))
+        manifest = engine_module.load(path, "cpu", threads=1).manifest
+        found.append(BuiltinEngine(name, graph, path, manifest))
     return found

@@ -373,7 +373,7 @@ def bench_command(
     """Samples/s, per-call latency (p50/p90/p99), achieved GFLOP/s and its share
     of the machine's measured float32 matmul peak at each batch size, after a
     warm-up, on random inputs of the engine's shapes (medians of the calls)."""
-    loaded = load(engine, provider, cuda_graphs=cuda_graphs)
+    loaded = load(resolve(engine), provider, cuda_graphs=cuda_graphs)
     try:
         batch_sizes = [int(size) for size in batch.split(",")]
     except ValueError:
@@ -421,7 +421,7 @@ def bench_command(
 @app.command("info")
 def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> None:
     """The engine's model, tensors, provenance and the providers present."""
-    loaded = load(engine, provider)
+    loaded = load(resolve(engine), provider)
     for line in describe(loaded.path, loaded.manifest, loaded):
         typer.echo(line)
 

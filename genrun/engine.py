@@ -20,7 +20,6 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from . import builtin
 from .backends import BACKEND_BY_SUFFIX
 from .backends.onnxruntime import (
     PROVIDERS,
@@ -178,8 +177,8 @@ def load(
     `Engine.provider`) with `threads` intra-op CPU threads (default:
     `default_threads()`); `spin` see `session_options`. `.plan`: TensorRT
     (provider "auto" or "tensorrt"), replaying one CUDA graph per batch size
-    with `cuda_graphs`. `builtin:NAME.GRAPH` loads a shipped engine (genrun.builtin)."""
-    path = builtin.resolve(path)
+    with `cuda_graphs`."""
+    path = Path(path)
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
