@@ -138,7 +138,9 @@ def measure(model, role: str, path: Path, batch: int, args) -> tuple[float, ...]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument(
+        "--data", default=f"mnist:{Path(__file__).resolve().parents[1] / 'tests/data/mnist-mini'}"
+    )
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument(
         "--modes",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import platform
 import time
 from collections.abc import Callable
@@ -32,9 +33,8 @@ from genrun.manifest import (
     Manifest,
     Parity,
     TrainingScores,
-    read_from_onnx,
-    write_to_onnx,
 )
+from genrun.manifest_io import graph_sha256, read_from_onnx, write_to_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
@@ -173,6 +173,8 @@ def export_checkpoint(
             written.training_scores = engine.training_scores = stats
         elif scores_images:
             engine.training_scores_note = why_not
+        # What the runtime checks the file against at load: every byte but the metadata.
+        written.graph_sha256 = graph_sha256(io.BytesIO(engine.model.SerializeToString()))
         write_to_onnx(engine.model, written)
     write_atomically({engine.path: engine.model.SerializeToString() for engine in engines})
     return engines

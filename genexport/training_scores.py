@@ -18,7 +18,8 @@ from genrun.backends.onnxruntime import OnnxRuntimeRunner
 from genrun.engine import Engine as RuntimeEngine
 from genrun.engine import default_threads
 from genrun.errors import UserError
-from genrun.manifest import Manifest, TrainingScores, write_to_onnx
+from genrun.manifest import Manifest, TrainingScores
+from genrun.manifest_io import write_to_onnx
 from genrun.readers import ImageSet, load_data
 from genrun.scorer import Scorer
 

@@ -35,9 +35,9 @@ from genrun.manifest import (
     Manifest,
     TensorSpec,
     from_json,
-    read_from_onnx,
     to_json,
 )
+from genrun.manifest_io import read_from_onnx
 
 # int64: a conditional engine's labels.
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}

@@ -22,7 +22,7 @@ def describe(path: Path, manifest: Manifest | None, loaded: Engine | None = None
         from .engine import available_providers
 
         present = ", ".join(available_providers())
-        lines.append(labelled("provider", f"{loaded.provider} (present: {present})"))
+        lines.append(labelled("provider", f"{loaded.provider} (compiled in: {present})"))
     if manifest is None:  # a foreign graph: only what the graph itself says
         lines[0] += (
             ", no vaeflow manifest (bench and run work; sample and likelihood need one: "

@@ -2,15 +2,16 @@
 stored inside the file, so that a single `.onnx` file is a complete engine.
 
 This module is the contract between `genexport` (writes it) and `genrun`
-(reads it). It needs only the standard library: reading a manifest needs
-`onnx` (`read_from_onnx`) or `onnxruntime` (`read_with_onnxruntime`, the
-route for genrun), each imported only when called.
+(reads it): a schema, with no file I/O and nothing of genrun imported but
+its UserError. Reading it from a file and writing it into one is
+genrun/manifest_io.py's job.
 
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
-Fields (version 2; version 1 is version 2 without training_scores, and reads;
-version 3 is version 2 with classes)
+Fields (version 3; version 2 is version 3 without graph_sha256, version 1 also
+without training_scores; both read; version 4 is version 3 with classes or
+provenance, written only where they are)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses versions it does not know
                 (READABLE_VERSIONS).
@@ -79,7 +80,7 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 ActNorm into the 1x1 convolutions (nodes_unfolded,
                 nodes_folded; null for vae), and library versions {torch,
                 onnx, onnxruntime, vaeflow, ...}.
-classes         list of ClassSpec, or absent/null (version 3, conditional engines
+classes         list of ClassSpec, or absent/null (version 4, conditional engines
                 only: trained with --conditional). Each class's index (its label), its
                 name where the data named it (a folder's sub-folder, an npz's
                 class_names; null for bare indices such as MNIST's) and log_prior =
@@ -88,7 +89,7 @@ classes         list of ClassSpec, or absent/null (version 3, conditional engine
                 0..K-1); a conditional flow's marginal density engine (role density,
                 `genexport onnx --marginal`) takes none and also outputs
                 "class_log_likelihood", log P(x|y) (N, K).
-provenance      Provenance, or absent/null (version 3; the engines that ship in
+provenance      Provenance, or absent/null (version 4; the engines that ship in
                 genrun/builtin): the script and the exact commands that made the
                 engine, its training data with licence and citation, and what was
                 measured (test bits/dim, classification accuracy, ...).
@@ -103,11 +104,16 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
   seed          their seed: typicality scores with the same k.
   bpd_mean      mean bits/dim of those images.
   bpd_std       their standard deviation (ddof 1).
+graph_sha256    hex sha256 of the ONNX file's bytes outside its metadata (the
+                graph, weights, opsets: `genrun.manifest_io.graph_sha256`),
+                or null (versions 1 and 2). genrun's ONNX loader refuses a
+                file whose graph no longer matches (since version 3).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -115,12 +121,11 @@ from typing import Any
 from .errors import UserError
 from .typed_json import Malformed, parse
 
-MANIFEST_VERSION = 2
-# Version 1: no training_scores; version 3: version 2 with `classes` and
-# `provenance`, written only where they are (so an older reader refuses those
-# engines in one line and reads every other).
-READABLE_VERSIONS = (1, 2, 3)
-CONDITIONAL_VERSION = 3
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 2: no graph_sha256; version 1: no training_scores either
+# Version 4: version 3 with `classes` or `provenance`, written only where they
+# are (so an older reader refuses those engines in one line and reads every other).
+CONDITIONAL_VERSION = 4
 METADATA_KEY = "vaeflow.manifest"
 
 # The roles of graphs, written once: a model family lists the ones it exports
@@ -282,8 +287,9 @@ class Manifest:
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
-    classes: list[ClassSpec] | None = None  # a conditional engine's (version 3)
-    provenance: Provenance | None = None  # a shipped engine's (version 3)
+    graph_sha256: str | None = None
+    classes: list[ClassSpec] | None = None  # a conditional engine's (version 4)
+    provenance: Provenance | None = None  # a shipped engine's (version 4)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
@@ -303,7 +309,7 @@ class Manifest:
 
 def to_json(manifest: Manifest) -> str:
     values = asdict(manifest)
-    for key in ("classes", "provenance"):  # absent, a manifest stays version 2's
+    for key in ("classes", "provenance"):  # absent, a manifest stays version 3's
         if values[key] is None:
             del values[key]
     return json.dumps(values, indent=1, sort_keys=True)
@@ -355,6 +361,9 @@ def _check_values(manifest: Manifest) -> None:
         if not shape:
             raise Malformed(f"latent_shapes[{i}] is empty")
         sizes(f"latent_shapes[{i}]", shape)
+    digest = manifest.graph_sha256
+    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
+        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
     if manifest.classes is not None:
         indices = [c.index for c in manifest.classes]
         names = [c.name for c in manifest.classes if c.name is not None]
@@ -406,66 +415,3 @@ def check_graph(
                     f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
                     "engine with `genexport onnx`"
                 )
-
-
-def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
-    """Store `manifest` in an onnx.ModelProto's metadata_props (replacing any)."""
-    props = model_proto.metadata_props
-    kept = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
-    del props[:]
-    for key, value in [*kept, (METADATA_KEY, to_json(manifest))]:
-        entry = props.add()
-        entry.key, entry.value = key, value
-
-
-def read_from_onnx(path: str | Path) -> Manifest:
-    """The manifest of an engine file, read with `onnx` (weights not parsed twice)."""
-    import onnx
-
-    path = Path(path)
-    _check_file(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # any parse failure of an untrusted file
-        raise UserError(
-            f"{path} is not an ONNX model ({type(err).__name__}); pass an engine "
-            "written by `genexport onnx`"
-        ) from None
-    props = {p.key: p.value for p in model.metadata_props}
-    return _from_props(props, path)
-
-
-def read_with_onnxruntime(session_or_path: Any) -> Manifest:
-    """The manifest through onnxruntime (no `onnx` needed): pass an
-    InferenceSession, or a path to open one."""
-    if isinstance(session_or_path, (str, Path)):
-        from .engine import ort_session  # the one place sessions are made
-
-        path = Path(session_or_path)
-        _check_file(path)
-        try:
-            session = ort_session(path)
-        except Exception as err:
-            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-            raise UserError(
-                f"{path} cannot be loaded by onnxruntime ({type(err).__name__}: {first}); "
-                "pass an engine written by `genexport onnx`"
-            ) from None
-        source = path
-    else:
-        session, source = session_or_path, Path("the engine")
-    return _from_props(session.get_modelmeta().custom_metadata_map, source)
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
-
-
-def _from_props(props: dict[str, str], path: Path) -> Manifest:
-    if METADATA_KEY not in props:
-        raise UserError(
-            f"{path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}); "
-            "export the engine with `genexport onnx`"
-        )
-    return from_json(props[METADATA_KEY], source=str(path))

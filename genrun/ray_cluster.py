@@ -29,7 +29,7 @@ from .engine import load
 from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
 from .readers import read_image_files
-from .sampler import BLOCK, Sampler
+from .sampler import BLOCK, Sampler, check_count
 from .scorer import Scorer, Scores
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
@@ -119,7 +119,7 @@ class _ScoreActor(_EngineActor):
 
 
 def _pool(actors: int, cpus: float | None):
-    _check_count("--actors", actors)
+    check_count("--actors", actors)
     ray = _ray()
     if cpus is None:
         spare = max(ray.cluster_resources().get("CPU", 1) - 1, 0.1)
@@ -295,8 +295,3 @@ def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.nda
         raise
     if expected != n:
         raise RuntimeError(f"Ray returned {expected} of {n} rows")
-
-
-def _check_count(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

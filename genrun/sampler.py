@@ -163,8 +163,8 @@ class Sampler:
         A conditional engine draws sample i of class `label` (one for all, or
         one per sample; default i mod K) from the same noise as any other
         class: the seed fixes the noise, the label only the class."""
-        _check_count("n", n)
-        _check_count("batch size", batch_size)
+        check_count("n", n)
+        check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
         check_policy(nonfinite)
@@ -292,7 +292,7 @@ class Sampler:
         return pixels, nonfinite_rows(outputs.get(IMAGES), len(pixels))
 
 
-class SampleBatches:
+class SampleBatches(Iterator[np.ndarray]):
     """The iterator `Sampler.batches` returns: uint8 batches, and the count of
     non-finite samples seen so far (`nonfinite`, of `produced` drawn)."""
 
@@ -318,9 +318,6 @@ class SampleBatches:
                 start += len(pixels)
 
         return cls(pipeline(), n, "error")
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
 
     def close(self) -> None:
         """Stop early: the pipeline's worker finishes its batch and stops."""
@@ -365,6 +362,7 @@ class SampleBatches:
         )
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
+    """`value` is a whole number >= 1 (a numpy integer too, never a bool)."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -42,7 +42,7 @@ from .manifest import (
     TrainingScores,
 )
 from .ood import compressed_bits, typicality
-from .sampler import BlockNoise, _check_count, _noise_inputs, _outputs
+from .sampler import BlockNoise, _noise_inputs, _outputs, check_count
 
 SCORES = ("nll", "complexity", "typicality", "bpd_density_at_centers")
 # Draws K per image unless told: density engines 1 offset (the variational
@@ -145,7 +145,7 @@ class Scorer:
                 "centres needs a density engine; score nll instead"
             )
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
         labels = self.checked_labels(images, labels)
         parts = [
             self._log_weights(
@@ -167,7 +167,7 @@ class Scorer:
         self.check_classifies()
         manifest = self.engine.manifest
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
         k = len(manifest.classes)
         parts = []
         for start in range(0, len(images), batch_size):
@@ -280,7 +280,7 @@ class Scorer:
     # -- the streamed importance-weighted estimate ---------------------------------
     def _k(self, iw_samples: int | None) -> int:
         k = self.default_iw_samples if iw_samples is None else iw_samples
-        _check_count("iw_samples", k)
+        check_count("iw_samples", k)
         if not self.dequantized and self.exact and k != 1:
             raise UserError(
                 f"{self.engine.path} has no offset input: its log_likelihood is exact, so "
@@ -301,7 +301,7 @@ class Scorer:
         streamed in calls of at most `batch_size` rows."""
         images = np.asarray(images)
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
         labels = self.checked_labels(images, labels)
         k = self._k(iw_samples)
         if self.exact:

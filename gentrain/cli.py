@@ -22,13 +22,14 @@ import numpy as np
 import torch
 import typer
 
+from genrun.atomic import write_atomic
 from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
 from genrun.labels import parse_label
 from genrun.readers import DATA_SPECS_HELP, load_data
 
 from . import ddp
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import evaluation_data, load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
 from .models import FAMILIES, build_model, model_class, new_model
@@ -225,14 +226,7 @@ def eval_command(
     autoencoders MSE beside PCA's at the same k (fitted on the training split)."""
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
-    spec = data or payload["data"]["spec"]
-    train_config = payload["train_config"]
-    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
-    if split.shape != tuple(payload["data"]["shape"]):
-        raise UserError(
-            f"{spec} has images of shape {split.shape} but the model was trained on "
-            f"{tuple(payload['data']['shape'])}; pass --data with matching images"
-        )
+    split = evaluation_data(payload, checkpoint, model, data)
     if iw_samples is None:
         iw_samples = model.default_iw_samples
     if iw_samples < 1:
@@ -242,10 +236,9 @@ def eval_command(
     metrics = evaluate_images(
         model, split.test, batch_size, pick_device(device), iw_samples=iw_samples
     )
-    typer.echo(
-        f"{model.family} on {spec} test split ({len(split.test.images)} images), "
-        f"step {payload['step']}:"
-    )
+    step = f", step {payload['step']}" if "step" in payload else ""
+    count = len(split.test.images)
+    typer.echo(f"{model.family} on {split.spec} test split ({count} images){step}:")
     for key, value in metrics.items():
         typer.echo(f"  {key:<12} {value['mean']:10.4f} +- {value['stderr']:.4f}")
     if "accuracy" in metrics:
@@ -254,9 +247,13 @@ def eval_command(
             f"{metrics['accuracy']['mean']:.2%} over {model.num_classes} classes"
         )
     if json_out:
-        json_out.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "data": spec, "metrics": metrics}, indent=2)
-        )
+        report = {"checkpoint": str(checkpoint), "data": split.spec, "metrics": metrics}
+        try:
+            write_atomic(json_out, json.dumps(report, indent=2).encode())
+        except OSError as err:
+            raise UserError(
+                f"cannot write {json_out} ({err.strerror}); pick another --json"
+            ) from None
 
 
 @app.command("sample")
@@ -348,14 +345,12 @@ def plot_command(
         if families.count(payload["family"]) > 1:  # two of a kind: tell them apart
             label += f" ({path.resolve().parent.name})"
         models.append((label, model_from_checkpoint(payload).to(pick_device(device))))
-    spec = data or payloads[0]["data"]["spec"]
-    train_config = payloads[0]["train_config"]
-    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
-    for path, payload in zip(checkpoints, payloads, strict=True):
-        if split.shape != tuple(payload["data"]["shape"]):
+    split = evaluation_data(payloads[0], checkpoints[0], models[0][1], data)
+    for path, (_, model) in zip(checkpoints[1:], models[1:], strict=True):
+        if split.shape != tuple(model.config.data_shape):
             raise UserError(
-                f"{spec} has images of shape {split.shape} but {path} was trained on "
-                f"{tuple(payload['data']['shape'])}; pass --data with matching images"
+                f"{split.spec} has images of shape {split.shape} but {path} was trained on "
+                f"{tuple(model.config.data_shape)}; pass --data with matching images"
             )
     written = make_plot(kind, models, split.test, out, n=n, seed=seed, project=project)
     typer.echo(f"wrote {kind} of {', '.join(label for label, _ in models)} to {written}")

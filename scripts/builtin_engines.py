@@ -25,7 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from genrun.manifest import Provenance, read_from_onnx, write_to_onnx  # noqa: E402
+from genrun.manifest import CONDITIONAL_VERSION, Provenance  # noqa: E402
+from genrun.manifest_io import read_from_onnx, write_to_onnx  # noqa: E402
 
 BUILTIN = ROOT / "genrun" / "builtin"
 SCRIPT = "scripts/builtin_engines.py"
@@ -88,7 +89,7 @@ def make(name: str, spec: str, data: str, work: Path) -> list[Path]:
         model = onnx.load(str(path))
         manifest = read_from_onnx(path)
         manifest.provenance = Provenance(SCRIPT, commands, data, results)
-        manifest.version = 3
+        manifest.version = CONDITIONAL_VERSION
         write_to_onnx(model, manifest)
         target = BUILTIN / path.name
         target.write_bytes(model.SerializeToString())

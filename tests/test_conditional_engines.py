@@ -18,7 +18,8 @@ from cli_helpers import InProcessCli
 from genexport.export import export_checkpoint
 from genrun.cli import main
 from genrun.engine import load
-from genrun.manifest import METADATA_KEY, read_from_onnx
+from genrun.manifest import CONDITIONAL_VERSION, MANIFEST_VERSION, METADATA_KEY
+from genrun.manifest_io import read_from_onnx
 from genrun.sampler import Sampler
 from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
@@ -51,7 +52,7 @@ def test_every_class_passes_parity_and_the_manifest_lists_the_classes(conditiona
     for engine in engines.values():
         assert not engine.failures()
         manifest = read_from_onnx(engine.path)
-        assert manifest.version == 3 and manifest.conditional
+        assert manifest.version == CONDITIONAL_VERSION and manifest.conditional
         assert [c.index for c in manifest.classes] == list(range(10))
         assert all(c.name is None for c in manifest.classes)  # the digits' labels are indices
         prior = sum(math.exp(c.log_prior) for c in manifest.classes)
@@ -65,12 +66,13 @@ def test_every_class_passes_parity_and_the_manifest_lists_the_classes(conditiona
     assert names == {"images", "offset"}  # the marginal takes no label
 
 
-def test_unconditional_manifests_stay_version_2_without_classes(glow_exported) -> None:
+def test_unconditional_manifests_stay_as_they_were_without_classes(glow_exported) -> None:
     import onnx
 
     props = {p.key: p.value for p in onnx.load(str(glow_exported["generate"])).metadata_props}
     values = json.loads(props[METADATA_KEY])
-    assert values["version"] == 2 and "classes" not in values and "provenance" not in values
+    assert values["version"] == MANIFEST_VERSION
+    assert "classes" not in values and "provenance" not in values
 
 
 def test_a_label_gives_the_same_samples_at_every_batch_size(conditional) -> None:
