@@ -60,10 +60,21 @@ def onnx_command(
             "(typicality score); default: the checkpoint's data spec."
         ),
     ] = None,
+    marginal: Annotated[
+        bool,
+        typer.Option(
+            help="Conditional flows: also NAME.marginal.onnx, the density of P(x) = sum_y "
+            "P(x|y) p(y) (no label; logsumexp over classes inside the graph) and log P(x|y) "
+            "of every class (genrun classify)."
+        ),
+    ] = False,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
-    at batch sizes 1, 7 and 64 before anything is written."""
-    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name, data)
+    at batch sizes 1, 7 and 64 before anything is written (a conditional
+    model's for labels of every class)."""
+    engines = export_checkpoint(
+        checkpoint, out, graphs, opset, precision, name, data, marginal=marginal
+    )
     rows = [
         (
             str(engine.path),

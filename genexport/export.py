@@ -12,6 +12,7 @@ import importlib.metadata
 import io
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,10 +22,13 @@ import torch
 
 from genrun.errors import UserError
 from genrun.manifest import (
+    CONDITIONAL_VERSION,
     DENSITY,
     GENERATE,
+    MANIFEST_VERSION,
     SCORING_ROLES,
     CheckpointInfo,
+    ClassSpec,
     ExportInfo,
     Manifest,
     Parity,
@@ -36,11 +40,13 @@ from gentrain.models import GenerativeModel
 
 from .fp16 import to_float16
 from .graphs import (
+    MARGINAL,
     Graph,
     build_graph,
     check_actnorm_initialized,
     exportable,
     folds_actnorm,
+    marginal_builder,
     pixel_mapping,
     roles,
 )
@@ -117,11 +123,14 @@ def export_checkpoint(
     precision: str = "fp32",
     name: str | None = None,
     data: str | None = None,
+    marginal: bool = False,
 ) -> list[ExportedGraph]:
     """Export, verify and write the engines of a checkpoint; returns them.
     Density and elbo engines also carry the training split's bits/dim
     statistics (from `data`, default the checkpoint's data spec) when that
-    data can be read."""
+    data can be read. With `marginal` a conditional flow also gets its
+    marginal density engine, NAME.marginal.onnx (log P(x), and log P(x|y) for
+    every class)."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -135,6 +144,10 @@ def export_checkpoint(
         for role in parse_roles(model.family, roles)
     ]
     by_role = {engine.graph.role: engine for engine in engines}
+    if marginal:
+        build = marginal_builder(model)
+        path = out / f"{name}.{MARGINAL}{suffix}.onnx"
+        engines.append(_export_role(model, MARGINAL, opset, precision, path, build))
     if {GENERATE, DENSITY} <= by_role.keys():
         generate, density = by_role[GENERATE], by_role[DENSITY]
         trip = round_trip(
@@ -151,12 +164,12 @@ def export_checkpoint(
         raise UserError(f"parity check failed, no engine written: {'; '.join(failures)}")
     info = checkpoint_info(checkpoint, payload)
     scoring = any(engine.graph.role in SCORING_ROLES for engine in engines)
-    train_images, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
+    train, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
     for engine in engines:
         written = manifest(model, engine, info)
         scores_images = engine.graph.role in SCORING_ROLES
-        if scores_images and train_images is not None:
-            stats = measure(engine.model, written, engine.path, train_images, spec)
+        if scores_images and train is not None:
+            stats = measure(engine.model, written, engine.path, train, spec)
             written.training_scores = engine.training_scores = stats
         elif scores_images:
             engine.training_scores_note = why_not
@@ -168,15 +181,23 @@ def export_checkpoint(
 
 
 def _export_role(
-    model: GenerativeModel, role: str, opset: int, precision: str, path: Path
+    model: GenerativeModel,
+    role: str,
+    opset: int,
+    precision: str,
+    path: Path,
+    build: Callable[[bool], Graph] | None = None,
 ) -> ExportedGraph:
+    """One graph exported and checked; `build(fold)` makes it (default: the
+    family's builder of `role`)."""
     started = time.perf_counter()
-    graph = build_graph(model, role)
+    build = build or (lambda fold: build_graph(model, role, fold))
+    graph = build(True)
     exported, exporter = to_onnx(graph, opset)
     check_standard(exported)
     nodes_folding = None
     if folds_actnorm(model.family):
-        unfolded, _ = to_onnx(build_graph(model, role, fold=False), opset)
+        unfolded, _ = to_onnx(build(False), opset)
         nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
     float32 = session(exported)
     checks = [parity(graph, float32, "fp32")]
@@ -197,6 +218,15 @@ def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
         model_config=dict(payload["model_config"]),
         data=dict(payload.get("data", {})),
     )
+
+
+def classes(model: GenerativeModel) -> list[ClassSpec] | None:
+    """A conditional model's classes for its manifests (None for another)."""
+    if not model.num_classes:
+        return None
+    names = model.config.class_names or [None] * model.num_classes
+    log_prior = model.log_class_prior().tolist()
+    return [ClassSpec(i, name, log_prior[i]) for i, name in enumerate(names)]
 
 
 def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo) -> Manifest:
@@ -226,6 +256,8 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
             versions=library_versions(engine.exporter),
         ),
+        classes=classes(model),
+        version=CONDITIONAL_VERSION if model.num_classes else MANIFEST_VERSION,
     )
 
 

@@ -44,7 +44,7 @@ from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sha256, sidecar_p
 from genrun.backends.tensorrt import PlanRunner, dims, import_tensorrt, logger
 from genrun.compare import Case, RoundTrip, compare, random_feeds
 from genrun.errors import UserError
-from genrun.manifest import DENSITY, GENERATE, IMAGES, Manifest, Parity
+from genrun.manifest import DENSITY, GENERATE, IMAGES, LABEL, Manifest, Parity
 from genrun.manifest_io import read_from_onnx
 
 from .onnx import write_atomically
@@ -299,8 +299,9 @@ def plan_runner(plan: bytes, onnx_path: Path, manifest: Manifest) -> PlanRunner:
 
 
 def parity_feeds(manifest: Manifest, batch: int) -> dict:
-    """The plan parity check's inputs at one batch size (genrun.compare.random_feeds)."""
-    return random_feeds(manifest.inputs, batch, [SEED, batch])
+    """The plan parity check's inputs at one batch size (genrun.compare.random_feeds;
+    a conditional graph's labels take every class in turn)."""
+    return random_feeds(manifest.inputs, batch, [SEED, batch], len(manifest.classes or []))
 
 
 def bounds(manifest: Manifest) -> dict[str, float]:
@@ -351,8 +352,14 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Runner]) -> None:
     keys = ("round_trip.images", "round_trip.pixels")
     if not set(keys) <= tolerance.keys():
         return  # exported one role at a time: no round-trip bound recorded
+    if not any(spec.name.startswith("latent_") for spec in density.manifest.outputs):
+        return  # a conditional flow's marginal density engine: no latents to invert
+    kept = (IMAGES, LABEL)  # a conditional flow's label goes to both plans
     cases = [
-        Case(f"images of batch {b}, seed {b}", {IMAGES: parity_feeds(density.manifest, b)[IMAGES]})
+        Case(
+            f"images of batch {b}, seed {b}",
+            {k: v for k, v in parity_feeds(density.manifest, b).items() if k in kept},
+        )
         for b in (1, 7)
     ]
     cpu = LoadOptions(provider="cpu")

@@ -42,7 +42,7 @@ from genrun.compare import (
     max_abs,
     merge,
 )
-from genrun.manifest import BATCH, IMAGES, Parity
+from genrun.manifest import BATCH, IMAGES, LABEL, Parity
 from gentrain.models.quantization import dequantize
 
 from .graphs import Graph, nats_per_bpd
@@ -209,8 +209,10 @@ def round_trip(
     (recorded as its conditioning); the pixels must come back within a level."""
     trips = []
     for n in BATCH_SIZES:
-        pixels, _ = density.sample_inputs(n, torch.Generator().manual_seed(SEED + n))
-        trips.append(Case(f"images of batch {n}, seed {SEED + n}", {IMAGES: pixels.numpy()}))
+        # A conditional flow's inputs end with labels: both graphs get the same.
+        pixels, _, *labels = density.sample_inputs(n, torch.Generator().manual_seed(SEED + n))
+        feeds = {IMAGES: pixels.numpy(), **({LABEL: labels[0].numpy()} if labels else {})}
+        trips.append(Case(f"images of batch {n}, seed {SEED + n}", feeds))
     inputs = InputImages(generate.pixel_bits)
     own = compare(
         inputs,

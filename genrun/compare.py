@@ -30,7 +30,7 @@ from typing import Protocol
 
 import numpy as np
 
-from .manifest import BATCH, IMAGES, PIXELS, TEMPERATURE, Parity, TensorSpec
+from .manifest import BATCH, IMAGES, LABEL, PIXELS, TEMPERATURE, Parity, TensorSpec
 
 Outputs = dict[str, np.ndarray]
 Bound = float | Callable[[float], float]
@@ -126,27 +126,32 @@ class RoundTrip:
     """A flow's round trip as one runner: uint8 `images` -> the density
     runner's latents (bin centres: its offset left to the default) -> the
     generate runner at temperature 1 -> {"round_trip.images",
-    "round_trip.pixels"}. Either runner may be any runner with specs."""
+    "round_trip.pixels"}. Either runner may be any runner with specs. A
+    conditional flow's `label` in the feeds goes to both runners."""
 
     def __init__(self, density: object, generate: object):
         self.density, self.generate = density, generate
         outputs: list[TensorSpec] = density.outputs  # type: ignore[attr-defined]
         inputs: list[TensorSpec] = generate.inputs  # type: ignore[attr-defined]
         self.latents = [s.name for s in outputs if s.name.startswith("latent_")]
-        self.noise = [s.name for s in inputs if s.name != TEMPERATURE]
+        self.noise = [s.name for s in inputs if s.name not in (TEMPERATURE, LABEL)]
 
     def run(self, feeds: Outputs) -> Outputs:
-        latents = self.density.run({IMAGES: feeds[IMAGES]})  # type: ignore[attr-defined]
+        label = {LABEL: feeds[LABEL]} if LABEL in feeds else {}
+        latents = self.density.run({IMAGES: feeds[IMAGES], **label})  # type: ignore[attr-defined]
         noise = {n: latents[latent] for n, latent in zip(self.noise, self.latents, strict=True)}
         ones = np.ones(len(feeds[IMAGES]), np.float32)
-        images = self.generate.run({**noise, TEMPERATURE: ones})  # type: ignore[attr-defined]
+        images = self.generate.run({**noise, **label, TEMPERATURE: ones})  # type: ignore[attr-defined]
         return {"round_trip.images": images[IMAGES], "round_trip.pixels": images[PIXELS]}
 
 
-def random_feeds(specs: Sequence[TensorSpec], batch: int, seed: int | Sequence[int]) -> Outputs:
+def random_feeds(
+    specs: Sequence[TensorSpec], batch: int, seed: int | Sequence[int], classes: int = 1
+) -> Outputs:
     """Inputs of these shapes from np.random.default_rng(seed): random pixels,
-    standard-normal floats, the temperature RANDOM_TEMPERATURE; inputs with a
-    default are left to it. genrun bench and the plan parity check feed these."""
+    standard-normal floats, the temperature RANDOM_TEMPERATURE, a conditional
+    graph's labels (every one of `classes` in turn); inputs with a default are
+    left to it. genrun bench and the plan parity check feed these."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in specs:
@@ -155,6 +160,8 @@ def random_feeds(specs: Sequence[TensorSpec], batch: int, seed: int | Sequence[i
         shape = [batch if size == BATCH else size for size in spec.shape]
         if spec.dtype == "uint8":
             feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif spec.name == LABEL:
+            feeds[spec.name] = np.arange(batch, dtype=np.int64) % max(classes, 1)
         elif spec.name == TEMPERATURE:
             feeds[spec.name] = np.full(shape, RANDOM_TEMPERATURE, np.float32)
         else:

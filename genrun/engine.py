@@ -147,6 +147,10 @@ class Engine:
                     f"{self._what}: input '{spec.name}' must be uint8 pixels 0..255, got "
                     f"{value.dtype}; convert with (x * 255).round().astype(np.uint8)"
                 )
+        elif spec.dtype == "int64" and not np.issubdtype(value.dtype, np.integer):
+            raise UserError(
+                f"{self._what}: input '{spec.name}' must be integer class labels, got {value.dtype}"
+            )
         elif not np.issubdtype(value.dtype, np.number):
             raise UserError(f"{self._what}: input '{spec.name}' must be numbers, got {value.dtype}")
         else:

@@ -10,7 +10,8 @@ Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
 Fields (version 3; version 2 is version 3 without graph_sha256, version 1 also
-without training_scores; both read)
+without training_scores; both read; version 4 is version 3 with classes or
+provenance, written only where they are)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses versions it does not know
                 (READABLE_VERSIONS).
@@ -26,7 +27,7 @@ precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 are reduced and accumulated in float32).
 inputs, outputs list of TensorSpec, in graph order:
   name          the ONNX input/output name.
-  dtype         numpy dtype name: "float32" or "uint8".
+  dtype         numpy dtype name: "float32", "uint8" or "int64" (labels).
   shape         list; ints are fixed sizes, the string "N" marks the batch
                 axis (dynamic; every tensor of one call shares it).
   description   what the tensor holds, in words.
@@ -79,6 +80,19 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 ActNorm into the 1x1 convolutions (nodes_unfolded,
                 nodes_folded; null for vae), and library versions {torch,
                 onnx, onnxruntime, vaeflow, ...}.
+classes         list of ClassSpec, or absent/null (version 4, conditional engines
+                only: trained with --conditional). Each class's index (its label), its
+                name where the data named it (a folder's sub-folder, an npz's
+                class_names; null for bare indices such as MNIST's) and log_prior =
+                log p(y), its share of the training images. A conditional generate,
+                decode, density or elbo graph takes the input "label" (int64 (N,),
+                0..K-1); a conditional flow's marginal density engine (role density,
+                `genexport onnx --marginal`) takes none and also outputs
+                "class_log_likelihood", log P(x|y) (N, K).
+provenance      Provenance, or absent/null (version 4; the engines that ship in
+                genrun/builtin): the script and the exact commands that made the
+                engine, its training data with licence and citation, and what was
+                measured (test bits/dim, classification accuracy, ...).
 training_scores TrainingScores or null (density and elbo roles, since version 2;
                 null when export could not read the training data): the
                 bits/dim bound genrun's Scorer computes, over training images,
@@ -108,7 +122,10 @@ from .errors import UserError
 from .typed_json import Malformed, parse
 
 MANIFEST_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # version 2: no graph_sha256; version 1: no training_scores either
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 2: no graph_sha256; version 1: no training_scores either
+# Version 4: version 3 with `classes` or `provenance`, written only where they
+# are (so an older reader refuses those engines in one line and reads every other).
+CONDITIONAL_VERSION = 4
 METADATA_KEY = "vaeflow.manifest"
 
 # The roles of graphs, written once: a model family lists the ones it exports
@@ -136,6 +153,8 @@ Z = "z"  # a latent code (decode input, autoencoder encode output)
 MU = "mu"  # mean of q(z|x) (vae encode)
 LOGVAR = "logvar"  # log variance of q(z|x) (vae encode)
 EPS = "eps"  # N(0, I) noise of the reparameterisation (vae elbo)
+LABEL = "label"  # class labels int64 (N,) of a conditional engine
+CLASS_LOG_LIKELIHOOD = "class_log_likelihood"  # log P(x|y) (N, K) (marginal density)
 
 
 def noise_name(i: int) -> str:
@@ -234,6 +253,25 @@ class TrainingScores:
 
 
 @dataclass
+class ClassSpec:
+    """One class of a conditional engine."""
+
+    index: int  # its label
+    name: str | None  # the data's name for it (a folder's sub-folder), null for bare indices
+    log_prior: float  # log p(y): its share of the training images
+
+
+@dataclass
+class Provenance:
+    """How a shipped engine was made (genrun/builtin: scripts/builtin_engines.sh)."""
+
+    script: str  # the repository script that ran the commands
+    commands: list[str]  # the exact commands, in order
+    data: str  # the training data: where it came from, its licence and citation
+    results: dict[str, float]  # what was measured: test bits/dim, accuracy, ...
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -250,13 +288,31 @@ class Manifest:
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
     graph_sha256: str | None = None
+    classes: list[ClassSpec] | None = None  # a conditional engine's (version 4)
+    provenance: Provenance | None = None  # a shipped engine's (version 4)
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
 
+    @property
+    def conditional(self) -> bool:
+        """From a class-conditional model (`classes` lists them)."""
+        return self.classes is not None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes' names by index where the data named them, else None."""
+        if not self.classes or any(c.name is None for c in self.classes):
+            return None
+        return [str(c.name) for c in self.classes]
+
 
 def to_json(manifest: Manifest) -> str:
-    return json.dumps(asdict(manifest), indent=1, sort_keys=True)
+    values = asdict(manifest)
+    for key in ("classes", "provenance"):  # absent, a manifest stays version 3's
+        if values[key] is None:
+            del values[key]
+    return json.dumps(values, indent=1, sort_keys=True)
 
 
 def from_json(text: str, source: str = "the manifest") -> Manifest:
@@ -279,7 +335,7 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
     return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=_check_values)
 
 
-DTYPES = ("float32", "float16", "uint8")
+DTYPES = ("float32", "float16", "uint8", "int64")
 
 
 def _check_values(manifest: Manifest) -> None:
@@ -308,6 +364,13 @@ def _check_values(manifest: Manifest) -> None:
     digest = manifest.graph_sha256
     if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
         raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
+    if manifest.classes is not None:
+        indices = [c.index for c in manifest.classes]
+        names = [c.name for c in manifest.classes if c.name is not None]
+        if len(indices) < 2 or indices != list(range(len(indices))):
+            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
+        if len(set(names)) != len(names):
+            raise Malformed("classes has a name twice")
 
 
 def check_graph(

@@ -18,12 +18,14 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 import typer
 
 from genrun.atomic import write_atomic
 from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
+from genrun.labels import parse_label
 from genrun.readers import DATA_SPECS_HELP, load_data
 
 from . import ddp
@@ -232,13 +234,18 @@ def eval_command(
     model.fit_baselines(torch.as_tensor(split.train.images))
     torch.manual_seed(seed)
     metrics = evaluate_images(
-        model, split.test.images, batch_size, pick_device(device), iw_samples=iw_samples
+        model, split.test, batch_size, pick_device(device), iw_samples=iw_samples
     )
     step = f", step {payload['step']}" if "step" in payload else ""
     count = len(split.test.images)
     typer.echo(f"{model.family} on {split.spec} test split ({count} images){step}:")
     for key, value in metrics.items():
         typer.echo(f"  {key:<12} {value['mean']:10.4f} +- {value['stderr']:.4f}")
+    if "accuracy" in metrics:
+        typer.echo(
+            f"generative classifier argmax_y p(x|y) p(y): test accuracy "
+            f"{metrics['accuracy']['mean']:.2%} over {model.num_classes} classes"
+        )
     if json_out:
         report = {"checkpoint": str(checkpoint), "data": split.spec, "metrics": metrics}
         try:
@@ -265,6 +272,13 @@ def sample_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Conditional models: the class (name or index), or 'all': one row of N "
+            "per class, the same noise in every row (default: class i mod K for sample i)."
+        ),
+    ] = None,
     device: Device = "auto",
 ) -> None:
     """Draw samples and write them as a PNG grid."""
@@ -275,10 +289,23 @@ def sample_command(
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload).to(pick_device(device))
     temperature = model.default_temperature if temperature is None else temperature
-    torch.manual_seed(seed)
-    images = model.sample(n, temperature).cpu().numpy()
-    save_grid(images, out, scale=_scale(images.shape))
-    typer.echo(f"wrote {n} samples at temperature {temperature} to {out}")
+    if label is not None and not model.num_classes:
+        raise UserError(f"{checkpoint} holds a model without classes; drop --label")
+    rows = [None]
+    if model.num_classes:
+        names, count = model.config.class_names, model.num_classes
+        rows = parse_label(label, names, count) if label is not None else [None]
+    grids = []
+    for row in rows:
+        torch.manual_seed(seed)  # with --label all, the same noise in every row
+        classes = {}
+        if model.num_classes:
+            classes["label"] = torch.arange(n) % model.num_classes if row is None else row
+        grids.append(model.sample(n, temperature, **classes).cpu().numpy())
+    images = np.concatenate(grids)
+    nrow = n if len(rows) > 1 else None
+    save_grid(images, out, nrow=nrow, scale=_scale(images.shape))
+    typer.echo(f"wrote {len(images)} samples at temperature {temperature} to {out}")
 
 
 @app.command("plot")

@@ -48,7 +48,7 @@ import numpy as np
 from genrun.engine import ort_session
 
 HEADER = b"FAKEPLAN\n"
-ORT_DTYPES = {"tensor(float)": 0, "tensor(float16)": 1, "tensor(uint8)": 5}  # -> DataType
+ORT_DTYPES = {"tensor(float)": 0, "tensor(float16)": 1, "tensor(uint8)": 5, "tensor(int64)": 9}
 OTHER_GPU = b"OTHERGPU"  # a timing cache that starts so was "timed on another GPU"
 
 
@@ -262,6 +262,7 @@ class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
     UINT8 = 5
+    INT64 = 9
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
@@ -310,9 +311,12 @@ class Logger(ILogger):
 
 
 def nptype(trt_type: DataType):
-    return {DataType.FLOAT: np.float32, DataType.HALF: np.float16, DataType.UINT8: np.uint8}[
-        trt_type
-    ]
+    return {
+        DataType.FLOAT: np.float32,
+        DataType.HALF: np.float16,
+        DataType.UINT8: np.uint8,
+        DataType.INT64: np.int64,
+    }[trt_type]
 
 
 class Dims(tuple):

@@ -76,6 +76,8 @@ ORT_DTYPES = {
     "tensor(double)": "float64",
     "tensor(uint8)": "uint8",
 }
+# ... and what a manifest may also declare: a conditional engine's labels.
+MANIFEST_DTYPES = {**ORT_DTYPES, "tensor(int64)": "int64"}
 # The TensorRT provider's one optimisation profile over the batch axis: min, opt, max.
 PROFILE_BATCHES = (1, 256, 4096)
 TRT_WORKSPACE_BYTES = 4 << 30
@@ -426,6 +428,6 @@ def graph_specs(args: list[onnxruntime.NodeArg], path: Path | None = None) -> li
             )
         if dims and dims[0] == "?":
             dims[0] = BATCH
-        dtype = ORT_DTYPES.get(arg.type, arg.type)
+        dtype = MANIFEST_DTYPES.get(arg.type, arg.type)
         specs.append(TensorSpec(arg.name, dtype, dims, "read from the graph (no manifest)"))
     return specs
