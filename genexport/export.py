@@ -14,10 +14,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
 
+from genrun.engine import default_threads
 from genrun.errors import UserError
 from genrun.manifest import (
     DENSITY,
@@ -27,10 +29,12 @@ from genrun.manifest import (
     ExportInfo,
     Manifest,
     Parity,
+    PrecisionPlan,
     TrainingScores,
     read_from_onnx,
     write_to_onnx,
 )
+from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
@@ -45,10 +49,11 @@ from .graphs import (
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
+from .precision import BF16, reduce_to_bf16
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -66,6 +71,7 @@ class ExportedGraph:
     path: Path
     training_scores: TrainingScores | None = None  # density, elbo: in the manifest
     training_scores_note: str = ""  # why a scoring role's manifest has none
+    plan: PrecisionPlan | None = None  # bf16: which layers compute in bfloat16
 
     @property
     def nodes(self) -> int:
@@ -130,12 +136,15 @@ def export_checkpoint(
     out = out or checkpoint.parent
     name = name or default_name(checkpoint)
     suffix = "" if precision == "fp32" else f".{precision}"
+    chosen = parse_roles(model.family, roles)
+    images = bf16_images(payload, data) if precision == BF16 and DENSITY in chosen else None
     engines = [
-        _export_role(model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx")
-        for role in parse_roles(model.family, roles)
+        _export_role(model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx", images)
+        for role in chosen
     ]
     by_role = {engine.graph.role: engine for engine in engines}
-    if {GENERATE, DENSITY} <= by_role.keys():
+    # bf16 graphs run on OpenVINO only: each is judged in the user's terms instead.
+    if {GENERATE, DENSITY} <= by_role.keys() and precision != BF16:
         generate, density = by_role[GENERATE], by_role[DENSITY]
         trip = round_trip(
             density.graph,
@@ -165,8 +174,24 @@ def export_checkpoint(
     return engines
 
 
+def bf16_images(payload: dict, data: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training, test) uint8 images for a bf16 density graph's checks, or
+    None when the data cannot be read (the check then refuses, saying so)."""
+    train, spec, _ = training_data(payload, data)
+    if train is None:
+        return None
+    size = payload.get("train_config", {}).get("size")
+    split = load_data(spec, size=size, seed=payload.get("train_config", {}).get("seed", 0))
+    return split.train.images, split.test.images
+
+
 def _export_role(
-    model: GenerativeModel, role: str, opset: int, precision: str, path: Path
+    model: GenerativeModel,
+    role: str,
+    opset: int,
+    precision: str,
+    path: Path,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ExportedGraph:
     started = time.perf_counter()
     graph = build_graph(model, role)
@@ -182,8 +207,15 @@ def _export_role(
         exported = to_float16(exported)
         check_standard(exported)
         checks.append(parity(graph, session(exported), "fp16", reference=float32))
+    plan = None
+    if precision == BF16 and not checks[0].failures():  # only a faithful fp32 graph is reduced
+        reduced = reduce_to_bf16(graph, exported, images, default_threads())
+        exported, plan = reduced.model, reduced.plan
+        checks.append(reduced.parity)
     seconds = time.perf_counter() - started
-    return ExportedGraph(graph, exported, precision, exporter, nodes_folding, checks, seconds, path)
+    return ExportedGraph(
+        graph, exported, precision, exporter, nodes_folding, checks, seconds, path, plan=plan
+    )
 
 
 def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
@@ -224,6 +256,7 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
             versions=library_versions(engine.exporter),
         ),
+        precision_plan=engine.plan,
     )
 
 

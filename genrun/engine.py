@@ -30,6 +30,7 @@ from .backends.onnxruntime import (
     session_options,
 )
 from .backends.onnxruntime import create_session as ort_session
+from .backends.openvino import is_bf16_engine, load_openvino
 from .errors import UserError
 from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
 
@@ -71,8 +72,10 @@ class Engine:
 
     @property
     def backend(self) -> str:
-        """'onnxruntime' or 'tensorrt'."""
-        return BACKEND_BY_SUFFIX.get(self.path.suffix, "onnxruntime")
+        """'onnxruntime', 'tensorrt' or 'openvino' (bf16 engines)."""
+        return getattr(
+            self.runner, "backend", BACKEND_BY_SUFFIX.get(self.path.suffix, "onnxruntime")
+        )
 
     @property
     def session(self) -> Any:
@@ -195,6 +198,12 @@ def load(
         raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
     if not path.is_file():
         raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
+    if is_bf16_engine(path):  # bfloat16 layers: OpenVINO on the CPU (backends/openvino.py)
+        if provider not in ("auto", "cpu"):
+            raise UserError(
+                f"{path.name} is a bf16 engine, which runs on the CPU; use --provider cpu"
+            )
+        return Engine(load_openvino(path, threads), path, threads)
     session, provider = load_session(path, provider, threads, spin)
     try:
         return Engine(OnnxRuntimeRunner(session, path, provider), path, threads)

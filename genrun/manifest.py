@@ -22,7 +22,9 @@ role            the graph's job: glow and realnvp "generate" | "density";
                 prior, so it is not a sampler).
 precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 outputs; per-image sums such as log-dets and log-likelihoods
-                are reduced and accumulated in float32).
+                are reduced and accumulated in float32), or "bf16" (the layers
+                of precision_plan take bfloat16 inputs and weights, the rest is
+                float32; runs on OpenVINO, genrun/backends/openvino.py).
 inputs, outputs list of TensorSpec, in graph order:
   name          the ONNX input/output name.
   dtype         numpy dtype name: "float32" or "uint8".
@@ -89,6 +91,15 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
   seed          their seed: typicality scores with the same k.
   bpd_mean      mean bits/dim of those images.
   bpd_std       their standard deviation (ddof 1).
+precision_plan  PrecisionPlan or null (bf16 engines; optional in version 2):
+  runtime       what runs the engine ("openvino").
+  reduced_layers / float32_layers  regions (named by their first node) that
+                compute in bf16 / stay float32 because alone in bf16 they
+                moved a user-terms figure past its bound.
+  reduced_flop_share  share of the counted FLOPs in bf16.
+  layer_effects per region, its worst figure alone in bf16 / that bound.
+                The parity entry of precision "bf16" holds the user-terms
+                figures against the float32 graph (genexport.precision).
 """
 
 from __future__ import annotations
@@ -228,6 +239,21 @@ class TrainingScores:
 
 
 @dataclass
+class PrecisionPlan:
+    """Which layers of a reduced-precision engine compute in it (bf16: the
+    regions of convolutions and matrix products, with the ReLUs between them,
+    that take bfloat16 inputs and weights), decided by measuring each one's
+    effect on the user-terms parity (genexport.precision)."""
+
+    runtime: str  # what runs the engine: "openvino"
+    reduced_layers: list[str]  # first node of each region computing in bf16
+    float32_layers: list[str]  # regions kept in float32: over a bound in bf16
+    reduced_flop_share: float  # share of the counted FLOPs that run in bf16
+    # Per region, its effect alone in bf16: the worst figure / its bound.
+    layer_effects: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -243,6 +269,7 @@ class Manifest:
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
+    precision_plan: PrecisionPlan | None = None  # bf16 engines: which layers, and why
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
