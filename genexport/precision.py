@@ -209,7 +209,8 @@ def to_bfloat16(model: onnx.ModelProto, reduced: set[str]) -> onnx.ModelProto:
     """A copy of `model` in which the nodes named in `reduced`, and the
     PASS_THROUGH nodes fed by them, compute in bfloat16: their float inputs
     are cast down once per tensor (initialisers stored as bfloat16), their
-    outputs cast back to float32 where a float32 node or the graph reads them."""
+    outputs cast back to float32 where a float32 node or the graph reads them.
+    Inputs with a default become plain inputs (the runner feeds the default)."""
     model = onnx.ModelProto.FromString(model.SerializeToString())
     for entry in model.opset_import:
         if entry.domain in ("", "ai.onnx"):
@@ -265,8 +266,11 @@ def to_bfloat16(model: onnx.ModelProto, reduced: set[str]) -> onnx.ModelProto:
                 nodes.append(cast)
     del graph.node[:]
     graph.node.extend(nodes)
-    used = {name for node in graph.node for name in node.input} | {v.name for v in graph.input}
-    kept = [init for init in graph.initializer if init.name in used]
+    used = {name for node in graph.node for name in node.input}
+    inputs = {value.name for value in graph.input}
+    # An input's default (an initialiser of its name) would be a constant to
+    # OpenVINO: the input stays an input, and genrun's runner feeds the default.
+    kept = [init for init in graph.initializer if init.name in used and init.name not in inputs]
     del graph.initializer[:]
     graph.initializer.extend(kept)
     del graph.value_info[:]

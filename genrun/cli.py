@@ -314,7 +314,8 @@ def bench_command(
         if manifest is None
         else f"{manifest.family} {manifest.role} ({manifest.precision})"
     )
-    typer.echo(f"{what} on {loaded.provider} ({loaded.backend}), {loaded.threads} threads")
+    runtime = " (openvino)" if loaded.backend == "openvino" else ""
+    typer.echo(f"{what} on {loaded.provider}{runtime}, {loaded.threads} threads")
     plan = None if loaded.manifest is None else loaded.manifest.precision_plan
     if plan is not None:
         typer.echo(

@@ -30,7 +30,8 @@ def count_flops(path: str | Path) -> int:
 
 def node_flops(model) -> dict[str, int]:
     """FLOPs of one sample through each counted node of an onnx.ModelProto
-    (by node name; the model is not changed)."""
+    (by node name, or "OpType#index" for an unnamed or repeated name; the
+    model is not changed)."""
     import onnx
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -45,9 +46,12 @@ def node_flops(model) -> dict[str, int]:
         for value in [*graph.input, *graph.value_info, *graph.output]
     }
     shapes.update({init.name: list(init.dims) for init in graph.initializer})
-    return {
-        node.name: 2 * _macs(node, shapes) for node in graph.node if node.op_type in COUNTED_OPS
-    }
+    flops: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type in COUNTED_OPS:
+            key = node.name if node.name and node.name not in flops else f"{node.op_type}#{i}"
+            flops[key] = 2 * _macs(node, shapes)
+    return flops
 
 
 def _dims(value) -> list:
