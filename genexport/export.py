@@ -49,7 +49,7 @@ from .graphs import (
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
-from .precision import BF16, reduce_to_bf16
+from .precision import BF16, reduce_to_bf16, verify_bf16
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
@@ -264,14 +264,20 @@ def verify_engine(engine: Path, checkpoint: Path) -> tuple[Manifest, Parity]:
     """Re-run an engine's parity check against the checkpoint it came from;
     a miss is a UserError naming every value over its bound."""
     recorded = read_from_onnx(engine)
-    _, model = load_trained(checkpoint)
+    payload, model = load_trained(checkpoint)
     if sha256(checkpoint) != recorded.checkpoint.sha256:
         raise UserError(
             f"{engine} was exported from another checkpoint (sha256 "
             f"{recorded.checkpoint.sha256[:12]}..., {recorded.checkpoint.file}); pass that "
             "checkpoint with --ckpt"
         )
-    result = parity(build_graph(model, recorded.role), session(engine), recorded.precision)
+    graph = build_graph(model, recorded.role)
+    if recorded.precision == BF16:  # the user-terms figures again, against a fresh fp32 graph
+        fp32, _ = to_onnx(graph, OPSETS[0])
+        images = bf16_images(payload, None) if recorded.role == DENSITY else None
+        result = verify_bf16(graph, fp32, engine, images, default_threads())
+    else:
+        result = parity(graph, session(engine), recorded.precision)
     if result.failures():
         raise UserError(f"{engine} fails its parity check: {'; '.join(result.failures())}")
     return recorded, result

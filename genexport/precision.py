@@ -35,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -174,6 +175,26 @@ def reduce_to_bf16(
         layer_effects=effects,
     )
     return Reduced(model, parity, plan)
+
+
+def verify_bf16(
+    graph: Graph,
+    fp32: onnx.ModelProto,
+    engine: Path,
+    data: tuple[np.ndarray, np.ndarray] | None,
+    threads: int,
+) -> Parity:
+    """The user-terms figures of a written bf16 engine against a float32
+    graph of the same checkpoint (`genexport verify`)."""
+    judge = (
+        PixelJudge(graph, fp32) if graph.role in PIXEL_ROLES else DensityJudge(graph, fp32, data)
+    )
+    runner = load_openvino(engine, threads)
+    try:
+        figures = judge.figures(runner.run)
+    finally:
+        runner.close()
+    return Parity(BF16, REFERENCE, [CHUNK], figures, dict(judge.bounds))
 
 
 # -- the graph ---------------------------------------------------------------------

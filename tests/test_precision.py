@@ -131,3 +131,12 @@ def test_bf16_of_a_role_it_cannot_judge_is_one_line(vae_checkpoint, tmp_path) ->
     with pytest.raises(UserError, match="--precision bf16 exports generate, decode, density"):
         export_checkpoint(vae_checkpoint, tmp_path, "encode", precision="bf16")
     assert list(tmp_path.iterdir()) == []
+
+
+@needs_bf16
+def test_verify_reruns_the_user_terms_figures(vae_bf16, vae_checkpoint) -> None:
+    from genexport.export import verify_engine
+
+    manifest, check = verify_engine(vae_bf16[0], vae_checkpoint)
+    assert check.precision == "bf16" and not check.failures()
+    assert check.tolerance == manifest.parity[-1].tolerance
