@@ -254,7 +254,8 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             nodes=engine.nodes,
             nodes_unfolded=engine.nodes_folding[0] if engine.nodes_folding else None,
             nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
-            versions=library_versions(engine.exporter),
+            versions=library_versions(engine.exporter)
+            | ({"openvino": _version("openvino")} if engine.plan else {}),
         ),
         precision_plan=engine.plan,
     )
