@@ -6,7 +6,7 @@ below), so the sweep can run anywhere (a GPU makes it minutes) and still rank
 configurations by what 15 CPU-minutes buy. Prints a table and writes
 benchmarks/results/glow-sweep.md.
 
-    python benchmarks/glow_sweep.py --data mnist:../shared/data/mnist --device cuda
+    python benchmarks/glow_sweep.py --data mnist:DIR --device cuda
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from gentrain.evaluate import evaluate_images
 from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
 
+MNIST_MINI = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-mini"  # the default
 BUDGET_S = float(os.environ.get("SWEEP_BUDGET_S", 870))  # 15 minutes less evaluation and start-up
 # (name, model options, train options, images/s on the 2-core reference machine)
 CANDIDATES = [
@@ -125,7 +126,7 @@ def run(name, model_options, train_options, speed, args) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument("--data", default=f"mnist:{MNIST_MINI}")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--only", default="", help="comma-separated candidate names")
     parser.add_argument("--out", default="runs/glow-sweep")

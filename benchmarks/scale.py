@@ -5,9 +5,10 @@ N machines.
     python benchmarks/scale.py [--n 8192] [--repeats 3]
     python benchmarks/scale.py --tiny   # a smoke run, no file written
 
-Model: the issue's reference Glow (L=2, K=8, 128 hidden) on the shared MNIST
-at 28x28, one training step (speed does not depend on training), its generate
-and density engines. One process runs ONNX Runtime with 1 and with 2 threads;
+Model: the issue's reference Glow (L=2, K=8, 128 hidden) on the repository's
+MNIST subset (tests/data/mnist-mini) at 28x28, one training step (speed
+depends on neither the digits nor the training), its generate and density
+engines. One process runs ONNX Runtime with 1 and with 2 threads;
 each Ray actor holds one engine with 1 thread. Ray's start and the actors'
 engine loading are outside the timings (one warm-up pass first; the actor
 pool is rebuilt per run, so each timing includes the actors' start, which a
@@ -38,7 +39,7 @@ from gentrain.models import Glow, GlowConfig
 from gentrain.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
-MNIST = Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist"
+MNIST = Path(__file__).resolve().parents[1] / "tests" / "data" / "mnist-mini"
 
 
 def best_seconds(call, repeats: int) -> float:

@@ -316,7 +316,9 @@ def peaks(threads: int, seconds: float) -> dict[str, float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument(
+        "--data", default=f"mnist:{Path(__file__).resolve().parents[1] / 'tests/data/mnist-mini'}"
+    )
     parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per cell")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=100, help="training steps (no checkpoints)")

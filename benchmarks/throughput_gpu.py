@@ -2,8 +2,9 @@
 configuration, on the issue's reference models: Glow (L=2, K=8, 128 hidden,
 1x28x28; generate and density) and the MLP VAE decoder (784-400-20).
 
-    python benchmarks/throughput_gpu.py [--seconds 1] [--batches 1,256,4096]
+    python benchmarks/throughput_gpu.py [--seconds 1] [--batches 1,256,4096] [--data mnist:DIR]
     python benchmarks/throughput_gpu.py --tiny --device cpu   # smoke run of the code paths
+    --modes ""  leaves torch.compile out (scripts/gpu-check.sh: no time to compile)
 
 Peers (each where installed; a row says which were not):
 - PyTorch eager on CUDA (gentrain's model), fp32;
@@ -12,6 +13,9 @@ Peers (each where installed; a row says which were not):
 - ONNX Runtime CUDA (cuDNN exhaustive search, IO binding), fp32 and fp16 graphs;
 - ONNX Runtime TensorRT (engine and timing caches beside the engine), fp32, fp16;
 - TensorRT plans (`genexport tensorrt`), fp32 and fp16.
+Like with like: TF32 is off for every peer (torch matmul and cuDNN, ONNX
+Runtime's use_tf32=0, TensorRT plans built without it), so fp32 rows are
+float32 everywhere; the table's TF32 column says what each row ran with.
 Per row: samples/s (batch / median call), p50 and p99 latency per call,
 achieved TFLOP/s (genrun.flops' count per sample) and its share of this GPU's
 measured matmul peak at that precision (torch.matmul 8192^3, TF32 off for
@@ -53,6 +57,7 @@ from genrun.engine import available_providers
 from genrun.errors import UserError
 from genrun.flops import count_flops
 from genrun.readers import load_data
+from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 
 RESULTS = Path(__file__).parent / "results"
 GRAPHS = [("glow", "generate"), ("glow", "density"), ("vae", "decode")]
@@ -63,7 +68,6 @@ def matmul_peak_tflops(device: str, dtype: torch.dtype, seconds: float) -> float
     size = 8192 if device == "cuda" else 1024
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    torch.backends.cuda.matmul.allow_tf32 = False  # fp32 peak as fp32
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     median = statistics.median(time_calls(lambda: (torch.mm(a, b), sync()), seconds))
     return 2 * size**3 / median / 1e12
@@ -82,6 +86,8 @@ def torch_rows(model, role, batch, device, args) -> list[tuple[str, object]]:
         rows.append(
             ("PyTorch eager fp32", timed_row(lambda: (eager(*inputs), sync()), batch, args.seconds))
         )
+        if not args.modes:
+            return rows
         best, best_mode = None, None
         for mode in args.modes:
             torch._dynamo.reset()
@@ -103,8 +109,9 @@ def engine_row(path: Path | None, provider: str, batch: int, args, **options) ->
         engine = load(path, provider=provider, **options)
     except UserError as err:
         return f"not run: {err}"
-    feeds = random_inputs(engine, batch)
-    return timed_row(lambda: engine.run(**feeds), batch, args.seconds)
+    with engine:  # frees the session or the plan's device memory before the next row
+        feeds = random_inputs(engine, batch)
+        return timed_row(lambda: engine.run(**feeds), batch, args.seconds)
 
 
 def build_plans(paths: dict[str, Path], precision: str, workdir: Path, max_batch: int):
@@ -122,6 +129,30 @@ def build_plans(paths: dict[str, Path], precision: str, workdir: Path, max_batch
         return None
 
 
+def existing_engines(folder: Path):
+    """(engines, fp16, plans) as main() builds them, from scripts/gpu-check.sh's
+    OUT folder: FAMILY/checkpoint.pt, engines/FAMILY.ROLE[.fp16].onnx and
+    plans/FAMILY.ROLE[.fp16].plan (no training or export: the check has no time)."""
+    engines, fp16, plans = {}, {}, {}
+    for checkpoint in sorted(folder.glob("*/checkpoint.pt")):
+        family = checkpoint.parent.name
+        onnx = sorted((folder / "engines").glob(f"{family}.*.onnx"))
+        if not onnx:
+            continue
+        model = model_from_checkpoint(load_checkpoint(checkpoint))
+        role_of = {p: p.name.split(".")[1] for p in onnx}
+        engines[family] = (model, {role_of[p]: p for p in onnx if ".fp16." not in p.name})
+        fp16[family] = {role_of[p]: p for p in onnx if ".fp16." in p.name}
+        for precision in ("fp32", "fp16"):
+            found = {
+                p.name.split(".")[1]: p
+                for p in (folder / "plans").glob(f"{family}.*.plan")
+                if (".fp16." in p.name) == (precision == "fp16")
+            }
+            plans[(family, precision)] = found or None
+    return engines, fp16, plans
+
+
 def versions() -> str:
     names = ["torch", "onnxruntime", "onnxruntime-gpu", "tensorrt", "cuda-python", "cuda-bindings"]
     found = []
@@ -135,13 +166,20 @@ def versions() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--data", default="mnist:../shared/data/mnist")
+    parser.add_argument("--data", default="digits", help="digits (shipped) or mnist:DIR")
     parser.add_argument("--seconds", type=float, default=1.0)
     parser.add_argument("--batches", default="1,256,4096")
     parser.add_argument("--modes", default="max-autotune," + ",".join(COMPILE_MODES))
     parser.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run")
     parser.add_argument("--tiny", action="store_true", help="small models, no file written")
+    parser.add_argument("--out", type=Path, help="write the table here (default results/)")
+    parser.add_argument(
+        "--engines", type=Path, help="use scripts/gpu-check.sh's OUT folder: no training, no export"
+    )
     args = parser.parse_args()
+    # Like with like: float32 is float32 in every peer (see the module doc).
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
     args.modes = [m for m in dict.fromkeys(args.modes.split(",")) if m]
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device here: nothing measured, nothing written", file=sys.stderr)
@@ -157,34 +195,39 @@ def main() -> None:
     rows, checks = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
-        engines = trained_engines(workdir, data, args.tiny, device=args.device)
-        fp16 = {
-            family: {
-                e.graph.role: e.path
-                for e in export_checkpoint(
-                    workdir / family / "checkpoint.pt", workdir, precision="fp16", name=family
-                )
+        if args.engines is not None:
+            engines, fp16, plans = existing_engines(args.engines)
+        else:
+            engines = trained_engines(workdir, data, args.tiny, device=args.device)
+            fp16 = {
+                family: {
+                    e.graph.role: e.path
+                    for e in export_checkpoint(
+                        workdir / family / "checkpoint.pt", workdir, precision="fp16", name=family
+                    )
+                }
+                for family in engines
             }
-            for family in engines
-        }
-        plans = {
-            (family, precision): build_plans(
-                paths if precision == "fp32" else fp16[family], precision, workdir, max(batches)
-            )
-            for family, (_, paths) in engines.items()
-            for precision in ("fp32", "fp16")
-        }
+            plans = {
+                (family, precision): build_plans(
+                    paths if precision == "fp32" else fp16[family], precision, workdir, max(batches)
+                )
+                for family, (_, paths) in engines.items()
+                for precision in ("fp32", "fp16")
+            }
         for family, role in GRAPHS:
+            if family not in engines:
+                continue
             model, paths = engines[family]
             flops = count_flops(paths[role])
             for batch in batches:
                 cells = torch_rows(model, role, batch, args.device, args)
-                for precision, path in (("fp32", paths[role]), ("fp16", fp16[family][role])):
+                for precision, path in (("fp32", paths[role]), ("fp16", fp16[family].get(role))):
                     for provider in ("cuda", "tensorrt"):
                         peer = f"ONNX Runtime {provider} {precision}"
-                        here = path if provider in gpu_providers else None
+                        here = path if provider in gpu_providers and path else None
                         cells.append((peer, engine_row(here, provider, batch, args)))
-                    plan = (plans[(family, precision)] or {}).get(role)
+                    plan = (plans.get((family, precision)) or {}).get(role)
                     cells.append(
                         (f"TensorRT plan {precision}", engine_row(plan, "tensorrt", batch, args))
                     )
@@ -223,17 +266,19 @@ def targets(rows, engines, fp16, plans, data, batches, args) -> list[str]:
             lines.append(
                 f"fp16 plan >= {factor}x torch.compile at batch {batch}: {ratio:.2f}x, {verdict}"
             )
+    if not fp16["glow"]:
+        return [*lines, "fp16 targets and end to end: not measured (no fp16 engines)"]
     # End to end: genrun's Sampler on the fastest engine it can load, at the largest batch.
     batch = max(batches)
-    plan16 = (plans[("glow", "fp16")] or {}).get("generate")
+    plan16 = (plans.get(("glow", "fp16")) or {}).get("generate")
     source = plan16 or fp16["glow"]["generate"]
     provider = "tensorrt" if plan16 else (available_providers()[0])
     compute = speed("glow generate", batch, "TensorRT plan fp16" if plan16 else "ONNX Runtime")
-    sampler = Sampler(load(source, provider=provider))
-    n = batch * 4
-    started = time.perf_counter()
-    sampler.sample(n, batch_size=batch)
-    end_to_end = n / (time.perf_counter() - started)
+    with load(source, provider=provider) as engine:
+        n = batch * 4
+        started = time.perf_counter()
+        Sampler(engine).sample(n, batch_size=batch)
+        end_to_end = n / (time.perf_counter() - started)
     if compute:
         share = end_to_end / compute
         lines.append(
@@ -249,16 +294,24 @@ def targets(rows, engines, fp16, plans, data, batches, args) -> list[str]:
     # fp16 vs fp32 quality on the test split, on the GPU engines if present.
     gpu = "cuda" if "cuda" in available_providers() else "cpu"
     images = data.test.images
-    bpd32 = Scorer(load(engines["glow"][1]["density"], provider=gpu)).bits_per_dim(images)
-    bpd16 = Scorer(load(fp16["glow"]["density"], provider=gpu)).bits_per_dim(images)
+    with (
+        load(engines["glow"][1]["density"], provider=gpu) as density32,
+        load(fp16["glow"]["density"], provider=gpu) as density16,
+    ):
+        bpd32 = Scorer(density32).bits_per_dim(images)
+        bpd16 = Scorer(density16).bits_per_dim(images)
     difference = abs(float(bpd16.mean() - bpd32.mean()))
     lines.append(
         f"fp16 vs fp32 density ({gpu}): mean bits/dim {bpd32.mean():.4f} vs {bpd16.mean():.4f}, "
         f"|difference| {difference:.4f}, " + ("met" if difference <= 0.01 else "missed")
     )
-    s32 = Sampler(load(engines["glow"][1]["generate"], provider=gpu)).sample(1000, seed=0)
-    s16 = Sampler(load(fp16["glow"]["generate"], provider=gpu)).sample(1000, seed=0)
-    level = 255 / (2 ** load(fp16["glow"]["generate"]).manifest.pixels.n_bits - 1)
+    with (
+        load(engines["glow"][1]["generate"], provider=gpu) as generate32,
+        load(fp16["glow"]["generate"], provider=gpu) as generate16,
+    ):
+        s32 = Sampler(generate32).sample(1000, seed=0)
+        s16 = Sampler(generate16).sample(1000, seed=0)
+        level = 255 / (2**generate16.manifest.pixels.n_bits - 1)
     within = float(np.mean(np.abs(s32.astype(int) - s16) <= math.ceil(level)))
     lines.append(
         f"fp16 vs fp32 pixels ({gpu}): {within:.2%} within one level, "
@@ -284,27 +337,33 @@ def write(rows, checks, peaks, args) -> None:
         "",
         f"Machine: {name}{driver}; {versions()}; Python {platform.python_version()}. "
         f"Matmul peak (torch.mm 8192^3, TF32 off): {peak_text}. Medians of per-call time "
-        f"over about {args.seconds:g} s per cell after warm-up (genrun.bench.timed_row).",
+        f"over about {args.seconds:g} s per cell after warm-up (genrun.bench.timed_row). "
+        f"Data: {args.data}. TF32 off in every peer (torch.backends.cuda.matmul.allow_tf32 "
+        f"and cudnn.allow_tf32 False, ONNX Runtime use_tf32=0, plans without BuilderFlag.TF32)"
+        + ("; torch.compile not run (--modes empty)." if not args.modes else "."),
         "",
-        "| graph | batch | peer | samples/s | p50 ms | p99 ms | TFLOP/s | % peak |",
-        "|---|---|---|---|---|---|---|---|",
+        "| graph | batch | peer | TF32 | samples/s | p50 ms | p99 ms | TFLOP/s | % peak |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
+    tf32 = "on" if torch.backends.cuda.matmul.allow_tf32 else "off"
     for graph, batch, peer, cell, flops in rows:
         if isinstance(cell, str):
-            lines.append(f"| {graph} | {batch} | {peer} | {cell} | | | | |")
+            lines.append(f"| {graph} | {batch} | {peer} | {tf32} | {cell} | | | | |")
             continue
         tflops = flops * cell.samples_per_s / 1e12
         peak = peaks.get("fp16" if "fp16" in peer else "fp32")
         share = f"{100 * tflops / peak:.1f}%" if peak else "-"
         ms = cell.latency_ms
         lines.append(
-            f"| {graph} | {batch} | {peer} | {cell.samples_per_s:,.0f} | {ms['p50']:.3f} "
+            f"| {graph} | {batch} | {peer} | {tf32} | {cell.samples_per_s:,.0f} | {ms['p50']:.3f} "
             f"| {ms['p99']:.3f} | {tflops:.2f} | {share} |"
         )
     lines += ["", "Targets:", "", *(f"- {line}" for line in checks)]
     text = "\n".join(lines) + "\n"
     print(text)
-    if not args.tiny:
+    if args.out is not None:
+        args.out.write_text(text)
+    elif not args.tiny:
         RESULTS.mkdir(exist_ok=True)
         (RESULTS / "throughput-gpu.md").write_text(text)
 

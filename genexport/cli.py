@@ -18,7 +18,8 @@ import typer
 
 from genrun.describe import describe, file_size, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import read_from_onnx, to_json
+from genrun.manifest import to_json
+from genrun.manifest_io import read_from_onnx
 
 from .export import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import exportable, roles
@@ -64,10 +65,21 @@ def onnx_command(
             "(typicality score); default: the checkpoint's data spec."
         ),
     ] = None,
+    marginal: Annotated[
+        bool,
+        typer.Option(
+            help="Conditional flows: also NAME.marginal.onnx, the density of P(x) = sum_y "
+            "P(x|y) p(y) (no label; logsumexp over classes inside the graph) and log P(x|y) "
+            "of every class (genrun classify)."
+        ),
+    ] = False,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
-    at batch sizes 1, 7 and 64 before anything is written."""
-    engines = export_checkpoint(checkpoint, out, graphs, opset, precision, name, data)
+    at batch sizes 1, 7 and 64 before anything is written (a conditional
+    model's for labels of every class)."""
+    engines = export_checkpoint(
+        checkpoint, out, graphs, opset, precision, name, data, marginal=marginal
+    )
     rows = [
         (
             str(engine.path),

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import io
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,29 +24,33 @@ import torch
 from genrun.engine import default_threads
 from genrun.errors import UserError
 from genrun.manifest import (
+    CONDITIONAL_VERSION,
     DENSITY,
     GENERATE,
+    MANIFEST_VERSION,
     SCORING_ROLES,
     CheckpointInfo,
+    ClassSpec,
     ExportInfo,
     Manifest,
     Parity,
     PrecisionPlan,
     TrainingScores,
-    read_from_onnx,
-    write_to_onnx,
 )
+from genrun.manifest_io import graph_sha256, read_from_onnx, write_to_onnx
 from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
 from .fp16 import to_float16
 from .graphs import (
+    MARGINAL,
     Graph,
     build_graph,
     check_actnorm_initialized,
     exportable,
     folds_actnorm,
+    marginal_builder,
     pixel_mapping,
     roles,
 )
@@ -123,11 +129,14 @@ def export_checkpoint(
     precision: str = "fp32",
     name: str | None = None,
     data: str | None = None,
+    marginal: bool = False,
 ) -> list[ExportedGraph]:
     """Export, verify and write the engines of a checkpoint; returns them.
     Density and elbo engines also carry the training split's bits/dim
     statistics (from `data`, default the checkpoint's data spec) when that
-    data can be read."""
+    data can be read. With `marginal` a conditional flow also gets its
+    marginal density engine, NAME.marginal.onnx (log P(x), and log P(x|y) for
+    every class)."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -139,10 +148,16 @@ def export_checkpoint(
     chosen = parse_roles(model.family, roles)
     images = bf16_images(payload, data) if precision == BF16 and DENSITY in chosen else None
     engines = [
-        _export_role(model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx", images)
+        _export_role(
+            model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx", images=images
+        )
         for role in chosen
     ]
     by_role = {engine.graph.role: engine for engine in engines}
+    if marginal:
+        build = marginal_builder(model)
+        path = out / f"{name}.{MARGINAL}{suffix}.onnx"
+        engines.append(_export_role(model, MARGINAL, opset, precision, path, build))
     # bf16 graphs run on OpenVINO only: each is judged in the user's terms instead.
     if {GENERATE, DENSITY} <= by_role.keys() and precision != BF16:
         generate, density = by_role[GENERATE], by_role[DENSITY]
@@ -160,15 +175,17 @@ def export_checkpoint(
         raise UserError(f"parity check failed, no engine written: {'; '.join(failures)}")
     info = checkpoint_info(checkpoint, payload)
     scoring = any(engine.graph.role in SCORING_ROLES for engine in engines)
-    train_images, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
+    train, spec, why_not = training_data(payload, data) if scoring else (None, "", "")
     for engine in engines:
         written = manifest(model, engine, info)
         scores_images = engine.graph.role in SCORING_ROLES
-        if scores_images and train_images is not None:
-            stats = measure(engine.model, written, engine.path, train_images, spec)
+        if scores_images and train is not None:
+            stats = measure(engine.model, written, engine.path, train, spec)
             written.training_scores = engine.training_scores = stats
         elif scores_images:
             engine.training_scores_note = why_not
+        # What the runtime checks the file against at load: every byte but the metadata.
+        written.graph_sha256 = graph_sha256(io.BytesIO(engine.model.SerializeToString()))
         write_to_onnx(engine.model, written)
     write_atomically({engine.path: engine.model.SerializeToString() for engine in engines})
     return engines
@@ -191,15 +208,19 @@ def _export_role(
     opset: int,
     precision: str,
     path: Path,
+    build: Callable[[bool], Graph] | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ExportedGraph:
+    """One graph exported and checked; `build(fold)` makes it (default: the
+    family's builder of `role`)."""
     started = time.perf_counter()
-    graph = build_graph(model, role)
+    build = build or (lambda fold: build_graph(model, role, fold))
+    graph = build(True)
     exported, exporter = to_onnx(graph, opset)
     check_standard(exported)
     nodes_folding = None
     if folds_actnorm(model.family):
-        unfolded, _ = to_onnx(build_graph(model, role, fold=False), opset)
+        unfolded, _ = to_onnx(build(False), opset)
         nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
     float32 = session(exported)
     checks = [parity(graph, float32, "fp32")]
@@ -227,6 +248,15 @@ def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
         model_config=dict(payload["model_config"]),
         data=dict(payload.get("data", {})),
     )
+
+
+def classes(model: GenerativeModel) -> list[ClassSpec] | None:
+    """A conditional model's classes for its manifests (None for another)."""
+    if not model.num_classes:
+        return None
+    names = model.config.class_names or [None] * model.num_classes
+    log_prior = model.log_class_prior().tolist()
+    return [ClassSpec(i, name, log_prior[i]) for i, name in enumerate(names)]
 
 
 def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo) -> Manifest:
@@ -257,6 +287,8 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             versions=library_versions(engine.exporter)
             | ({"openvino": _version("openvino")} if engine.plan else {}),
         ),
+        classes=classes(model),
+        version=CONDITIONAL_VERSION if model.num_classes else MANIFEST_VERSION,
         precision_plan=engine.plan,
     )
 

@@ -11,53 +11,51 @@ and 11:
   fp16 graph (`genexport onnx --precision fp16`: float32 inputs and outputs,
   per-image sums and log-dets in float32);
 - one optimisation profile over the batch axis: min 1, opt, max;
+- TF32 off (TensorRT enables it by default): float32 layers compute in
+  float32, so an fp32 plan meets the float32 bounds on Ampere and newer; the
+  sidecar records `tf32: false`;
 - a workspace limit; the timing cache read from and written back to a file,
-  so rebuilding (another role, another precision) skips the kernel timing.
+  so rebuilding (another role, another precision) skips the kernel timing. A
+  cache TensorRT refuses (written on another GPU or by another TensorRT) is
+  replaced by a fresh one, and the build says so.
 
 Parity before anything is written: every plan against its ONNX graph in ONNX
 Runtime CPU at batch 1, 7, opt and max, within the bounds the ONNX export
 recorded for that graph (fp32: the export's float32 bounds; fp16: the fp16
 graph's), and for flows the round trip uint8 images -> density plan ->
-generate plan -> the same pixels. A miss is a one-line error and no file.
+generate plan -> the same pixels, compared by genrun's one comparator
+(genrun/compare.py). A miss is a one-line error and no file.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from genrun.backends import cuda_memory
+from genrun.backends import onnxruntime as onnxruntime_backend
+from genrun.backends.base import LoadOptions, Runner
 from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sha256, sidecar_path, to_text
-from genrun.backends.tensorrt import PlanRunner, import_tensorrt, logger
-from genrun.engine import ort_session
+from genrun.backends.tensorrt import PlanRunner, dims, import_tensorrt, logger
+from genrun.compare import Case, RoundTrip, compare, random_feeds
 from genrun.errors import UserError
-from genrun.manifest import (
-    BATCH,
-    DENSITY,
-    GENERATE,
-    IMAGES,
-    PIXELS,
-    TEMPERATURE,
-    Manifest,
-    Parity,
-    TensorSpec,
-    latent_name,
-    read_from_onnx,
-)
+from genrun.manifest import DENSITY, GENERATE, IMAGES, LABEL, Manifest, Parity
+from genrun.manifest_io import read_from_onnx
 
 from .onnx import write_atomically
-from .verify import _max_abs as max_abs  # one rule for NaN and infinities
+
+if TYPE_CHECKING:
+    import tensorrt
 
 PRECISIONS = ("fp32", "fp16")
 PLAN_REFERENCE = "onnxruntime-cpu"
-PARITY_TEMPERATURE = 0.7  # what the parity inputs feed a generate graph's temperature
 SEED = 0
+log = logging.getLogger("genrun")
 
 
 @dataclass
@@ -101,6 +99,7 @@ class BuiltPlan:
     manifest: Manifest  # the ONNX manifest, its parity list ending with the plan's
     info: PlanInfo
     seconds: float
+    timing_cache: bytes  # the timing cache after this build
 
     @property
     def parity(self) -> Parity:
@@ -120,7 +119,7 @@ def export_plans(
     if not source.is_file():
         raise UserError(f"{source} does not exist; pass a checkpoint.pt or an ENGINE.onnx")
     # TensorRT and the GPU first: no ONNX export when no plan can be built.
-    trt = import_tensorrt()
+    import_tensorrt()
     cuda_memory.cudart()
     device = cuda_memory.current_device()
     if source.suffix == ".onnx":
@@ -135,7 +134,34 @@ def export_plans(
     out = out or onnx_paths[0].parent
     cache_path = options.timing_cache or out / "tensorrt.timing-cache"
     cache = cache_path.read_bytes() if cache_path.is_file() else b""
-    plans, runners = [], {}
+    plans: list[BuiltPlan] = []
+    runners: dict[str, Runner] = {}
+    try:
+        plans = _build_all(onnx_paths, out, options, cache, device, runners)
+    finally:
+        for runner in runners.values():
+            runner.close()
+    failures = [f"{p.manifest.role}: {f}" for p in plans for f in p.parity.failures()]
+    if failures:
+        raise UserError(f"plan parity check failed, no plan written: {'; '.join(failures)}")
+    files = {p.path: p.plan for p in plans}
+    files |= {sidecar_path(p.path): to_text(p.manifest, p.info).encode() for p in plans}
+    write_atomically({**files, cache_path: plans[-1].timing_cache})
+    return plans
+
+
+def _build_all(
+    onnx_paths: list[Path],
+    out: Path,
+    options: PlanOptions,
+    cache: bytes,
+    device: cuda_memory.Device,
+    runners: dict[str, Runner],
+) -> list[BuiltPlan]:
+    """Build and check every plan (their runners left in `runners`), then the round trip."""
+    import tensorrt as trt
+
+    plans = []
     for onnx_path in onnx_paths:
         manifest = read_from_onnx(onnx_path)
         if manifest.precision != options.precision:
@@ -145,8 +171,9 @@ def export_plans(
                 f"{options.precision} graph (`genexport onnx CKPT --precision {options.precision}`)"
             )
         started = time.perf_counter()
-        plan, cache = build_plan(trt, onnx_path, options, cache)
-        runner = plan_runner(trt, plan, onnx_path, manifest)
+        plan, cache = build_plan(onnx_path, options, cache)
+        runner = plan_runner(plan, onnx_path, manifest)
+        runners[manifest.role] = runner
         check = plan_parity(runner, onnx_path, manifest, options.batch_sizes)
         info = PlanInfo(
             tensorrt=trt.__version__,
@@ -159,31 +186,24 @@ def export_plans(
             onnx_file=onnx_path.name,
             onnx_sha256=sha256(onnx_path),
             workspace_gib=options.workspace_gib,
+            tf32=False,
         )
         manifest = replace(manifest, parity=[*manifest.parity, check])
         seconds = time.perf_counter() - started
-        plans.append(
-            BuiltPlan(onnx_path, out / f"{onnx_path.stem}.plan", plan, manifest, info, seconds)
-        )
-        runners[manifest.role] = runner
+        path = out / f"{onnx_path.stem}.plan"
+        plans.append(BuiltPlan(onnx_path, path, plan, manifest, info, seconds, cache))
     _add_round_trip(plans, runners)
-    failures = [f"{p.manifest.role}: {f}" for p in plans for f in p.parity.failures()]
-    if failures:
-        raise UserError(f"plan parity check failed, no plan written: {'; '.join(failures)}")
-    files = {p.path: p.plan for p in plans}
-    files |= {sidecar_path(p.path): to_text(p.manifest, p.info).encode() for p in plans}
-    write_atomically({**files, cache_path: cache})
     return plans
 
 
-def build_plan(
-    trt: Any, onnx_path: Path, options: PlanOptions, timing_cache: bytes
-) -> tuple[bytes, bytes]:
+def build_plan(onnx_path: Path, options: PlanOptions, timing_cache: bytes) -> tuple[bytes, bytes]:
     """(serialised plan, updated timing cache) of one ONNX graph."""
-    log = logger(trt)
-    builder = trt.Builder(log)
+    import tensorrt as trt
+
+    trt_log = logger()
+    builder = trt.Builder(trt_log)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
-    parser = trt.OnnxParser(network, log)
+    parser = trt.OnnxParser(network, trt_log)
     with tempfile.TemporaryDirectory(prefix="genexport-trt-") as folder:
         source = Path(folder) / onnx_path.name
         source.write_bytes(inputs_not_constants(onnx_path.read_bytes()))
@@ -193,21 +213,39 @@ def build_plan(
         raise UserError(f"TensorRT's ONNX parser refused {onnx_path.name}: {errors[:300]}")
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gib * 2**30))
+    # TF32 is on by default; float32 layers stay float32 (the recorded bounds are float32's).
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     for name, (low, opt, high) in profile_shapes(network, options).items():
-        profile.set_shape(name, low, opt, high)
+        profile.set_shape(name, trt.Dims(list(low)), trt.Dims(list(opt)), trt.Dims(list(high)))
     config.add_optimization_profile(profile)
     if options.hardware_compat == "ampere+":
         config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-    cache = config.create_timing_cache(timing_cache)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    use_timing_cache(config, timing_cache, onnx_path)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
         raise UserError(
             f"TensorRT could not build {onnx_path.name} (see its log above); try a larger "
             "--workspace-gib or a smaller --max-batch"
         )
-    return bytes(plan), bytes(config.get_timing_cache().serialize())
+    updated = config.get_timing_cache()
+    return bytes(plan), bytes(updated.serialize()) if updated is not None else timing_cache
+
+
+def use_timing_cache(config: tensorrt.IBuilderConfig, data: bytes, onnx_path: Path) -> None:
+    """Give the builder the timing cache in `data`; one TensorRT refuses (timed
+    on another GPU, or by another TensorRT version: set_timing_cache returns
+    False) is replaced by a fresh one, and the build says so once."""
+    cache = config.create_timing_cache(data)
+    if cache is not None and config.set_timing_cache(cache, ignore_mismatch=False):
+        return
+    log.warning(
+        "the TensorRT timing cache was timed on another GPU or TensorRT version; building %s "
+        "with a fresh one (it replaces the old file)", onnx_path.name,
+    )  # fmt: skip
+    fresh = config.create_timing_cache(b"")
+    if fresh is None or not config.set_timing_cache(fresh, ignore_mismatch=False):
+        raise UserError(f"TensorRT refused even an empty timing cache building {onnx_path.name}")
 
 
 def inputs_not_constants(model_bytes: bytes) -> bytes:
@@ -229,49 +267,41 @@ def inputs_not_constants(model_bytes: bytes) -> bytes:
     return model.SerializeToString()
 
 
-def profile_shapes(network: Any, options: PlanOptions) -> dict[str, tuple[tuple[int, ...], ...]]:
+def profile_shapes(
+    network: tensorrt.INetworkDefinition, options: PlanOptions
+) -> dict[str, tuple[tuple[int, ...], ...]]:
     """(min, opt, max) shapes of every network input whose batch axis is
     dynamic (-1): batch 1, opt and max, the other axes as they are."""
     shapes = {}
     for i in range(network.num_inputs):
         tensor = network.get_input(i)
-        dims = tuple(tensor.shape)
-        if not dims or dims[0] != -1:
+        shape = dims(tensor.shape)
+        if not shape or shape[0] != -1:
             continue  # a fixed input (a default baked in as batch 1)
-        if -1 in dims[1:]:
+        if -1 in shape[1:]:
             raise UserError(
-                f"input '{tensor.name}' has a dynamic axis other than the batch ({dims}); "
+                f"input '{tensor.name}' has a dynamic axis other than the batch ({shape}); "
                 "re-export the engine with `genexport onnx`"
             )
         shapes[tensor.name] = tuple(
-            (batch, *dims[1:]) for batch in (1, options.opt_batch, options.max_batch)
+            (batch, *shape[1:]) for batch in (1, options.opt_batch, options.max_batch)
         )
     return shapes
 
 
-def plan_runner(trt: Any, plan: bytes, onnx_path: Path, manifest: Manifest) -> PlanRunner:
-    engine = trt.Runtime(logger(trt)).deserialize_cuda_engine(plan)
+def plan_runner(plan: bytes, onnx_path: Path, manifest: Manifest) -> PlanRunner:
+    import tensorrt as trt
+
+    engine = trt.Runtime(logger()).deserialize_cuda_engine(plan)
     if engine is None:
         raise UserError(f"TensorRT could not deserialise the plan it built from {onnx_path.name}")
-    return PlanRunner(trt, engine, onnx_path.with_suffix(".plan"), manifest, None)
+    return PlanRunner(engine, onnx_path.with_suffix(".plan"), manifest, None)
 
 
-def seeded_inputs(specs: list[TensorSpec], batch: int, seed: int) -> dict[str, np.ndarray]:
-    """Parity inputs: random pixels, standard-normal floats, the temperature
-    PARITY_TEMPERATURE; inputs with a default are left to it."""
-    rng = np.random.default_rng([SEED, seed])
-    feeds = {}
-    for spec in specs:
-        if spec.default is not None:
-            continue
-        shape = [batch if size == BATCH else size for size in spec.shape]
-        if spec.dtype == "uint8":
-            feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.name == TEMPERATURE:
-            feeds[spec.name] = np.full(shape, PARITY_TEMPERATURE, np.float32)
-        else:
-            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32)
-    return feeds
+def parity_feeds(manifest: Manifest, batch: int) -> dict:
+    """The plan parity check's inputs at one batch size (genrun.compare.random_feeds;
+    a conditional graph's labels take every class in turn)."""
+    return random_feeds(manifest.inputs, batch, [SEED, batch], len(manifest.classes or []))
 
 
 def bounds(manifest: Manifest) -> dict[str, float]:
@@ -290,29 +320,27 @@ def bounds(manifest: Manifest) -> dict[str, float]:
     return dict(own[-1].tolerance)
 
 
-def plan_parity(runner: Any, onnx_path: Path, manifest: Manifest, batch_sizes: list[int]) -> Parity:
+def plan_parity(
+    runner: Runner, onnx_path: Path, manifest: Manifest, batch_sizes: list[int]
+) -> Parity:
     """Max abs error of every output the export bounded, plan vs ONNX
     Runtime CPU on the same seeded inputs, over `batch_sizes`."""
     tolerance = bounds(manifest)
     names = [spec.name for spec in manifest.outputs if spec.name in tolerance]
-    reference = ort_session(onnx_path)
-    errors = dict.fromkeys(names, 0.0)
-    for batch in batch_sizes:
-        feeds = seeded_inputs(manifest.inputs, batch, batch)
-        got = runner.run(feeds)
-        want = dict(zip(names, reference.run(names, feeds), strict=True))
-        for name in names:
-            errors[name] = max(errors[name], max_abs(got[name], want[name]))
-    return Parity(
-        precision=manifest.precision,
-        reference=PLAN_REFERENCE,
-        batch_sizes=list(batch_sizes),
-        max_abs_error=errors,
-        tolerance={name: tolerance[name] for name in names},
-    )
+    cases = [Case(f"batch of {b}, seed {b}", parity_feeds(manifest, b)) for b in batch_sizes]
+    with onnxruntime_backend.load(onnx_path, LoadOptions(provider="cpu")) as reference:
+        return compare(
+            reference,
+            runner,
+            cases,
+            {name: tolerance[name] for name in names},
+            precision=manifest.precision,
+            reference_name=PLAN_REFERENCE,
+            batch_sizes=batch_sizes,
+        )
 
 
-def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
+def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Runner]) -> None:
     """Flows: uint8 images -> density plan latents -> generate plan at
     temperature 1 -> the images again (pixels within the export's round-trip
     bound of the inputs, images within it of ONNX Runtime's round trip)."""
@@ -321,26 +349,48 @@ def _add_round_trip(plans: list[BuiltPlan], runners: dict[str, Any]) -> None:
         return
     generate, density = by_role[GENERATE], by_role[DENSITY]
     tolerance = bounds(generate.manifest)
-    if not {"round_trip.images", "round_trip.pixels"} <= tolerance.keys():
+    keys = ("round_trip.images", "round_trip.pixels")
+    if not set(keys) <= tolerance.keys():
         return  # exported one role at a time: no round-trip bound recorded
-    latents = [latent_name(i) for i in range(len(density.manifest.latent_shapes))]
-    noise = [s.name for s in generate.manifest.inputs if s.name != TEMPERATURE]
-    sessions = [ort_session(density.onnx_path), ort_session(generate.onnx_path)]
-    errors = {"round_trip.images": 0.0, "round_trip.pixels": 0.0}
-    for batch in (1, 7):
-        pixels = seeded_inputs(density.manifest.inputs, batch, batch)[IMAGES]
-        ones = np.ones(batch, np.float32)
-        got_latents = runners[DENSITY].run({IMAGES: pixels})
-        feeds = {n: got_latents[latent] for n, latent in zip(noise, latents, strict=True)}
-        got = runners[GENERATE].run({**feeds, TEMPERATURE: ones})
-        want_latents = sessions[0].run(latents, {IMAGES: pixels})
-        feeds = dict(zip(noise, want_latents, strict=True))
-        want_images = sessions[1].run([IMAGES], {**feeds, TEMPERATURE: ones})[0]
-        errors["round_trip.images"] = max(
-            errors["round_trip.images"], max_abs(got[IMAGES], want_images)
+    if not any(spec.name.startswith("latent_") for spec in density.manifest.outputs):
+        return  # a conditional flow's marginal density engine: no latents to invert
+    kept = (IMAGES, LABEL)  # a conditional flow's label goes to both plans
+    cases = [
+        Case(
+            f"images of batch {b}, seed {b}",
+            {k: v for k, v in parity_feeds(density.manifest, b).items() if k in kept},
         )
-        errors["round_trip.pixels"] = max(errors["round_trip.pixels"], max_abs(got[PIXELS], pixels))
+        for b in (1, 7)
+    ]
+    cpu = LoadOptions(provider="cpu")
+    with (
+        onnxruntime_backend.load(density.onnx_path, cpu) as density_onnx,
+        onnxruntime_backend.load(generate.onnx_path, cpu) as generate_onnx,
+    ):
+        reference = _OnnxImagesInputPixels(RoundTrip(density_onnx, generate_onnx))
+        trip = compare(
+            reference,
+            RoundTrip(runners[DENSITY], runners[GENERATE]),
+            cases,
+            {key: tolerance[key] for key in keys},
+            precision=generate.manifest.precision,
+            reference_name=PLAN_REFERENCE,
+            batch_sizes=[1, 7],
+        )
     for plan in (generate, density):
         last = plan.manifest.parity[-1]
-        last.max_abs_error.update(errors)
-        last.tolerance.update({key: tolerance[key] for key in errors})
+        last.max_abs_error.update(trip.max_abs_error)
+        last.tolerance.update(trip.tolerance)
+        last.misses.extend(trip.misses)
+
+
+class _OnnxImagesInputPixels:
+    """The plan round trip's reference: images from ONNX Runtime's own round
+    trip, pixels the input pixels themselves."""
+
+    def __init__(self, onnx_round_trip: RoundTrip):
+        self.onnx_round_trip = onnx_round_trip
+
+    def run(self, feeds: dict) -> dict:
+        images = self.onnx_round_trip.run(feeds)["round_trip.images"]
+        return {"round_trip.images": images, "round_trip.pixels": feeds[IMAGES]}

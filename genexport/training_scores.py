@@ -19,8 +19,9 @@ from genrun.backends.openvino import load_openvino
 from genrun.engine import Engine as RuntimeEngine
 from genrun.engine import default_threads
 from genrun.errors import UserError
-from genrun.manifest import Manifest, TrainingScores, write_to_onnx
-from genrun.readers import load_data
+from genrun.manifest import Manifest, TrainingScores
+from genrun.manifest_io import write_to_onnx
+from genrun.readers import ImageSet, load_data
 from genrun.scorer import Scorer
 
 from .onnx import session
@@ -30,9 +31,9 @@ MAX_ROWS = 20_000  # ... or fewer, so that images x K stays within this many gra
 SEED = 0
 
 
-def training_data(payload: dict, data: str | None) -> tuple[np.ndarray | None, str, str]:
-    """(training images or None, the spec, why not) from `data` or the
-    checkpoint's own data spec, at the checkpoint's image shape."""
+def training_data(payload: dict, data: str | None) -> tuple[ImageSet | None, str, str]:
+    """(training images and labels or None, the spec, why not) from `data` or
+    the checkpoint's own data spec, at the checkpoint's image shape."""
     recorded = payload.get("data", {})
     spec = data or recorded.get("spec")
     if not spec:
@@ -45,14 +46,15 @@ def training_data(payload: dict, data: str | None) -> tuple[np.ndarray | None, s
         return None, spec, f"{err}; pass --data with the training images"
     if shape and split.shape != shape:
         return None, spec, f"{spec} holds images of shape {split.shape}, the model {shape}"
-    return split.train.images, spec, ""
+    return split.train, spec, ""
 
 
 def measure(
-    model: onnx.ModelProto, manifest: Manifest, path: Path, images: np.ndarray, spec: str
+    model: onnx.ModelProto, manifest: Manifest, path: Path, train: ImageSet, spec: str
 ) -> TrainingScores:
     """TrainingScores of the first training images under the engine `model`
-    (`manifest` is written into it first, as the runtime reads it)."""
+    (`manifest` is written into it first, as the runtime reads it); an engine
+    with a label input scores them given their labels."""
     write_to_onnx(model, manifest)
     threads = default_threads()
     if manifest.precision == "bf16":  # bfloat16 layers run on OpenVINO (ONNX Runtime has none)
@@ -62,8 +64,11 @@ def measure(
     engine = RuntimeEngine(runner, path, threads)
     scorer = Scorer(engine)
     k = scorer.default_iw_samples
-    count = min(len(images), MAX_IMAGES, max(1, MAX_ROWS // k))
-    bpd = scorer.bits_per_dim(images[:count], iw_samples=k, seed=SEED)
+    count = min(len(train.images), MAX_IMAGES, max(1, MAX_ROWS // k))
+    labels = train.labels[:count] if scorer.takes_label and train.labels is not None else None
+    if scorer.takes_label and labels is None:
+        raise UserError(f"{spec} has no labels to score the conditional {manifest.role} graph")
+    bpd = scorer.bits_per_dim(train.images[:count], iw_samples=k, seed=SEED, labels=labels)
     finite = bpd[np.isfinite(bpd)]
     if len(finite) < 2:
         raise UserError(

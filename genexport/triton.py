@@ -11,8 +11,9 @@ One Triton model per engine, named NAME-ROLE after the engine file
 The config comes from the manifest alone: inputs and outputs in graph order
 with their dims without the batch axis (a per-item scalar such as
 "temperature" or "bits_per_dim" is dims [1] reshaped to []), TYPE_UINT8 /
-TYPE_FP32, `max_batch_size` (a plan's profile max), dynamic batching,
-instance groups, and the manifest itself as the parameter "vaeflow.manifest".
+TYPE_FP32 / TYPE_INT64 (a conditional engine's "label"), `max_batch_size` (a
+plan's profile max), dynamic batching, instance groups, and the manifest itself
+as the parameter "vaeflow.manifest".
 Inputs that have a default (glow density's "offset") are optional. Noise
 stays an input, so a client that draws it with genrun's BlockNoise gets the
 samples `genrun sample` makes for the same seed (docs/scaling.md).
@@ -34,11 +35,12 @@ from genrun.manifest import (
     Manifest,
     TensorSpec,
     from_json,
-    read_from_onnx,
     to_json,
 )
+from genrun.manifest_io import read_from_onnx
 
-TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32"}
+# int64: a conditional engine's labels.
+TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
 PLAN_KEY = "vaeflow.plan"  # the sidecar's build facts (genrun/backends/sidecar.py, h8)
 
@@ -121,7 +123,7 @@ def _tensors(what: str, specs: list[TensorSpec], engine: Path) -> list[str]:
         if spec.dtype not in TRITON_TYPES or not spec.shape or spec.shape[0] != BATCH:
             raise UserError(
                 f"{engine}: tensor {spec.name!r} ({spec.dtype}, {spec.shape}) is not a batched "
-                "uint8/float32 tensor; re-export the engine with `genexport onnx`"
+                "uint8/float32/int64 tensor; re-export the engine with `genexport onnx`"
             )
         dims = [int(d) for d in spec.shape[1:]]
         fields = [f'name: "{spec.name}"', f"data_type: {TRITON_TYPES[spec.dtype]}"]

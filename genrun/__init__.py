@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-_LAZY = {"load": "engine", "Engine": "engine", "Sampler": "sampler", "Scorer": "scorer"}
+# `load` is genrun.engine.load that also takes builtin:NAME.GRAPH (genrun/builtin.py).
+_LAZY = {"load": "builtin", "Engine": "engine", "Sampler": "sampler", "Scorer": "scorer"}
 __all__ = list(_LAZY)
 
 

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .compare import random_feeds
 from .engine import Engine
 from .errors import UserError
-from .manifest import BATCH, TEMPERATURE
 
 WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed (fewer if slow)
 PROBE_BATCH = 16  # rows of the call whose memory growth sizes the larger batches
@@ -122,19 +122,5 @@ def _resident_bytes() -> int:
 def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
     """Inputs of the engine's shapes (its manifest's, or a foreign graph's own):
     random pixels, standard-normal floats, temperature 0.7; inputs with a
-    default are left to it."""
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for spec in engine.inputs:
-        if spec.default is not None:
-            continue
-        shape = [batch_size if size == BATCH else size for size in spec.shape]
-        if spec.dtype == "uint8":
-            feeds[spec.name] = rng.integers(0, 256, shape, dtype=np.uint8)
-        elif spec.name == TEMPERATURE:
-            feeds[spec.name] = np.full(shape, 0.7, np.float32)
-        else:
-            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(
-                spec.dtype, copy=False
-            )
-    return feeds
+    default are left to it (genrun.compare.random_feeds, seed 0)."""
+    return random_feeds(engine.inputs, batch_size, seed=0)

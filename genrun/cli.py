@@ -2,6 +2,9 @@
 
 genrun sample --engine runs/demo/demo.generate.onnx --n 64 --out grid.png
 genrun likelihood --engine runs/demo/demo.density.onnx --data digits --out scores.csv
+genrun sample --engine builtin:mnist-glow --label 7 --n 64 --out sevens.png   # ships with genrun
+genrun classify --engine builtin:mnist-glow --data digits --out classes.csv
+genrun models                                                                 # what ships
 genrun bench --engine runs/demo/demo.generate.onnx --batch 1,16,256
 genrun info --engine runs/demo/demo.generate.onnx
 """
@@ -17,22 +20,22 @@ import numpy as np
 import typer
 
 from .bench import bench
-from .describe import describe
+from .builtin import engines as builtin_engines
+from .builtin import resolve
+from .class_table import ClassTable
+from .describe import describe, file_size
 from .engine import PROVIDERS, load
 from .errors import UserError, run_cli
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
+from .labels import check_label_options, class_words, classes_for, image_labels
+from .manifest import DENSITY, GENERATE
 from .nonfinite import check_policy
 from .outputs import SampleOutput, check_writable, is_stdout, write_csv
 from .readers import (
     DATA_SPECS_HELP,
-    TEST_FRACTION,
-    folder_of,
-    load_data,
-    read_image_files,
-    read_named_folder,
-    split_indices,
 )
 from .sampler import SampleBatches, Sampler
+from .score_inputs import images_to_score
 from .score_table import ScoreTable
 from .scorer import Scorer, Scores
 
@@ -42,7 +45,16 @@ EngineOption = Annotated[
     Path,
     typer.Option(
         "--engine",
-        help="An .onnx engine (`genexport onnx`) or a TensorRT .plan (`genexport tensorrt`).",
+        help="An .onnx engine (`genexport onnx`), a TensorRT .plan (`genexport tensorrt`) or "
+        "builtin:NAME, an engine that ships with genrun (`genrun models`).",
+    ),
+]
+LabelFromOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Conditional engines: score log P(x|y) with one class (name or index) per image "
+        "from FILE (a line each, or the last CSV column; or .npy), or 'data': the labels of "
+        "--data."
     ),
 ]
 RayOption = Annotated[
@@ -94,6 +106,14 @@ def sample_command(
         int,
         typer.Option(help="Share the first L noise inputs across samples (HVAE: 1 fixes z1)."),
     ] = 0,
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Conditional engines: the class of every sample (a name or an index), or "
+            "'all': N samples of each class, one grid row per class, the same noise in every "
+            "row. Default: class i mod K for sample i."
+        ),
+    ] = None,
     provider: ProviderOption = "auto",
     nonfinite: Annotated[
         str,
@@ -107,34 +127,50 @@ def sample_command(
     ray_address: RayAddressOption = None,
     actors: ActorsOption = 2,
 ) -> None:
-    """Draw uint8 samples from a generate or decode engine (glow, vae, ...)."""
+    """Draw uint8 samples from a generate or decode engine (glow, vae, ...); of
+    a class with --label where the engine is conditional."""
+    engine = resolve(engine, GENERATE)
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
+    classes = classes_for(sampler.engine.manifest, label)
     # Checks the arguments and the output before anything is sampled or written.
-    batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite)
+    if classes is not None and len(classes) > 1:  # --label all: N per class, a row each
+        batches = sampler.batches_by_class(
+            n, classes, temperature, seed, batch, fixed_levels, nonfinite
+        )
+    else:
+        one = None if classes is None else classes[0]
+        batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite, label=one)
+    total, rows = len(batches), len(classes or [None])
     row_shape = tuple(sampler.engine.manifest.data_shape)
-    output = SampleOutput(out, n, row_shape, counted_at_end=nonfinite == "drop")
+    nrow = n if rows > 1 else None
+    output = SampleOutput(out, total, row_shape, counted_at_end=nonfinite == "drop", nrow=nrow)
     if ray or ray_address or output.kind == "parquet":  # the same samples, made by Ray actors
-        if nonfinite != "error":
+        if nonfinite != "error" or rows > 1:
             raise UserError(
-                f"--nonfinite {nonfinite} is not supported with Ray yet (its actors refuse "
-                "non-finite samples); drop --ray, or keep the default --nonfinite error"
+                f"--nonfinite {nonfinite} and --label all are not supported with Ray yet (its "
+                "actors refuse non-finite samples); drop --ray, or sample one --label at a "
+                "time with the default --nonfinite error"
             )
         from .ray_cluster import cli_samples
 
         chunks = cli_samples(
             engine, out, output.kind, ray_address, actors=actors, provider=provider, n=n,
             temperature=temperature, seed=seed, batch_size=batch, fixed_levels=fixed_levels,
+            label=None if classes is None else classes[0],
         )  # fmt: skip
         if chunks is None:  # written as parquet shards
             typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
             return
         batches = SampleBatches.of_finite(chunks, n)
     # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
-    with typer.progressbar(batches, length=math.ceil(n / batch), file=sys.stderr) as progress:
+    calls = rows * math.ceil(n / batch)
+    with typer.progressbar(batches, length=calls, file=sys.stderr) as progress:
         output.write(progress, batches.summary)
-    written = n - (batches.nonfinite if nonfinite == "drop" else 0)
+    written = total - (batches.nonfinite if nonfinite == "drop" else 0)
+    of = "" if classes is None else class_words(sampler.engine.manifest, classes, n)
     typer.echo(
-        f"{written} samples ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) -> {out}",
+        f"{written} samples{of} ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) "
+        f"-> {out}",
         err=output.to_stdout,
     )
     if batches.nonfinite:
@@ -195,6 +231,14 @@ def likelihood_command(
         ),
     ] = "error",
     batch: Annotated[int, typer.Option(help="Rows per engine call (images x draws).")] = 256,
+    label_from: LabelFromOption = None,
+    marginal: Annotated[
+        bool,
+        typer.Option(
+            help="Conditional engines: score P(x) = sum_y P(x|y) p(y), no label needed (the "
+            "marginal density engine, `genexport onnx --marginal`; builtin ones are)."
+        ),
+    ] = False,
     provider: ProviderOption = "auto",
     ray: RayOption = False,
     ray_address: RayAddressOption = None,
@@ -203,15 +247,15 @@ def likelihood_command(
     """Per-image scores and their mean; high values flag out-of-distribution
     images. The default, nll, is a bound on -log2 P(x) / D for the discrete image
     (density engines: dequantised with seeded uniform offsets; elbo engines: IWAE
-    with K draws), never negative."""
+    with K draws), never negative. A conditional engine scores P(x|y) with
+    --label-from, or the marginal P(x) with --marginal."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
     check_policy(nonfinite)
+    engine = resolve(engine, DENSITY)
     scorer = Scorer(load(engine, provider))
+    check_label_options(scorer, label_from, marginal, data)
     expected = tuple(scorer.engine.manifest.data_shape)
-    splits = {"test": ["test"], "train": ["train"], "all": ["train", "test"]}
-    if split is not None and split not in splits:
-        raise UserError(f"unknown --split {split!r}; use test, train or all")
     if out is not None:
         check_writable(out)
 
@@ -219,38 +263,23 @@ def likelihood_command(
     if on_ray and score != "nll":
         raise UserError(f"--ray scores nll only, not {score}; drop --ray for {score}")
 
-    def scored(images: np.ndarray | list[Path]) -> Scores:
+    def scored(images: np.ndarray | list[Path], labels: np.ndarray | None) -> Scores:
         if on_ray:  # the same bound from Ray actors (FILES are read there)
             from .ray_cluster import cli_scores
 
             return cli_scores(
                 engine, images, ray_address, iw_samples=iw_samples, seed=seed,
-                batch_size=batch, actors=actors, provider=provider,
+                batch_size=batch, actors=actors, provider=provider, labels=labels,
             )  # fmt: skip
-        return scorer.score(images, score, iw_samples, seed, batch, m)
+        return scorer.score(images, score, iw_samples, seed, batch, m, labels=labels)
 
     group = m if score == "typicality" else 1
-    if files:
-        table, what = ScoreTable(score, ("file",), group), "files"
-        table.add(
-            [(str(f),) for f in files],
-            scored(files if on_ray else read_image_files(files, expected)),
-        )
-    elif (folder := folder_of(data)) is not None:  # a user's images: each row names its file
-        names, images = read_named_folder(folder, expected[1], expected[0])
-        _check_shape(data, images.shape[1:], expected)
-        if split in ("train", "test"):  # the part gentrain trained or tested on
-            chosen = split_indices(len(names), TEST_FRACTION, seed=0)[split == "test"]
-            names, images = [names[i] for i in chosen], images[chosen]
-        table, what = ScoreTable(score, ("file",), group), f"{data} {split or 'all'}"
-        table.add([(name,) for name in names], scored(images))
-    else:
-        loaded = load_data(data, channels=expected[0])
-        _check_shape(data, loaded.shape, expected)
-        table, what = ScoreTable(score, ("split", "index"), group), f"{data} {split or 'test'}"
-        for name in splits[split or "test"]:
-            images = getattr(loaded, name).images
-            table.add([(name, i) for i in range(len(images))], scored(images))
+    parts = images_to_score(files, data, split, expected, on_ray)
+    labels = image_labels(scorer.engine.manifest, label_from, parts)
+    table = ScoreTable(score, parts[0].keys, group)
+    for part, part_labels in zip(parts, labels, strict=True):
+        table.add(part.rows, scored(part.images, part_labels))
+    what = parts[0].what
     table.apply(nonfinite)
     if out is not None:
         write_csv(out, table.csv_rows())
@@ -260,12 +289,77 @@ def likelihood_command(
     )
 
 
-def _check_shape(data: str, shape: tuple[int, ...], expected: tuple[int, ...]) -> None:
-    if tuple(shape) != expected:
-        raise UserError(
-            f"{data} holds images of shape {tuple(shape)}, the engine expects {expected} "
-            "(C, H, W); score data like the model's training data"
+@app.command("classify")
+def classify_command(
+    engine: EngineOption,
+    files: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Image files (PNG/JPEG) to classify, of the engine's image size."),
+    ] = None,
+    data: Annotated[
+        str | None, typer.Option(help=f"Images to classify instead of FILES: {DATA_SPECS_HELP}.")
+    ] = None,
+    split: Annotated[
+        str | None,
+        typer.Option(help="With --data: test, train or all (default: test; folder:DIR all)."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="CSV: the image's keys (file, or split and index), its class and log p(y|x) "
+            "of every class (columns log_p_NAME)."
+        ),
+    ] = None,
+    batch: Annotated[int, typer.Option(help="Images per engine call.")] = 256,
+    provider: ProviderOption = "auto",
+) -> None:
+    """The generative classifier of a conditional density engine: per image
+    argmax_y P(x|y) p(y) (densities at the bin centres) and log p(y|x) of
+    every class; with labelled --data, its accuracy."""
+    if (data is None) == (not files):
+        raise UserError("pass either image FILES or --data SPEC (one of the two) to classify")
+    scorer = Scorer(load(resolve(engine, DENSITY), provider))
+    expected = tuple(scorer.engine.manifest.data_shape)
+    if out is not None:
+        check_writable(out)
+    scorer.check_classifies()
+    parts = images_to_score(files, data, split, expected)
+    table = ClassTable(scorer.engine.manifest, parts[0].keys)
+    for part in parts:
+        table.add(part.rows, scorer.classify(part.images, batch), part.labels)
+    if out is not None:
+        write_csv(out, table.csv_rows())
+    typer.echo(
+        table.summary(parts[0].what) + (f" -> {out}" if out else ""),
+        err=out is not None and is_stdout(out),
+    )
+
+
+@app.command("models")
+def models_command() -> None:
+    """The engines that ship with genrun (builtin:NAME): their files and sizes,
+    what they were trained on and what they measure (genrun/builtin/README.md)."""
+    engines = builtin_engines()
+    if not engines:
+        typer.echo("no builtin engines in this installation")
+        return
+    for name in dict.fromkeys(e.name for e in engines):
+        files = [e for e in engines if e.name == name]
+        first = files[0].manifest
+        classes = f", {len(first.classes)} classes" if first.classes else ""
+        size = sum(e.size for e in files)
+        typer.echo(
+            f"builtin:{name}  {first.family}, images {first.data_shape}{classes}, "
+            f"{file_size(size)} in all"
         )
+        for e in files:
+            typer.echo(f"  {e.path.name:<28} {file_size(e.size):>8}  {e.manifest.role}")
+        made = first.provenance
+        if made is not None:
+            results = ", ".join(f"{k} {v:.4g}" for k, v in made.results.items())
+            typer.echo(f"  measured  {results}")
+            typer.echo(f"  data      {made.data}")
+            typer.echo(f"  made by   {made.script} (commands in `genrun info`)")
 
 
 @app.command("bench")
@@ -279,7 +373,7 @@ def bench_command(
     """Samples/s, per-call latency (p50/p90/p99), achieved GFLOP/s and its share
     of the machine's measured float32 matmul peak at each batch size, after a
     warm-up, on random inputs of the engine's shapes (medians of the calls)."""
-    loaded = load(engine, provider, cuda_graphs=cuda_graphs)
+    loaded = load(resolve(engine), provider, cuda_graphs=cuda_graphs)
     try:
         batch_sizes = [int(size) for size in batch.split(",")]
     except ValueError:
@@ -344,7 +438,7 @@ def bench_command(
 @app.command("info")
 def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> None:
     """The engine's model, tensors, provenance and the providers present."""
-    loaded = load(engine, provider)
+    loaded = load(resolve(engine), provider)
     for line in describe(loaded.path, loaded.manifest, loaded):
         typer.echo(line)
 

@@ -22,7 +22,7 @@ def describe(path: Path, manifest: Manifest | None, loaded: Engine | None = None
         from .engine import available_providers
 
         present = ", ".join(available_providers())
-        lines.append(labelled("provider", f"{loaded.provider} (present: {present})"))
+        lines.append(labelled("provider", f"{loaded.provider} (compiled in: {present})"))
     if manifest is None:  # a foreign graph: only what the graph itself says
         lines[0] += (
             ", no vaeflow manifest (bench and run work; sample and likelihood need one: "
@@ -98,6 +98,14 @@ def manifest_lines(manifest: Manifest) -> list[str]:
     ]
     if manifest.temperature:
         lines.append(labelled("temperature", manifest.temperature))
+    if manifest.classes:
+        names = [str(c.index if c.name is None else c.name) for c in manifest.classes]
+        shown = ", ".join(names[:20]) + (", ..." if len(names) > 20 else "")
+        lines.append(labelled("classes", f"{len(names)} (conditional): {shown}"))
+    if (made := manifest.provenance) is not None:
+        results = ", ".join(f"{k} {v:.4g}" for k, v in made.results.items())
+        lines += [labelled("made by", made.script), *(f"  $ {c}" for c in made.commands)]
+        lines += [f"  data     {made.data}", f"  measured {results}"]
     return [
         *lines,
         labelled("checkpoint", f"{ckpt.file}, sha256 {ckpt.sha256[:16]}..., step {ckpt.step}"),

@@ -15,22 +15,21 @@ This module is where ONNX Runtime sessions are made, for genexport too:
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from .backends import BACKEND_BY_SUFFIX
+from .backends import backend_of
+from .backends.base import LoadOptions, Runner
 from .backends.onnxruntime import (
     PROVIDERS,
-    OnnxRuntimeRunner,
     available_providers,
     default_threads,
-    load_session,
     session_options,
 )
 from .backends.onnxruntime import create_session as ort_session
-from .backends.openvino import is_bf16_engine, load_openvino
 from .errors import UserError
 from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
 
@@ -46,24 +45,15 @@ __all__ = [
 ]
 
 
-class Runner(Protocol):
-    """What a backend's runner offers (genrun/backends/)."""
-
-    provider: str
-    manifest: Manifest | None
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]: ...
-
-
 class Engine:
     """A loaded engine; build it with `load`."""
 
     def __init__(self, runner: Runner, path: Path, threads: int):
         self.runner = runner
         self.path = path
-        self.provider = runner.provider  # what runs the graph ("cpu", "cuda", "tensorrt")
+        # What runs the graph ("cpu", "cuda", "tensorrt"): what the runtime
+        # reports after loading, never merely what was asked for.
+        self.provider = runner.provider
         self.threads = threads  # ONNX Runtime's intra-op (CPU) threads
         self.manifest: Manifest | None = runner.manifest  # None for a foreign graph
         self.inputs, self.outputs = runner.inputs, runner.outputs
@@ -72,10 +62,24 @@ class Engine:
 
     @property
     def backend(self) -> str:
-        """'onnxruntime', 'tensorrt' or 'openvino' (bf16 engines)."""
-        return getattr(
-            self.runner, "backend", BACKEND_BY_SUFFIX.get(self.path.suffix, "onnxruntime")
-        )
+        """The backends/ module that runs it: 'onnxruntime', 'tensorrt' or 'openvino'."""
+        return type(self.runner).__module__.rsplit(".", 1)[-1]
+
+    @property
+    def settings(self) -> dict[str, str]:
+        """What the numbers depend on besides the graph (e.g. {"tf32": "off"})."""
+        return self.runner.settings
+
+    def close(self) -> None:
+        """Free the runner's session, device memory, streams and CUDA graphs;
+        running a closed engine is a UserError. Also `with genrun.load(...) as e:`."""
+        self.runner.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
     @property
     def session(self) -> Any:
@@ -148,6 +152,10 @@ class Engine:
                     f"{self._what}: input '{spec.name}' must be uint8 pixels 0..255, got "
                     f"{value.dtype}; convert with (x * 255).round().astype(np.uint8)"
                 )
+        elif spec.dtype == "int64" and not np.issubdtype(value.dtype, np.integer):
+            raise UserError(
+                f"{self._what}: input '{spec.name}' must be integer class labels, got {value.dtype}"
+            )
         elif not np.issubdtype(value.dtype, np.number):
             raise UserError(f"{self._what}: input '{spec.name}' must be numbers, got {value.dtype}")
         else:
@@ -171,44 +179,20 @@ def load(
     spin: bool = True,
     cuda_graphs: bool = False,
 ) -> Engine:
-    """Open an engine file. `.onnx`: ONNX Runtime on `provider` ("auto",
-    "cpu", "cuda" or "tensorrt"; "auto" takes the best one available, see
-    `Engine.provider`) with `threads` intra-op CPU threads (default:
-    `default_threads()`); `spin` see `session_options`. `.plan`: TensorRT
-    (provider "auto" or "tensorrt"), replaying one CUDA graph per batch size
-    with `cuda_graphs`."""
+    """Open an engine file with the backend of its suffix (genrun/backends/).
+    `.onnx`: ONNX Runtime on `provider` ("auto", "cpu", "cuda" or "tensorrt";
+    "auto" takes the best one that loads, see `Engine.provider`) with
+    `threads` intra-op CPU threads (default: `default_threads()`); `spin` see
+    `session_options`. `.plan`: TensorRT (provider "auto" or "tensorrt"),
+    replaying one CUDA graph per batch size with `cuda_graphs`. Close the
+    engine (or use it in a `with` block) to free what it holds at once."""
     path = Path(path)
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
-    if path.suffix == ".plan":
-        if provider not in ("auto", "tensorrt"):
-            raise UserError(
-                f"{path.name} is a TensorRT plan, which only TensorRT runs; use --provider auto "
-                f"or tensorrt, or pass its .onnx engine to run on {provider}"
-            )
-        if not path.is_file():
-            raise UserError(
-                f"engine {path} does not exist; build one with `genexport tensorrt ENGINE.onnx`"
-            )
-        from .backends.tensorrt import load_plan
-
-        return Engine(load_plan(path, cuda_graphs), path, threads)
-    if cuda_graphs:
-        raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
-    if not path.is_file():
-        raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
-    if is_bf16_engine(path):  # bfloat16 layers: OpenVINO on the CPU (backends/openvino.py)
-        if provider not in ("auto", "cpu"):
-            raise UserError(
-                f"{path.name} is a bf16 engine, which runs on the CPU; use --provider cpu"
-            )
-        return Engine(load_openvino(path, threads), path, threads)
-    session, provider = load_session(path, provider, threads, spin)
-    try:
-        return Engine(OnnxRuntimeRunner(session, path, provider), path, threads)
-    except UserError as err:  # a manifest read from a session is "the engine": name the file
-        raise UserError(str(err).replace("the engine", str(path), 1)) from None
+    backend = import_module(f"genrun.backends.{backend_of(path)}")
+    options = LoadOptions(provider, threads, spin, cuda_graphs)
+    return Engine(backend.load(path, options), path, threads)
 
 
 def _describe(spec: TensorSpec) -> str:

@@ -19,13 +19,14 @@ EXTRA_OF_MODULE = {
     "matplotlib": "train",
     "onnx": "export",
     "onnxscript": "export",
-    "cuda": "gpu",
-    "tensorrt": "tensorrt",
+    "onnxruntime": "cpu",  # or gpu-cu13 / gpu-cu12 on an NVIDIA GPU
+    "cuda": "gpu-cu13",
+    "tensorrt": "tensorrt-cu13",
     "ray": "ray",
     "tritonclient": "triton",
 }
 # Extras that include others: a genexport user missing torch installs [export].
-_INCLUDES = {"export": {"train"}, "tensorrt": {"gpu"}}
+_INCLUDES = {"export": {"train"}, "tensorrt-cu13": {"gpu-cu13"}}
 
 
 class UserError(Exception):

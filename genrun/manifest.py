@@ -2,14 +2,16 @@
 stored inside the file, so that a single `.onnx` file is a complete engine.
 
 This module is the contract between `genexport` (writes it) and `genrun`
-(reads it). It needs only the standard library: reading a manifest needs
-`onnx` (`read_from_onnx`) or `onnxruntime` (`read_with_onnxruntime`, the
-route for genrun), each imported only when called.
+(reads it): a schema, with no file I/O and nothing of genrun imported but
+its UserError. Reading it from a file and writing it into one is
+genrun/manifest_io.py's job.
 
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
 
-Fields (version 2; version 1 is version 2 without training_scores, and reads)
+Fields (version 3; version 2 is version 3 without graph_sha256, version 1 also
+without training_scores; both read; version 4 is version 3 with classes or
+provenance, written only where they are)
 ------------------
 version         int, MANIFEST_VERSION. A reader refuses versions it does not know
                 (READABLE_VERSIONS).
@@ -27,7 +29,7 @@ precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 float32; runs on OpenVINO, genrun/backends/openvino.py).
 inputs, outputs list of TensorSpec, in graph order:
   name          the ONNX input/output name.
-  dtype         numpy dtype name: "float32" or "uint8".
+  dtype         numpy dtype name: "float32", "uint8" or "int64" (labels).
   shape         list; ints are fixed sizes, the string "N" marks the batch
                 axis (dynamic; every tensor of one call shares it).
   description   what the tensor holds, in words.
@@ -80,6 +82,19 @@ export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 ActNorm into the 1x1 convolutions (nodes_unfolded,
                 nodes_folded; null for vae), and library versions {torch,
                 onnx, onnxruntime, vaeflow, ...}.
+classes         list of ClassSpec, or absent/null (version 4, conditional engines
+                only: trained with --conditional). Each class's index (its label), its
+                name where the data named it (a folder's sub-folder, an npz's
+                class_names; null for bare indices such as MNIST's) and log_prior =
+                log p(y), its share of the training images. A conditional generate,
+                decode, density or elbo graph takes the input "label" (int64 (N,),
+                0..K-1); a conditional flow's marginal density engine (role density,
+                `genexport onnx --marginal`) takes none and also outputs
+                "class_log_likelihood", log P(x|y) (N, K).
+provenance      Provenance, or absent/null (version 4; the engines that ship in
+                genrun/builtin): the script and the exact commands that made the
+                engine, its training data with licence and citation, and what was
+                measured (test bits/dim, classification accuracy, ...).
 training_scores TrainingScores or null (density and elbo roles, since version 2;
                 null when export could not read the training data): the
                 bits/dim bound genrun's Scorer computes, over training images,
@@ -91,7 +106,11 @@ training_scores TrainingScores or null (density and elbo roles, since version 2;
   seed          their seed: typicality scores with the same k.
   bpd_mean      mean bits/dim of those images.
   bpd_std       their standard deviation (ddof 1).
-precision_plan  PrecisionPlan or null (bf16 engines; optional in version 2):
+graph_sha256    hex sha256 of the ONNX file's bytes outside its metadata (the
+                graph, weights, opsets: `genrun.manifest_io.graph_sha256`),
+                or null (versions 1 and 2). genrun's ONNX loader refuses a
+                file whose graph no longer matches (since version 3).
+precision_plan  PrecisionPlan or null (bf16 engines):
   runtime       what runs the engine ("openvino").
   reduced_layers / float32_layers  regions (named by their first node) that
                 compute in bf16 / stay float32 because alone in bf16 they
@@ -105,6 +124,7 @@ precision_plan  PrecisionPlan or null (bf16 engines; optional in version 2):
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -112,8 +132,11 @@ from typing import Any
 from .errors import UserError
 from .typed_json import Malformed, parse
 
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no training_scores
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3, 4)  # version 2: no graph_sha256; version 1: no training_scores either
+# Version 4: version 3 with `classes` or `provenance`, written only where they
+# are (so an older reader refuses those engines in one line and reads every other).
+CONDITIONAL_VERSION = 4
 METADATA_KEY = "vaeflow.manifest"
 
 # The roles of graphs, written once: a model family lists the ones it exports
@@ -141,6 +164,8 @@ Z = "z"  # a latent code (decode input, autoencoder encode output)
 MU = "mu"  # mean of q(z|x) (vae encode)
 LOGVAR = "logvar"  # log variance of q(z|x) (vae encode)
 EPS = "eps"  # N(0, I) noise of the reparameterisation (vae elbo)
+LABEL = "label"  # class labels int64 (N,) of a conditional engine
+CLASS_LOG_LIKELIHOOD = "class_log_likelihood"  # log P(x|y) (N, K) (marginal density)
 
 
 def noise_name(i: int) -> str:
@@ -254,6 +279,25 @@ class PrecisionPlan:
 
 
 @dataclass
+class ClassSpec:
+    """One class of a conditional engine."""
+
+    index: int  # its label
+    name: str | None  # the data's name for it (a folder's sub-folder), null for bare indices
+    log_prior: float  # log p(y): its share of the training images
+
+
+@dataclass
+class Provenance:
+    """How a shipped engine was made (genrun/builtin: scripts/builtin_engines.sh)."""
+
+    script: str  # the repository script that ran the commands
+    commands: list[str]  # the exact commands, in order
+    data: str  # the training data: where it came from, its licence and citation
+    results: dict[str, float]  # what was measured: test bits/dim, accuracy, ...
+
+
+@dataclass
 class Manifest:
     family: str
     role: str
@@ -269,14 +313,33 @@ class Manifest:
     export: ExportInfo
     version: int = field(default=MANIFEST_VERSION)
     training_scores: TrainingScores | None = None
+    graph_sha256: str | None = None
+    classes: list[ClassSpec] | None = None  # a conditional engine's (version 4)
+    provenance: Provenance | None = None  # a shipped engine's (version 4)
     precision_plan: PrecisionPlan | None = None  # bf16 engines: which layers, and why
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)
 
+    @property
+    def conditional(self) -> bool:
+        """From a class-conditional model (`classes` lists them)."""
+        return self.classes is not None
+
+    @property
+    def class_names(self) -> list[str] | None:
+        """The classes' names by index where the data named them, else None."""
+        if not self.classes or any(c.name is None for c in self.classes):
+            return None
+        return [str(c.name) for c in self.classes]
+
 
 def to_json(manifest: Manifest) -> str:
-    return json.dumps(asdict(manifest), indent=1, sort_keys=True)
+    values = asdict(manifest)
+    for key in ("classes", "provenance"):  # absent, a manifest stays version 3's
+        if values[key] is None:
+            del values[key]
+    return json.dumps(values, indent=1, sort_keys=True)
 
 
 def from_json(text: str, source: str = "the manifest") -> Manifest:
@@ -299,7 +362,7 @@ def from_json(text: str, source: str = "the manifest") -> Manifest:
     return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=_check_values)
 
 
-DTYPES = ("float32", "float16", "uint8")
+DTYPES = ("float32", "float16", "uint8", "int64")
 
 
 def _check_values(manifest: Manifest) -> None:
@@ -325,6 +388,16 @@ def _check_values(manifest: Manifest) -> None:
         if not shape:
             raise Malformed(f"latent_shapes[{i}] is empty")
         sizes(f"latent_shapes[{i}]", shape)
+    digest = manifest.graph_sha256
+    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
+        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
+    if manifest.classes is not None:
+        indices = [c.index for c in manifest.classes]
+        names = [c.name for c in manifest.classes if c.name is not None]
+        if len(indices) < 2 or indices != list(range(len(indices))):
+            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
+        if len(set(names)) != len(names):
+            raise Malformed("classes has a name twice")
 
 
 def check_graph(
@@ -369,66 +442,3 @@ def check_graph(
                     f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
                     "engine with `genexport onnx`"
                 )
-
-
-def write_to_onnx(model_proto: Any, manifest: Manifest) -> None:
-    """Store `manifest` in an onnx.ModelProto's metadata_props (replacing any)."""
-    props = model_proto.metadata_props
-    kept = [(p.key, p.value) for p in props if p.key != METADATA_KEY]
-    del props[:]
-    for key, value in [*kept, (METADATA_KEY, to_json(manifest))]:
-        entry = props.add()
-        entry.key, entry.value = key, value
-
-
-def read_from_onnx(path: str | Path) -> Manifest:
-    """The manifest of an engine file, read with `onnx` (weights not parsed twice)."""
-    import onnx
-
-    path = Path(path)
-    _check_file(path)
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as err:  # any parse failure of an untrusted file
-        raise UserError(
-            f"{path} is not an ONNX model ({type(err).__name__}); pass an engine "
-            "written by `genexport onnx`"
-        ) from None
-    props = {p.key: p.value for p in model.metadata_props}
-    return _from_props(props, path)
-
-
-def read_with_onnxruntime(session_or_path: Any) -> Manifest:
-    """The manifest through onnxruntime (no `onnx` needed): pass an
-    InferenceSession, or a path to open one."""
-    if isinstance(session_or_path, (str, Path)):
-        from .engine import ort_session  # the one place sessions are made
-
-        path = Path(session_or_path)
-        _check_file(path)
-        try:
-            session = ort_session(path)
-        except Exception as err:
-            first = str(err).strip().splitlines()[0][:160] if str(err).strip() else ""
-            raise UserError(
-                f"{path} cannot be loaded by onnxruntime ({type(err).__name__}: {first}); "
-                "pass an engine written by `genexport onnx`"
-            ) from None
-        source = path
-    else:
-        session, source = session_or_path, Path("the engine")
-    return _from_props(session.get_modelmeta().custom_metadata_map, source)
-
-
-def _check_file(path: Path) -> None:
-    if not path.is_file():
-        raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
-
-
-def _from_props(props: dict[str, str], path: Path) -> Manifest:
-    if METADATA_KEY not in props:
-        raise UserError(
-            f"{path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}); "
-            "export the engine with `genexport onnx`"
-        )
-    return from_json(props[METADATA_KEY], source=str(path))

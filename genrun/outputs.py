@@ -50,11 +50,20 @@ class SampleOutput:
     """Where `genrun sample` writes `n` uint8 images of `row_shape`, checked
     when made, before anything is sampled: the kind (`sample_kind`), a grid
     small enough to view, a writable folder. `counted_at_end`: non-finite
-    samples are dropped, so an npz learns its row count only at the end."""
+    samples are dropped, so an npz learns its row count only at the end.
+    `nrow`: images per row of a grid (one class per row)."""
 
-    def __init__(self, out: Path, n: int, row_shape: tuple[int, ...], counted_at_end: bool):
+    def __init__(
+        self,
+        out: Path,
+        n: int,
+        row_shape: tuple[int, ...],
+        counted_at_end: bool,
+        nrow: int | None = None,
+    ):
         self.out, self.n, self.row_shape = out, n, row_shape
         self.counted_at_end = counted_at_end
+        self.nrow = nrow  # images per grid row (default: a square grid)
         self.kind = sample_kind(out)
         if self.kind == "png" and n > MAX_GRID:
             raise UserError(
@@ -97,7 +106,7 @@ class SampleOutput:
             kept = list(batches)
             if not kept:
                 raise UserError(f"{why_empty()}: no sample left to write to {out}")
-            writing(out, lambda: save_grid(np.concatenate(kept), out))
+            writing(out, lambda: save_grid(np.concatenate(kept), out, nrow=self.nrow))
 
 
 def check_writable(out: Path) -> None:

@@ -29,7 +29,7 @@ from .engine import load
 from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
 from .readers import read_image_files
-from .sampler import BLOCK, Sampler
+from .sampler import BLOCK, Sampler, check_count
 from .scorer import Scorer, Scores
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
@@ -94,6 +94,8 @@ class _SampleActor(_EngineActor):
         first = int(rows["id"][0]) * unit
         stop = min(n, first + unit)
         options = {k: v for k, v in self.options.items() if k not in ("unit", "n")}
+        if isinstance(options.get("label"), np.ndarray):  # one per sample: the first `stop`
+            options["label"] = options["label"][:stop]
         batches = list(self.sampler.batches(stop, first=first, **options))
         return {"index": np.arange(first, stop), PIXELS: np.concatenate(batches)}
 
@@ -111,12 +113,13 @@ class _ScoreActor(_EngineActor):
             images = read_image_files([Path(p) for p in rows["paths"][0]], shape)
         else:
             images = np.asarray(rows[IMAGES][0])
-        scores = self.scorer.bits_per_dim(images, first=first, **self.options)
+        labels = np.asarray(rows["labels"][0]) if "labels" in rows else None
+        scores = self.scorer.bits_per_dim(images, first=first, labels=labels, **self.options)
         return {"index": np.arange(first, first + len(images)), BITS_PER_DIM: scores}
 
 
 def _pool(actors: int, cpus: float | None):
-    _check_count("--actors", actors)
+    check_count("--actors", actors)
     ray = _ray()
     if cpus is None:
         spare = max(ray.cluster_resources().get("CPU", 1) - 1, 0.1)
@@ -145,20 +148,22 @@ def sample_dataset(
     provider: str = "auto",
     threads: int = 1,
     actor_cpus: float | None = None,
+    label: int | np.ndarray | None = None,
 ) -> Any:
     """A Ray Dataset of the n samples of `Sampler.sample(n, temperature, seed,
-    batch_size, fixed_levels)`, rows {"index", "pixels" uint8 (C, H, W)} in
+    batch_size, fixed_levels, label=label)`, rows {"index", "pixels" uint8 (C, H, W)} in
     index order, on the running Ray (see `start`). Each actor call makes a
     unit of lcm(BLOCK, batch_size) items: whole noise blocks and whole engine
     batches of the one-process run, so each engine call sees the rows it sees
     there."""
     local = Sampler(load(engine, provider, threads=threads))
-    local.batches(n, temperature, seed, batch_size, fixed_levels)  # checks the arguments here
+    # Checks the arguments here.
+    local.batches(n, temperature, seed, batch_size, fixed_levels, label=label)
     ray = _ray()
     unit = math.lcm(BLOCK, batch_size)
     options = dict(
         n=n, unit=unit, temperature=temperature, seed=seed, batch_size=batch_size,
-        fixed_levels=fixed_levels,
+        fixed_levels=fixed_levels, label=label,
     )  # fmt: skip
     units = math.ceil(n / unit)
     # from_items, not range: no read tasks competing with the actors for CPUs.
@@ -206,14 +211,17 @@ def score(
     provider: str = "auto",
     threads: int = 1,
     actor_cpus: float | None = None,
+    labels: np.ndarray | None = None,
 ) -> np.ndarray:
-    """`Scorer.bits_per_dim(images, iw_samples, seed, batch_size)` on the running Ray,
-    float64 (N,) in the images' order. `images`: uint8 (N, C, H, W), or image
-    file paths, read by the actors with `read_image_files` (the files must be
-    visible to the workers)."""
-    Scorer(load(engine, provider, threads=threads))  # refuses a non-scoring engine here
+    """`Scorer.bits_per_dim(images, iw_samples, seed, batch_size, labels=labels)`
+    on the running Ray, float64 (N,) in the images' order. `images`: uint8
+    (N, C, H, W), or image file paths, read by the actors with
+    `read_image_files` (the files must be visible to the workers)."""
+    scorer = Scorer(load(engine, provider, threads=threads))  # refuses a non-scoring engine
     if len(images) == 0:
         raise UserError("no images to score; pass at least one")
+    if labels is not None or scorer.takes_label:  # checks them here, in one line
+        labels = scorer.checked_labels(np.empty(len(images)), labels)
     ray = _ray()
     is_paths = not isinstance(images, np.ndarray)
     if is_paths:
@@ -228,6 +236,9 @@ def score(
         else {"first": first, IMAGES: images[first : first + chunk]}
         for first in range(0, len(images), chunk)
     ]
+    if labels is not None:
+        for row in rows:
+            row["labels"] = labels[row["first"] : row["first"] + chunk]
     dataset = ray.data.from_items(rows, override_num_blocks=min(len(rows), 1000)).map_batches(
         _ScoreActor,
         batch_size=1,
@@ -284,8 +295,3 @@ def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.nda
         raise
     if expected != n:
         raise RuntimeError(f"Ray returned {expected} of {n} rows")
-
-
-def _check_count(name: str, value: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

@@ -16,7 +16,7 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, PIXELS, SAMPLING_ROLES, TEMPERATURE
+from .manifest import IMAGES, LABEL, PIXELS, SAMPLING_ROLES, TEMPERATURE
 from .nonfinite import check_policy, nonfinite_rows
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
@@ -88,10 +88,32 @@ class Sampler:
                 "your own codes via engine.run(z=...)"
             )
         self.engine = engine
-        self.noise_inputs = _noise_inputs(engine, (TEMPERATURE,), "sampling")
+        self.noise_inputs = _noise_inputs(engine, (TEMPERATURE, LABEL), "sampling")
         self.input_dtypes = {spec.name: spec.dtype for spec in manifest.inputs}
         # Graphs with a "temperature" input scale their noise themselves.
         self.feeds_temperature = TEMPERATURE in self.input_dtypes
+        # A conditional engine's: how many classes its "label" input takes (else 0).
+        self.num_classes = len(manifest.classes or []) if LABEL in self.input_dtypes else 0
+
+    def labels(self, n: int, label: int | np.ndarray | None = None) -> np.ndarray | None:
+        """The class of each of n samples of a conditional engine, int64 (n,):
+        `label` for all, one per sample, or by default class i mod K for sample
+        i (every class in turn, whatever the batch size); None for another."""
+        if not self.num_classes:
+            if label is not None:
+                raise UserError(f"{self.engine.path} has no classes to sample; drop the label")
+            return None
+        if label is None:
+            return np.arange(n, dtype=np.int64) % self.num_classes
+        labels = np.asarray(label)
+        if not np.issubdtype(labels.dtype, np.integer) or labels.ndim > 1:
+            raise UserError(f"label must be a class index or one per sample, got {label!r:.60}")
+        labels = np.broadcast_to(labels, (n,)) if labels.ndim == 0 else labels
+        if labels.shape != (n,):
+            raise UserError(f"pass one label or {n} (one per sample), got {len(labels)}")
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise UserError(f"labels must lie in 0..{self.num_classes - 1} (the engine's classes)")
+        return labels.astype(np.int64)
 
     def sample(
         self,
@@ -101,10 +123,14 @@ class Sampler:
         batch_size: int = 256,
         fixed_levels: int = 0,
         nonfinite: str = "error",
+        label: int | np.ndarray | None = None,
     ) -> np.ndarray:
         """n samples as uint8 (n, C, H, W); with nonfinite="drop" the finite
-        ones only (n minus those dropped). See `batches` for `nonfinite`."""
-        batches = self.batches(n, temperature, seed, batch_size, fixed_levels, nonfinite)
+        ones only (n minus those dropped). See `batches` for `nonfinite` and
+        `label` (a conditional engine's class: one, or one per sample)."""
+        batches = self.batches(
+            n, temperature, seed, batch_size, fixed_levels, nonfinite, label=label
+        )
         out = np.empty((n, *self.engine.manifest.data_shape), np.uint8)
         start = 0
         for batch in batches:
@@ -121,6 +147,7 @@ class Sampler:
         fixed_levels: int = 0,
         nonfinite: str = "error",
         first: int = 0,
+        label: int | np.ndarray | None = None,
     ) -> SampleBatches:
         """The same n samples as `sample`, as uint8 batches of up to batch_size
         (memory stays bounded for any n). The first `fixed_levels` noise inputs
@@ -132,9 +159,12 @@ class Sampler:
         comes and then raises a UserError with the count if any was seen (so
         a streamed writer discards its temporary file); "drop" leaves them out
         of the batches; "keep" yields them (their pixels are meaningless).
-        `first` > 0 yields only items first..n-1 (a worker's share of a run)."""
-        _check_count("n", n)
-        _check_count("batch size", batch_size)
+        `first` > 0 yields only items first..n-1 (a worker's share of a run).
+        A conditional engine draws sample i of class `label` (one for all, or
+        one per sample; default i mod K) from the same noise as any other
+        class: the seed fixes the noise, the label only the class."""
+        check_count("n", n)
+        check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
         check_policy(nonfinite)
@@ -150,10 +180,39 @@ class Sampler:
                 f"noise inputs: {', '.join(self.noise_inputs)}), got {fixed_levels!r}"
             )
         shapes = [tuple(shape) for shape in self.engine.manifest.latent_shapes]
+        labels = self.labels(n, label)
         pipeline = self._batches(
-            n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first
+            n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first, labels
         )
         return SampleBatches(pipeline, n - first, nonfinite)
+
+    def batches_by_class(
+        self,
+        n: int,
+        classes: list[int],
+        temperature: float = 0.7,
+        seed: int = 0,
+        batch_size: int = 256,
+        fixed_levels: int = 0,
+        nonfinite: str = "error",
+    ) -> SampleBatches:
+        """n samples of each class in `classes`, class after class: for each
+        class c the very samples of `batches(n, ..., label=c)`, so every class
+        gets the same noise (a grid of one row per class shows the classes
+        side by side). A conditional engine only."""
+        if not self.num_classes:
+            raise UserError(f"{self.engine.path} has no classes to sample; drop the label")
+        parts = [
+            self.batches(n, temperature, seed, batch_size, fixed_levels, nonfinite, label=c)
+            for c in classes
+        ]
+
+        def pipeline() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+            for row, part in enumerate(parts):
+                for start, pixels, bad in part._pipeline:
+                    yield row * n + start, pixels, bad
+
+        return SampleBatches(pipeline(), n * len(classes), nonfinite)
 
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
@@ -183,6 +242,7 @@ class Sampler:
         batch_size: int,
         fixed_levels: int,
         first: int = 0,
+        labels: np.ndarray | None = None,
     ) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
         """A pipeline of depth one: while a worker thread runs batch i on the
         engine (ONNX Runtime and the CUDA stream wait without the GIL), this
@@ -192,30 +252,30 @@ class Sampler:
         (first sample index, pixels, which rows are non-finite)."""
         fixed = noise.take(0, 1)[:fixed_levels]
 
-        def levels(start: int) -> list[np.ndarray]:
+        def levels(start: int) -> tuple[list[np.ndarray], np.ndarray | None]:
             stop = min(n, start + batch_size)
             drawn = noise.take(start, stop)
             for i, shared in enumerate(fixed):
                 drawn[i] = np.repeat(shared, stop - start, axis=0)
-            return drawn
+            return drawn, None if labels is None else labels[start:stop]
 
         starts = range(first, n, batch_size)
         if not starts:
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="genrun-engine") as worker:
-            running = worker.submit(self._generate, levels(starts[0]), temperature)
+            running = worker.submit(self._generate, *levels(starts[0]), temperature)
             try:
                 for previous, start in itertools.pairwise(starts):
                     upcoming = levels(start)  # drawn while the engine runs the batch before
                     done = running.result()
-                    running = worker.submit(self._generate, upcoming, temperature)
+                    running = worker.submit(self._generate, *upcoming, temperature)
                     yield (previous, *done)  # written by the caller while the engine runs
                 yield (starts[-1], *running.result())
             finally:
                 running.cancel()  # a caller that stops early leaves no queued batch
 
     def _generate(
-        self, noise: list[np.ndarray], temperature: np.floating
+        self, noise: list[np.ndarray], labels: np.ndarray | None, temperature: np.floating
     ) -> tuple[np.ndarray, np.ndarray]:
         """The batch's pixels, and per row whether its "images" are non-finite."""
         if self.feeds_temperature:
@@ -225,12 +285,14 @@ class Sampler:
             with np.errstate(over="ignore"):  # overflowing noise shows as non-finite samples
                 scaled = [temperature * level for level in noise]
             feeds = dict(zip(self.noise_inputs, scaled, strict=True))
+        if labels is not None:
+            feeds[LABEL] = labels
         outputs = self.engine.run(**feeds)
         pixels = outputs[PIXELS]
         return pixels, nonfinite_rows(outputs.get(IMAGES), len(pixels))
 
 
-class SampleBatches:
+class SampleBatches(Iterator[np.ndarray]):
     """The iterator `Sampler.batches` returns: uint8 batches, and the count of
     non-finite samples seen so far (`nonfinite`, of `produced` drawn)."""
 
@@ -256,9 +318,6 @@ class SampleBatches:
                 start += len(pixels)
 
         return cls(pipeline(), n, "error")
-
-    def __iter__(self) -> Iterator[np.ndarray]:
-        return self
 
     def close(self) -> None:
         """Stop early: the pipeline's worker finishes its batch and stops."""
@@ -303,6 +362,7 @@ class SampleBatches:
         )
 
 
-def _check_count(name: str, value: int) -> None:
+def check_count(name: str, value: int) -> None:
+    """`value` is a whole number >= 1 (a numpy integer too, never a bool)."""
     if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
         raise UserError(f"{name} must be a whole number >= 1, got {value!r}")

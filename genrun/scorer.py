@@ -30,9 +30,19 @@ import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import DENSITY, ELBO, IMAGES, LOG_LIKELIHOOD, LOG_WEIGHT, OFFSET, TrainingScores
+from .manifest import (
+    CLASS_LOG_LIKELIHOOD,
+    DENSITY,
+    ELBO,
+    IMAGES,
+    LABEL,
+    LOG_LIKELIHOOD,
+    LOG_WEIGHT,
+    OFFSET,
+    TrainingScores,
+)
 from .ood import compressed_bits, typicality
-from .sampler import BlockNoise, _check_count, _noise_inputs, _outputs
+from .sampler import BlockNoise, _noise_inputs, _outputs, check_count
 
 SCORES = ("nll", "complexity", "typicality", "bpd_density_at_centers")
 # Draws K per image unless told: density engines 1 offset (the variational
@@ -62,8 +72,13 @@ class Scores:
 class Scorer:
     """Bounds and OOD scores from an engine with output "log_likelihood"
     (density: fed seeded uniform offsets when it has an "offset" input) or
-    "log_weight" (elbo: the inputs other than "images" without a default take
-    noise of the manifest's latent shapes, in order)."""
+    "log_weight" (elbo: the inputs other than "images" and "label" without a
+    default take noise of the manifest's latent shapes, in order).
+
+    Conditional engines: one with a "label" input scores log P(x|y) and needs
+    `labels` (one class per image); a marginal density engine (no label,
+    output "class_log_likelihood") scores log P(x), or log P(x|y) given
+    `labels`. Either classifies (`classify`)."""
 
     def __init__(self, engine: Engine):
         engine.require_manifest("scoring")
@@ -76,7 +91,9 @@ class Scorer:
                 "density or elbo engine (output log_likelihood or log_weight)"
             )
         self.engine = engine
-        self.noise_inputs = [] if self.exact else _noise_inputs(engine, (IMAGES,), "scoring")
+        self.noise_inputs = [] if self.exact else _noise_inputs(engine, (IMAGES, LABEL), "scoring")
+        self.takes_label = LABEL in inputs  # scores P(x|y), given labels
+        self.by_class = CLASS_LOG_LIKELIHOOD in outputs  # P(x) and P(x|y) for every y
         # A density graph without an offset input scores the discrete image itself.
         self.dequantized = self.exact and OFFSET in inputs
         self.dims = math.prod(engine.manifest.data_shape)
@@ -90,13 +107,16 @@ class Scorer:
         seed: int = 0,
         batch_size: int = 256,
         first: int = 0,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """A bound on -log P(x) in nats of each uint8 image, float64 (N,),
         never negative (see the module doc): K seeded draws per image
         (default: 1 offset for density engines, 100 latents for elbo ones).
         images[0] is image `first` of the whole set: its draws are that
-        image's, so a worker's share scores as within the whole."""
-        return np.fmax(self._raw_nll(images, iw_samples, seed, batch_size, first), 0.0)
+        image's, so a worker's share scores as within the whole. With
+        `labels` (int (N,)), a conditional engine's bound on -log P(x|y)."""
+        raw = self._raw_nll(images, iw_samples, seed, batch_size, first, labels)
+        return np.fmax(raw, 0.0)
 
     def bits_per_dim(
         self,
@@ -105,14 +125,15 @@ class Scorer:
         seed: int = 0,
         batch_size: int = 256,
         first: int = 0,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """`nll` in bits per dimension, float64 (N,): gentrain eval's `bpd`
-        (flows, K = 1) or the IWAE `bpd` (VAEs)."""
-        nll = self.nll(images, iw_samples, seed, batch_size, first)
+        (flows, K = 1) or the IWAE `bpd` (VAEs); of P(x|y) given `labels`."""
+        nll = self.nll(images, iw_samples, seed, batch_size, first, labels)
         return nll / (self.dims * math.log(2))
 
     def bits_per_dim_density_at_centers(
-        self, images: np.ndarray, batch_size: int = 256
+        self, images: np.ndarray, batch_size: int = 256, labels: np.ndarray | None = None
     ) -> np.ndarray:
         """-log2 of the density at the bin centres (offset 0.5) times the bin
         volume, per dimension: gentrain eval's `bpd_density_at_centers`.
@@ -124,12 +145,80 @@ class Scorer:
                 "centres needs a density engine; score nll instead"
             )
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
+        labels = self.checked_labels(images, labels)
         parts = [
-            self.engine.run(**{IMAGES: images[start : start + batch_size]})[LOG_LIKELIHOOD]
+            self._log_weights(
+                images[start : start + batch_size],
+                [],
+                None if labels is None else labels[start : start + batch_size],
+            )
             for start in range(0, len(images), batch_size)
         ]
         return -np.concatenate(parts).astype(np.float64) / (self.dims * math.log(2))
+
+    # -- the generative classifier -------------------------------------------------
+    def classify(self, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+        """log p(y|x) (N, K) of each image under a conditional engine, float64,
+        from the densities at the bin centres: log P(x|y) + log p(y),
+        normalised over y (argmax: the generative classifier). A marginal
+        density engine gives every class in one call per batch; a density
+        engine with a label input runs once per class."""
+        self.check_classifies()
+        manifest = self.engine.manifest
+        _check_images(images)
+        check_count("batch size", batch_size)
+        k = len(manifest.classes)
+        parts = []
+        for start in range(0, len(images), batch_size):
+            batch = images[start : start + batch_size]
+            if self.by_class:
+                parts.append(self.engine.run(**{IMAGES: batch})[CLASS_LOG_LIKELIHOOD])
+            else:
+                columns = [
+                    self.engine.run(**{IMAGES: batch, LABEL: np.full(len(batch), y, np.int64)})[
+                        LOG_LIKELIHOOD
+                    ]
+                    for y in range(k)
+                ]
+                parts.append(np.stack(columns, 1))
+        joint = np.concatenate(parts).astype(np.float64)
+        joint += np.array([c.log_prior for c in manifest.classes])
+        peak = joint.max(axis=1, keepdims=True)
+        shift = np.where(np.isfinite(peak), peak, 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            return joint - shift - np.log(np.exp(joint - shift).sum(axis=1, keepdims=True))
+
+    def check_classifies(self) -> None:
+        """A one-line UserError unless the engine is a conditional density engine."""
+        manifest = self.engine.manifest
+        if not manifest.conditional or not (self.exact and (self.by_class or self.takes_label)):
+            raise UserError(
+                f"{self.engine.path} is not a conditional density engine; classify needs one "
+                "(`genexport onnx --marginal` of a model trained with --conditional)"
+            )
+
+    def checked_labels(self, images: np.ndarray, labels: np.ndarray | None) -> np.ndarray | None:
+        """`labels` as int64 (N,) in 0..K-1, where the engine takes them (a
+        label input) or can use them (a marginal engine); refused elsewhere,
+        and required by an engine with a label input."""
+        manifest, path = self.engine.manifest, self.engine.path
+        if labels is None:
+            if self.takes_label:
+                raise UserError(
+                    f"{path} scores P(x|y): pass one label per image (--label-from FILE), or "
+                    "score P(x) with the marginal density engine (`genexport onnx --marginal`)"
+                )
+            return None
+        if not (self.takes_label or self.by_class):
+            raise UserError(f"{path} is not from a conditional model; drop the labels")
+        labels = np.asarray(labels)
+        k = len(manifest.classes)
+        if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+            raise UserError(f"pass one integer label per image ({len(images)}), got {labels.shape}")
+        if len(labels) and (labels.min() < 0 or labels.max() >= k):
+            raise UserError(f"labels must lie in 0..{k - 1} (this engine's classes)")
+        return labels.astype(np.int64)
 
     # -- out-of-distribution scores ------------------------------------------------
     def score(
@@ -140,6 +229,7 @@ class Scorer:
         seed: int = 0,
         batch_size: int = 256,
         m: int = 1,
+        labels: np.ndarray | None = None,
     ) -> Scores:
         """One of SCORES per image, higher = more out-of-distribution:
         nll: the bound in bits/dim; complexity: it minus L(x) / D, L the PNG
@@ -150,7 +240,7 @@ class Scorer:
         if score not in SCORES:
             raise UserError(f"unknown score {score!r}; use one of: {', '.join(SCORES)}")
         if score == "bpd_density_at_centers":
-            values = self.bits_per_dim_density_at_centers(images, batch_size)
+            values = self.bits_per_dim_density_at_centers(images, batch_size, labels)
             return Scores(score, values, _nonfinite(values), 0, None, None)
         stats = self.training_scores() if score == "typicality" else None
         if stats is not None:
@@ -162,7 +252,7 @@ class Scorer:
                 )
             iw_samples, seed = stats.iw_samples, stats.seed
         k = self._k(iw_samples)
-        raw = self._raw_nll(images, k, seed, batch_size)
+        raw = self._raw_nll(images, k, seed, batch_size, labels=labels)
         floored = int((raw < 0).sum())
         bpd = np.fmax(raw, 0.0) / (self.dims * math.log(2))
         if score == "nll":
@@ -190,7 +280,7 @@ class Scorer:
     # -- the streamed importance-weighted estimate ---------------------------------
     def _k(self, iw_samples: int | None) -> int:
         k = self.default_iw_samples if iw_samples is None else iw_samples
-        _check_count("iw_samples", k)
+        check_count("iw_samples", k)
         if not self.dequantized and self.exact and k != 1:
             raise UserError(
                 f"{self.engine.path} has no offset input: its log_likelihood is exact, so "
@@ -205,12 +295,14 @@ class Scorer:
         seed: int,
         batch_size: int,
         first: int = 0,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
         """-(log (1/K) sum_k w_ik) per image before the floor at 0; weights
         streamed in calls of at most `batch_size` rows."""
         images = np.asarray(images)
         _check_images(images)
-        _check_count("batch size", batch_size)
+        check_count("batch size", batch_size)
+        labels = self.checked_labels(images, labels)
         k = self._k(iw_samples)
         if self.exact:
             shapes = [tuple(self.engine.manifest.data_shape)] if self.dequantized else []
@@ -226,14 +318,23 @@ class Scorer:
             owner = np.arange(start, stop) // k  # image of each row
             offset = first * k  # draws follow the image's index in the whole set
             draws = noise.take(offset + start, offset + stop) if shapes else []
-            total.add(owner, self._log_weights(images[owner], draws))
+            rows_labels = None if labels is None else labels[owner]
+            total.add(owner, self._log_weights(images[owner], draws, rows_labels))
         return -total.result(k) + extra
 
-    def _log_weights(self, images: np.ndarray, draws: list[np.ndarray]) -> np.ndarray:
+    def _log_weights(
+        self, images: np.ndarray, draws: list[np.ndarray], labels: np.ndarray | None = None
+    ) -> np.ndarray:
+        """One call's log weights (log P, or log w), of P(x|y) given labels."""
+        feeds = {LABEL: labels} if self.takes_label else {}
         if self.exact:
-            feeds = {OFFSET: draws[0]} if self.dequantized else {}
-            return self.engine.run(**{IMAGES: images}, **feeds)[LOG_LIKELIHOOD]
-        feeds = dict(zip(self.noise_inputs, draws, strict=True))
+            if draws and self.dequantized:
+                feeds[OFFSET] = draws[0]
+            outputs = self.engine.run(**{IMAGES: images}, **feeds)
+            if labels is not None and self.by_class:  # a marginal engine's column of y
+                return outputs[CLASS_LOG_LIKELIHOOD][np.arange(len(labels)), labels]
+            return outputs[LOG_LIKELIHOOD]
+        feeds.update(zip(self.noise_inputs, draws, strict=True))
         return self.engine.run(**{IMAGES: images}, **feeds)[LOG_WEIGHT]
 
 

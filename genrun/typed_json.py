@@ -7,7 +7,8 @@ model's config in a checkpoint (the schema is the dataclass, declared once).
 
 What a value may be, by its annotation: a dataclass (a JSON object with no
 unknown keys and every field without a default), `list[X]`, `tuple[X, Y]`
-(a list or a tuple of that length, built as a tuple), `dict[str, X]`, a
+(a list or a tuple of that length, built as a tuple), `tuple[X, ...]` (of
+any length), `dict[str, X]`, a
 union (`X | None`: the first that fits), `int` (never a bool), `float` (an
 int too: JSON writes 1.0 as 1), `str`, `bool`, `Any` (taken as it is).
 `ranges` bounds numeric top-level fields by name (each item of a list).
@@ -75,6 +76,10 @@ def build(
         if not isinstance(value, list):
             raise Malformed(f"{_name(where)} = {value!r:.60} is not a list")
         return [build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:  # tuple[X, ...]
+        if not isinstance(value, (list, tuple)):
+            raise Malformed(f"{_name(where)} = {value!r:.60} is not a list")
+        return tuple(build(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
     if origin is tuple:
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise Malformed(f"{_name(where)} = {value!r:.60} is not a list of {len(args)} items")

@@ -17,6 +17,7 @@ import torch
 
 from genrun.atomic import AtomicFile
 from genrun.errors import UserError
+from genrun.readers import DataSplit, load_data
 
 from .models import GenerativeModel, build_model, model_class
 
@@ -98,6 +99,27 @@ def _check_payload(payload: dict[str, Any], path: Path) -> None:
             and all(isinstance(v, int) and v >= 1 for v in shape)
         ):
             raise UserError(f"{path}: data must hold a spec and a shape [C, H, W]; {fix}")
+
+
+def evaluation_data(
+    payload: dict[str, Any], path: Path, model: GenerativeModel, data: str | None = None
+) -> DataSplit:
+    """The images to evaluate a checkpoint's model on: `data` if given, else the
+    data the run trained on, read as it was trained (size, split seed); images
+    of another shape than the model's, or a checkpoint that does not say
+    (one made by hand), are one-line errors naming --data."""
+    spec = data or (payload.get("data") or {}).get("spec")
+    if spec is None:
+        raise UserError(f"{path} does not record its training data; pass --data SPEC")
+    train_config = payload.get("train_config") or {}
+    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
+    shape = tuple(model.config.data_shape)
+    if split.shape != shape:
+        raise UserError(
+            f"{spec} has images of shape {split.shape} but {path} was trained on {shape}; "
+            "pass --data with matching images"
+        )
+    return split
 
 
 def model_from_checkpoint(payload: dict[str, Any], family: str | None = None) -> GenerativeModel:

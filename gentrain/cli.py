@@ -18,15 +18,18 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Annotated, Any
 
+import numpy as np
 import torch
 import typer
 
+from genrun.atomic import write_atomic
 from genrun.errors import UserError, run_cli
 from genrun.images import save_grid
+from genrun.labels import parse_label
 from genrun.readers import DATA_SPECS_HELP, load_data
 
 from . import ddp
-from .checkpoint import load_checkpoint, model_from_checkpoint
+from .checkpoint import evaluation_data, load_checkpoint, model_from_checkpoint
 from .evaluate import evaluate_images
 from .figures import make_figures
 from .models import FAMILIES, build_model, model_class, new_model
@@ -223,14 +226,7 @@ def eval_command(
     autoencoders MSE beside PCA's at the same k (fitted on the training split)."""
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload)
-    spec = data or payload["data"]["spec"]
-    train_config = payload["train_config"]
-    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
-    if split.shape != tuple(payload["data"]["shape"]):
-        raise UserError(
-            f"{spec} has images of shape {split.shape} but the model was trained on "
-            f"{tuple(payload['data']['shape'])}; pass --data with matching images"
-        )
+    split = evaluation_data(payload, checkpoint, model, data)
     if iw_samples is None:
         iw_samples = model.default_iw_samples
     if iw_samples < 1:
@@ -238,18 +234,26 @@ def eval_command(
     model.fit_baselines(torch.as_tensor(split.train.images))
     torch.manual_seed(seed)
     metrics = evaluate_images(
-        model, split.test.images, batch_size, pick_device(device), iw_samples=iw_samples
+        model, split.test, batch_size, pick_device(device), iw_samples=iw_samples
     )
-    typer.echo(
-        f"{model.family} on {spec} test split ({len(split.test.images)} images), "
-        f"step {payload['step']}:"
-    )
+    step = f", step {payload['step']}" if "step" in payload else ""
+    count = len(split.test.images)
+    typer.echo(f"{model.family} on {split.spec} test split ({count} images){step}:")
     for key, value in metrics.items():
         typer.echo(f"  {key:<12} {value['mean']:10.4f} +- {value['stderr']:.4f}")
-    if json_out:
-        json_out.write_text(
-            json.dumps({"checkpoint": str(checkpoint), "data": spec, "metrics": metrics}, indent=2)
+    if "accuracy" in metrics:
+        typer.echo(
+            f"generative classifier argmax_y p(x|y) p(y): test accuracy "
+            f"{metrics['accuracy']['mean']:.2%} over {model.num_classes} classes"
         )
+    if json_out:
+        report = {"checkpoint": str(checkpoint), "data": split.spec, "metrics": metrics}
+        try:
+            write_atomic(json_out, json.dumps(report, indent=2).encode())
+        except OSError as err:
+            raise UserError(
+                f"cannot write {json_out} ({err.strerror}); pick another --json"
+            ) from None
 
 
 @app.command("sample")
@@ -268,6 +272,13 @@ def sample_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the latent noise.")] = 0,
     out: Annotated[Path, typer.Option(help="PNG grid to write.")] = Path("samples.png"),
+    label: Annotated[
+        str | None,
+        typer.Option(
+            help="Conditional models: the class (name or index), or 'all': one row of N "
+            "per class, the same noise in every row (default: class i mod K for sample i)."
+        ),
+    ] = None,
     device: Device = "auto",
 ) -> None:
     """Draw samples and write them as a PNG grid."""
@@ -278,10 +289,23 @@ def sample_command(
     payload = load_checkpoint(checkpoint)
     model = model_from_checkpoint(payload).to(pick_device(device))
     temperature = model.default_temperature if temperature is None else temperature
-    torch.manual_seed(seed)
-    images = model.sample(n, temperature).cpu().numpy()
-    save_grid(images, out, scale=_scale(images.shape))
-    typer.echo(f"wrote {n} samples at temperature {temperature} to {out}")
+    if label is not None and not model.num_classes:
+        raise UserError(f"{checkpoint} holds a model without classes; drop --label")
+    rows = [None]
+    if model.num_classes:
+        names, count = model.config.class_names, model.num_classes
+        rows = parse_label(label, names, count) if label is not None else [None]
+    grids = []
+    for row in rows:
+        torch.manual_seed(seed)  # with --label all, the same noise in every row
+        classes = {}
+        if model.num_classes:
+            classes["label"] = torch.arange(n) % model.num_classes if row is None else row
+        grids.append(model.sample(n, temperature, **classes).cpu().numpy())
+    images = np.concatenate(grids)
+    nrow = n if len(rows) > 1 else None
+    save_grid(images, out, nrow=nrow, scale=_scale(images.shape))
+    typer.echo(f"wrote {len(images)} samples at temperature {temperature} to {out}")
 
 
 @app.command("plot")
@@ -321,14 +345,12 @@ def plot_command(
         if families.count(payload["family"]) > 1:  # two of a kind: tell them apart
             label += f" ({path.resolve().parent.name})"
         models.append((label, model_from_checkpoint(payload).to(pick_device(device))))
-    spec = data or payloads[0]["data"]["spec"]
-    train_config = payloads[0]["train_config"]
-    split = load_data(spec, size=train_config.get("size"), seed=train_config.get("seed", 0))
-    for path, payload in zip(checkpoints, payloads, strict=True):
-        if split.shape != tuple(payload["data"]["shape"]):
+    split = evaluation_data(payloads[0], checkpoints[0], models[0][1], data)
+    for path, (_, model) in zip(checkpoints[1:], models[1:], strict=True):
+        if split.shape != tuple(model.config.data_shape):
             raise UserError(
-                f"{spec} has images of shape {split.shape} but {path} was trained on "
-                f"{tuple(payload['data']['shape'])}; pass --data with matching images"
+                f"{split.spec} has images of shape {split.shape} but {path} was trained on "
+                f"{tuple(model.config.data_shape)}; pass --data with matching images"
             )
     written = make_plot(kind, models, split.test, out, n=n, seed=seed, project=project)
     typer.echo(f"wrote {kind} of {', '.join(label for label, _ in models)} to {written}")

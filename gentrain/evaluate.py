@@ -9,24 +9,36 @@ import numpy as np
 import torch
 
 from genrun.errors import UserError
+from genrun.readers import ImageSet
 
-from .data import chunks
+from .data import labelled_chunks
 from .models import GenerativeModel
 
 
 @torch.no_grad()
 def evaluate_images(
     model: GenerativeModel,
-    images: np.ndarray,
+    images: np.ndarray | ImageSet,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     iw_samples: int = 1,
 ) -> dict[str, dict[str, float]]:
-    """{metric: {"mean": m, "stderr": s}} over `images` (uint8 N,C,H,W)."""
+    """{metric: {"mean": m, "stderr": s}} over `images` (uint8 N,C,H,W, or an
+    ImageSet: a conditional model is evaluated at the set's labels)."""
     model.eval().to(device)
+    if not isinstance(images, ImageSet):
+        images = ImageSet(images, None)
+    if model.num_classes and (
+        images.labels is None or images.labels.min() < 0 or images.labels.max() >= model.num_classes
+    ):
+        raise UserError(
+            f"a conditional model of {model.num_classes} classes is evaluated on images labelled "
+            f"0..{model.num_classes - 1}; pass --data with the labelled data it was trained on"
+        )
     per_image: dict[str, list[torch.Tensor]] = {}
-    for x in chunks(images, batch_size):
-        for key, values in model.evaluate(x.to(device), iw_samples).items():
+    for x, label in labelled_chunks(images, batch_size, labelled=model.num_classes > 0):
+        labelled = {} if label is None else {"label": label.to(device)}
+        for key, values in model.evaluate(x.to(device), iw_samples, **labelled).items():
             per_image.setdefault(key, []).append(values.double().cpu())
     summary = {}
     for key, parts in per_image.items():

@@ -23,7 +23,7 @@ from genrun.typed_json import parse
 
 from . import ddp
 from .checkpoint import save_checkpoint
-from .data import EpochBatches, chunks
+from .data import EpochBatches, labelled_chunks
 from .models import GenerativeModel
 from .models.config import option
 from .progress import Progress
@@ -113,8 +113,9 @@ def test_objective(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(0)
-        for x in chunks(data.test, 500):
-            metrics = model.objective(x.to(device)).metrics
+        for x, label in labelled_chunks(data.test, 500, labelled=model.num_classes > 0):
+            label = None if label is None else label.to(device)
+            metrics = model.objective(x.to(device), **_labelled(label)).metrics
             for key, value in metrics.items():
                 totals[key] = totals.get(key, 0.0) + value * len(x)
             count += len(x)
@@ -193,7 +194,8 @@ class Trainer:
         # Channels-last convolutions measured 1.2x faster for Glow on CPU.
         self.model = model.to(self.device, memory_format=torch.channels_last).train()
         self.optimizer = OPTIMIZERS[config.optimizer](model.parameters(), lr=config.lr)
-        self.batches = EpochBatches(data.train.images, config.batch_size, config.seed)
+        labels = data.train.labels if model.num_classes else None
+        self.batches = EpochBatches(data.train.images, config.batch_size, config.seed, labels)
         self.total_steps = config.steps or config.epochs * self.batches.steps_per_epoch
         self.step = 0
         self.skipped = 0
@@ -218,8 +220,10 @@ class Trainer:
         generator = torch.Generator().manual_seed(self.config.seed)
         n = min(512, len(self.batches.images))
         index = torch.randperm(len(self.batches.images), generator=generator)[:n]
+        labels = self.batches.labels_all
+        label = None if labels is None else labels[index].to(self.device)
         with torch.no_grad():
-            self.model.objective(self.batches.images[index].to(self.device))
+            self.model.objective(self.batches.images[index].to(self.device), **_labelled(label))
 
     def _restore(self, payload: dict[str, Any]) -> None:
         self.model.load_state_dict(payload.get("raw_model", payload["model"]))
@@ -299,13 +303,14 @@ class Trainer:
     def _train_step(self) -> dict[str, float] | None:
         """One optimiser step; None when the loss or gradient was not finite
         (the step is skipped and the weights stay as they were)."""
-        batch = self.batches.batch(self.step)
+        batch, labels = self.batches.batch(self.step), self.batches.labels(self.step)
         x = self.world.local_slice(batch).to(self.device)
+        label = None if labels is None else self.world.local_slice(labels).to(self.device)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr()
         self.optimizer.zero_grad(set_to_none=True)
         with self.world.noise(len(batch)):
-            objective = self.model.objective(x)
+            objective = self.model.objective(x, **_labelled(label))
         if self.world.any(not torch.isfinite(objective.loss)):
             return None
         objective.loss.backward()
@@ -393,6 +398,12 @@ class Trainer:
                 "time": time.time(),
             }
         )
+
+
+def _labelled(label: torch.Tensor | None) -> dict[str, torch.Tensor]:
+    """The label argument of a conditional model's calls; none for any other
+    (so families without a conditional form keep their one-argument contract)."""
+    return {} if label is None else {"label": label}
 
 
 def _step_of(line: str) -> float:

@@ -21,3 +21,4 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   .venv/bin/python -m pip install -q -e ".[export,dev]"
   printf '%s' "$want" > "$stamp"
 fi
+.venv/bin/python scripts/tensorrt_stubs.py  # TensorRT's type stubs for mypy (idempotent)

@@ -18,7 +18,7 @@ from training_helpers import first_and_last_losses
 import genrun
 from genexport.export import export_checkpoint
 from genrun.errors import UserError
-from genrun.manifest import read_from_onnx
+from genrun.manifest_io import read_from_onnx
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.cli import main
 from gentrain.models import AE, AEConfig

@@ -129,3 +129,24 @@ def test_bad_inputs_are_one_line_errors(glow_run, tmp_path, monkeypatch, capsys)
     assert_one_line_error(run("sample", ckpt, "--n", 0), "--n must be at least 1")
     assert_one_line_error(run("sample", ckpt, "--temperature", -1), "--temperature")
     assert_one_line_error(run("eval", ckpt, "--data", f"mnist:{MNIST_DIR}"), "shape (1, 28, 28)")
+
+
+def test_a_hand_made_checkpoint_without_its_data_asks_for_data(
+    glow_run, tmp_path, monkeypatch, capsys
+) -> None:
+    """Only family, config and weights (what load_checkpoint requires): eval and
+    plot ask for --data in one line, and run with it."""
+    from gentrain.checkpoint import load_checkpoint, save_checkpoint
+
+    payload = load_checkpoint(glow_run / "checkpoint.pt")
+    bare = {key: payload[key] for key in ("family", "model_config", "model")}
+    ckpt = save_checkpoint(tmp_path / "hand-made.pt", bare)
+    run = lambda *args: gentrain(monkeypatch, capsys, *args)  # noqa: E731
+    assert_one_line_error(run("eval", ckpt), f"{ckpt} does not record its training data")
+    assert_one_line_error(
+        run("plot", "temperature", ckpt, "--out", tmp_path / "t.png"), "pass --data SPEC"
+    )
+    code, out, err = run("eval", ckpt, "--data", "digits", "--json", tmp_path / "m.json")
+    assert code == 0, err
+    assert "glow on digits test split" in out and "step" not in out.splitlines()[0]
+    assert json.loads((tmp_path / "m.json").read_text())["data"] == "digits"

@@ -3,7 +3,7 @@ several batch sizes, the flow round trip, engines that run in plain
 onnxruntime, standard operators only, float16 error, the CLI and its errors.
 
 Each graph is exported once (the exporter takes seconds a graph); the tiny
-checkpoints and the VAE's engines are conftest's."""
+checkpoints and their engines are conftest's."""
 
 from __future__ import annotations
 
@@ -23,7 +23,8 @@ from genexport import verify
 from genexport.cli import main
 from genexport.export import export_checkpoint
 from genrun.errors import UserError
-from genrun.manifest import from_json, read_from_onnx
+from genrun.manifest import from_json
+from genrun.manifest_io import read_from_onnx
 from gentrain.checkpoint import save_checkpoint
 from gentrain.models import Glow, GlowConfig
 from gentrain.models.quantization import dequantize
@@ -34,12 +35,9 @@ assert_one_line_error = CLI.assert_one_line_error
 
 
 @pytest.fixture(scope="module")
-def glow_engines(glow_checkpoint, tmp_path_factory) -> tuple[dict[str, Path], str]:
-    """Both Glow graphs through the CLI, as a user runs it; (paths, stdout)."""
-    out = tmp_path_factory.mktemp("glow-engines")
-    code, stdout, err = genexport("onnx", glow_checkpoint, "--out", out, "--name", "tiny")
-    assert code == 0, err
-    return {role: out / f"tiny.{role}.onnx" for role in ("generate", "density")}, stdout
+def glow_engines(glow_export_run) -> tuple[dict[str, Path], str]:
+    """Both Glow graphs through the CLI, as a user runs it (conftest's); (paths, stdout)."""
+    return glow_export_run
 
 
 @pytest.fixture(scope="module")
@@ -254,7 +252,7 @@ def test_round_trip_reaches_the_bin_centres(glow_engines) -> None:
 
 
 def test_parity_treats_equal_infinities_as_agreement_and_nan_as_failure() -> None:
-    from genexport.verify import _max_abs
+    from genrun.compare import max_abs as _max_abs
 
     inf = float("inf")
     assert _max_abs(np.array([inf, 1.0]), np.array([inf, 1.0 + 1e-6])) == pytest.approx(1e-6)
@@ -266,7 +264,9 @@ def test_parity_treats_equal_infinities_as_agreement_and_nan_as_failure() -> Non
 def test_samples_that_diverge_in_both_are_left_out_and_one_sided_divergence_fails() -> None:
     from types import SimpleNamespace
 
-    from genexport.verify import _max_abs, _without_diverged
+    from genexport.verify import diverged_rule
+    from genrun.compare import _without_diverged
+    from genrun.compare import max_abs as _max_abs
 
     graph = SimpleNamespace(checks={"images": "image", "pixels": "pixels"})
     good = np.full((1, 4), 0.25, np.float32)
@@ -280,7 +280,7 @@ def test_samples_that_diverge_in_both_are_left_out_and_one_sided_divergence_fail
         "pixels": np.array([[128] * 4, [0, 255, 0, 0]], np.uint8),
     }
     kept_got, kept_want = _without_diverged(
-        graph, got, {"images": want_images, "pixels": want_pixels}
+        got, {"images": want_images, "pixels": want_pixels}, diverged_rule(graph)
     )
     assert _max_abs(kept_got["images"], kept_want["images"]) == 0.0
     assert _max_abs(kept_got["pixels"], kept_want["pixels"]) == 0.0
@@ -288,5 +288,5 @@ def test_samples_that_diverge_in_both_are_left_out_and_one_sided_divergence_fail
     # A sample that diverges in the engine alone is compared, and fails any bound.
     one_sided = {"images": np.concatenate([good, [[np.inf, 0.0, 0.0, 0.0]]]), "pixels": want_pixels}
     sane_want = {"images": np.concatenate([good, good]), "pixels": want_pixels}
-    kept_got, kept_want = _without_diverged(graph, one_sided, sane_want)
+    kept_got, kept_want = _without_diverged(one_sided, sane_want, diverged_rule(graph))
     assert _max_abs(kept_got["images"], kept_want["images"]) == float("inf")

@@ -18,8 +18,9 @@ import pytest
 import torch
 
 from genexport.export import export_checkpoint
-from genexport.verify import CONDITIONING_FACTOR, _one_sided
-from genrun.manifest import read_from_onnx
+from genexport.verify import CONDITIONING_FACTOR, diverged_rule
+from genrun.compare import one_sided
+from genrun.manifest_io import read_from_onnx
 from gentrain.checkpoint import load_checkpoint
 from gentrain.models import HVAE, Glow, GlowConfig, HVAEConfig
 from gentrain.train import CHECKPOINT_NAME, TrainConfig, Trainer
@@ -98,8 +99,8 @@ def test_a_one_sided_infinity_is_a_miss_that_names_its_input() -> None:
     graph = SimpleNamespace(checks={"log_weight": "nats"})
     want = {"log_weight": np.array([-310.0, -295.5, np.inf], np.float32)}
     got = {"log_weight": np.array([-310.0, -np.inf, np.inf], np.float32)}
-    (miss,) = _one_sided(graph, got, want, "batch of 3, seed 3")
+    (miss,) = one_sided(got, want, "batch of 3, seed 3", diverged_rule(graph))
     assert miss == (
         "log_weight: engine -inf, reference -295.5 at input sample 1 (batch of 3, seed 3)"
     )
-    assert _one_sided(graph, want, want, "") == []  # agreeing infinities agree
+    assert one_sided(want, want, "", diverged_rule(graph)) == []  # agreeing infinities agree

@@ -306,3 +306,11 @@ def test_genrun_imports_and_runs_with_torch_blocked(glow_exported, tmp_path) -> 
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "(3, 1, 8, 8)"
+
+
+def test_pipelined_batches_stop_cleanly(glow_exported) -> None:
+    sampler = Sampler(load(glow_exported["generate"]))
+    batches = sampler.batches(100, seed=5, batch_size=10)
+    first = next(batches)
+    batches.close()  # the worker's batch in flight is finished, nothing queued
+    assert (first == sampler.sample(10, seed=5)).all()

@@ -27,8 +27,8 @@ from genrun.manifest import (
     Manifest,
     PixelMapping,
     TensorSpec,
-    write_to_onnx,
 )
+from genrun.manifest_io import write_to_onnx
 from genrun.readers import TEST_FRACTION, split_indices
 from genrun.sampler import BLOCK, Sampler
 from genrun.scorer import Scorer

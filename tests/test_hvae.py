@@ -127,14 +127,14 @@ def test_training_lowers_the_negative_elbo_on_mnist(mnist) -> None:
     images = torch.from_numpy(mnist.train.images[:480])  # 15 batches of 32
     test = torch.from_numpy(mnist.test.images[:64])
 
-    def test_nelbo() -> float:
+    def held_out_nelbo() -> float:
         model.eval()
         torch.manual_seed(0)
         value = model.evaluate(test, iw_samples=1)["nelbo"].mean().item()
         model.train()
         return value
 
-    before = test_nelbo()
+    before = held_out_nelbo()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(30):
         start = 32 * (step % 15)
@@ -143,7 +143,7 @@ def test_training_lowers_the_negative_elbo_on_mnist(mnist) -> None:
         loss.backward()
         optimizer.step()
     assert model.train_step.item() == 30
-    assert test_nelbo() < before - 100
+    assert held_out_nelbo() < before - 100
 
 
 def test_fixed_levels_share_their_latents_and_only_those() -> None:

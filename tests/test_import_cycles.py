@@ -1,8 +1,8 @@
 """No import circle among the project's modules (gentrain, genexport, genrun):
 read with ast, every import at module level (typing-only ones included, they
 are a circle to a reader too) is an edge, and the graph must have no cycle.
-Imports inside functions (the way to import lazily) may not add a circle
-either, beyond the one listed below."""
+Imports inside functions (the way to import lazily) may not make one
+either."""
 
 from __future__ import annotations
 
@@ -111,25 +111,9 @@ def test_no_import_cycles() -> None:
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
-# Circles made only by imports inside functions (lazy): none may be added.
-# The one left is the manifest reading itself through an engine
-# (manifest.read_with_onnxruntime), which goes when the manifest's I/O moves
-# out of genrun/manifest.py (issue 19); then delete it here.
-KNOWN_LAZY_CYCLES = [
-    [
-        "genrun.backends.onnxruntime",
-        "genrun.backends.sidecar",
-        "genrun.backends.tensorrt",
-        "genrun.engine",
-        "genrun.manifest",
-    ]
-]
-
-
-def test_no_new_import_cycles_through_lazy_imports() -> None:
+def test_no_import_cycles_through_lazy_imports_either() -> None:
     found = cycles(import_graph(lazy=True))
-    new = [cycle for cycle in found if cycle not in KNOWN_LAZY_CYCLES]
-    assert not new, "import cycles: " + "; ".join(" <-> ".join(c) for c in new)
+    assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
 def test_a_cycle_is_found() -> None:

@@ -22,8 +22,8 @@ from genrun.manifest import (
     Manifest,
     PixelMapping,
     TensorSpec,
-    write_to_onnx,
 )
+from genrun.manifest_io import write_to_onnx
 from genrun.sampler import Sampler
 
 CLI = InProcessCli(main, "genrun")

@@ -15,7 +15,7 @@ from training_helpers import first_and_last_losses
 
 from genexport.export import export_checkpoint
 from genrun.errors import UserError
-from genrun.manifest import read_from_onnx
+from genrun.manifest_io import read_from_onnx
 from genrun.readers import load_data
 from gentrain.cli import main
 from gentrain.models import VAE, VAEConfig

@@ -10,7 +10,6 @@ import pytest
 
 from genrun.backends import openvino as ov_backend
 from genrun.errors import UserError
-from genrun.manifest import METADATA_KEY
 
 try:
     import openvino  # noqa: F401
@@ -40,11 +39,23 @@ def test_no_bf16_instructions_is_one_line_naming_the_flags() -> None:
     assert ov_backend.bf16_support({"amx_bf16", "amx_tile"}) is None
 
 
-def test_a_bf16_engine_on_a_cpu_without_bf16_is_refused_in_one_line(tmp_path, monkeypatch):
-    from genrun import load
+def test_a_bf16_engine_on_a_cpu_without_bf16_is_refused_in_one_line(
+    glow_exported, tmp_path, monkeypatch
+) -> None:
+    """The same graph with a bf16 manifest goes to the OpenVINO backend, which
+    refuses a CPU without bfloat16 instructions before importing anything."""
+    import onnx
 
+    from genrun import load
+    from genrun.manifest_io import read_from_onnx, write_to_onnx
+
+    manifest = read_from_onnx(glow_exported["generate"])
+    manifest.precision = "bf16"
+    model = onnx.load(str(glow_exported["generate"]))
+    write_to_onnx(model, manifest)
     engine = tmp_path / "tiny.generate.bf16.onnx"
-    engine.write_bytes(METADATA_KEY.encode() + b' {"precision": "bf16"}')
+    engine.write_bytes(model.SerializeToString())
+    assert ov_backend.is_bf16_engine(engine)
     monkeypatch.setattr(ov_backend, "cpu_flags", lambda: {"avx2", "avx512f"})
     with pytest.raises(UserError, match=r"is a bf16 engine and this CPU has no bfloat16") as err:
         load(engine)
@@ -59,7 +70,7 @@ def test_fp32_engines_are_not_taken_for_bf16(glow_exported) -> None:
 
 @needs_bf16
 def test_bf16_export_stores_user_terms_figures_and_plan(vae_bf16) -> None:
-    from genrun.manifest import read_from_onnx
+    from genrun.manifest_io import read_from_onnx
 
     bf16, _ = vae_bf16
     assert bf16.name == "tiny.decode.bf16.onnx"
@@ -96,7 +107,7 @@ def test_bf16_engine_runs_on_openvino_within_one_level_of_fp32(vae_bf16) -> None
 @needs_bf16
 def test_bf16_density_checks_bits_per_dim_and_auroc(glow_checkpoint, tmp_path) -> None:
     from genexport.export import export_checkpoint
-    from genrun.manifest import read_from_onnx
+    from genrun.manifest_io import read_from_onnx
 
     (engine,) = export_checkpoint(glow_checkpoint, tmp_path, "density", precision="bf16")
     check = read_from_onnx(engine.path).parity[-1]
@@ -140,3 +151,27 @@ def test_verify_reruns_the_user_terms_figures(vae_bf16, vae_checkpoint) -> None:
     manifest, check = verify_engine(vae_bf16[0], vae_checkpoint)
     assert check.precision == "bf16" and not check.failures()
     assert check.tolerance == manifest.parity[-1].tolerance
+
+
+@pytest.mark.parametrize("cond", [None, 4])
+def test_fused_coupling_and_prior_are_the_trained_maps(cond) -> None:
+    """The export forms (fused_coupling.py) against the trained layers, both
+    directions, outputs and log-dets, with non-trivial weights and the floor."""
+    import torch
+
+    from genexport.graphs.fused_coupling import FusedCoupling, FusedPrior
+    from gentrain.models.glow.layers import AffineCoupling, GaussianStandardize
+
+    torch.manual_seed(0)
+    trained = [AffineCoupling(4, 16).eval(), GaussianStandardize(2, cond, (6, 6)).eval()]
+    for layer in trained:
+        for parameter in layer.parameters():
+            parameter.data.normal_(0, 0.3)
+    fused = [FusedCoupling(trained[0]), FusedPrior(trained[1])]
+    inputs = [torch.randn(5, 4, 6, 6), torch.randn(5, 2 + (cond or 0), 6, 6)]
+    with torch.no_grad():
+        for old, new, x in zip(trained, fused, inputs, strict=True):
+            for direction in ("forward", "inverse"):
+                (y0, l0), (y1, l1) = getattr(old, direction)(x), getattr(new, direction)(x)
+                assert torch.allclose(y0, y1, atol=1e-4, rtol=1e-4)
+                assert torch.allclose(l0, l1, atol=1e-3, rtol=1e-5)

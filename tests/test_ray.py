@@ -9,24 +9,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from cli_helpers import InProcessCli
 from PIL import Image
 
-from genexport.export import export_checkpoint
 from genrun import ray_cluster
 from genrun.cli import main
 from genrun.engine import load
-from genrun.readers import load_data
 from genrun.sampler import Sampler
 from genrun.scorer import Scorer
-from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
-from gentrain.train import TrainConfig, Trainer
 
 ray = pytest.importorskip("ray", reason="the ray extra is not installed")
 pytestmark = pytest.mark.slow  # a local Ray takes seconds to start on 2 cores
 
-SMALL = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
 cli = InProcessCli(main, "genrun")
 
 
@@ -44,24 +38,12 @@ def local_ray():
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
-
-
-@pytest.fixture(scope="module")
-def engines(digits, tmp_path_factory) -> dict[str, Path]:
-    """Tiny Glow generate/density and VAE decode/elbo engines."""
-    paths = {}
-    for family, model in [
-        ("glow", lambda: Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=8))),
-        ("vae", lambda: VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))),
-    ]:
-        out = tmp_path_factory.mktemp(family)
-        torch.manual_seed(0)
-        Trainer(model(), digits, TrainConfig(device="cpu", **SMALL), out).fit()
-        for engine in export_checkpoint(out / "checkpoint.pt", out, name="tiny"):
-            paths[f"{family}-{engine.graph.role}"] = engine.path
-    return paths
+def engines(glow_exported, vae_exported) -> dict[str, Path]:
+    """conftest's tiny Glow generate/density and VAE decode/elbo engines, by FAMILY-ROLE."""
+    return {
+        **{f"glow-{role}": path for role, path in glow_exported.items()},
+        **{f"vae-{role}": path for role, path in vae_exported.items()},
+    }
 
 
 @pytest.mark.parametrize(("name", "fixed"), [("glow-generate", 0), ("vae-decode", 0)])
@@ -115,3 +97,37 @@ def test_ray_refuses_bad_input_in_one_line(local_ray, engines, tmp_path) -> None
     missing = tmp_path / "missing.png"
     result = cli.run("likelihood", "--engine", engines["glow-density"], missing, "--ray")
     cli.assert_one_line_error(result, f"image file {missing} does not exist")
+
+
+def test_ray_samples_and_scores_of_a_label_equal_one_process(local_ray, digits, tmp_path) -> None:
+    """A conditional Glow: --label gives the same samples on Ray as in one
+    process, per-sample labels too; labelled scores equal."""
+    import torch
+
+    from genexport.export import export_checkpoint
+    from gentrain.models import Glow, GlowConfig
+    from gentrain.train import TrainConfig, Trainer
+
+    torch.manual_seed(0)
+    config = GlowConfig(
+        digits.shape, levels=2, depth=1, hidden=8, conditional=True,
+        class_counts=digits.class_counts(),
+    )  # fmt: skip
+    tiny = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
+    Trainer(Glow(config), digits, TrainConfig(device="cpu", **tiny), tmp_path).fit()
+    exported = export_checkpoint(tmp_path / "checkpoint.pt", tmp_path, "generate,density")
+    generate, density = (e.path for e in exported)
+    for label in (3, np.arange(300) % 7):
+        options = dict(temperature=0.8, seed=5, batch_size=64, label=label)
+        one = Sampler(load(generate, threads=1)).sample(300, **options)
+        assert np.array_equal(ray_cluster.sample(generate, 300, actors=2, **options), one)
+    images, labels = digits.test.images, digits.test.labels
+    one = Scorer(load(density, threads=1)).bits_per_dim(images, seed=2, labels=labels)
+    on_ray = ray_cluster.score(density, images, seed=2, actors=2, labels=labels)
+    np.testing.assert_allclose(on_ray, one, rtol=1e-6)
+    genrun(
+        "sample", "--engine", str(generate), "--label", "4", "--n", "70", "--ray",
+        "--out", str(tmp_path / "ray.npz"),
+    )  # fmt: skip
+    expected = Sampler(load(generate)).sample(70, label=4)
+    assert np.array_equal(np.load(tmp_path / "ray.npz")["images"], expected)

@@ -220,17 +220,17 @@ def test_loss_decreases_on_real_mnist(mnist) -> None:
     model.objective(images[:64])  # data-dependent init, as the Trainer does
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
 
-    def test_bpd() -> float:
+    def held_out_bpd() -> float:
         torch.manual_seed(1)
         with torch.no_grad():
             return model.objective(held_out).loss.item()
 
-    before = test_bpd()
+    before = held_out_bpd()
     for step in range(15):
         optimizer.zero_grad()
         model.objective(images[step * 16 : (step + 1) * 16]).loss.backward()
         optimizer.step()
-    after = test_bpd()
+    after = held_out_bpd()
     assert after < before - 0.5, (before, after)
 
 
@@ -258,7 +258,7 @@ def engines(trained, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.mark.slow  # the trained RealNVP and its engines: 22 s on 2 loaded cores
 def test_engines_pass_parity_with_glow_shaped_manifests(trained, engines) -> None:
-    from genrun.manifest import read_from_onnx
+    from genrun.manifest_io import read_from_onnx
     from gentrain.checkpoint import load_checkpoint
 
     config = RealNVPConfig.from_dict(load_checkpoint(trained[0])["model_config"])

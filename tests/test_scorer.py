@@ -23,50 +23,31 @@ from onnx import TensorProto, helper
 from PIL import Image
 from test_genrun_graphs import _save, _value
 
-from genexport.export import export_checkpoint
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import TrainingScores, from_json, read_from_onnx, to_json
+from genrun.manifest import MANIFEST_VERSION, TrainingScores, from_json, to_json
+from genrun.manifest_io import read_from_onnx
 from genrun.ood import auroc, compressed_bits, fpr_at_95_tpr, typicality
-from genrun.readers import load_data
 from genrun.sampler import BlockNoise
 from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
-from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
 from gentrain.models.quantization import dequantize
-from gentrain.train import TrainConfig, Trainer
 
 CLI = InProcessCli(main, "genrun")
-SMALL = dict(batch_size=32, warmup=1, eval_every=20, ckpt_every=20, log_every=20)
 
 
 @pytest.fixture(scope="module")
-def digits():
-    return load_data("digits")
+def flow(glow_checkpoint, glow_exported) -> dict:
+    """conftest's tiny Glow: its density engine, its model and a Scorer of the engine."""
+    path = glow_exported["density"]
+    model = model_from_checkpoint(load_checkpoint(glow_checkpoint)).eval()
+    return {"path": path, "model": model, "scorer": Scorer(load(path))}
 
 
 @pytest.fixture(scope="module")
-def flow(digits, tmp_path_factory) -> dict:
-    """A tiny Glow trained 20 steps on the digits, its density engine and model."""
-    out = tmp_path_factory.mktemp("flow")
-    torch.manual_seed(0)
-    model = Glow(GlowConfig(digits.shape, levels=2, depth=2, hidden=16))
-    config = TrainConfig(steps=20, optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **SMALL)
-    Trainer(model, digits, config, out).fit()
-    (engine,) = export_checkpoint(out / "checkpoint.pt", out, "density", name="tiny")
-    model = model_from_checkpoint(load_checkpoint(out / "checkpoint.pt")).eval()
-    return {"path": engine.path, "model": model, "scorer": Scorer(load(engine.path))}
-
-
-@pytest.fixture(scope="module")
-def vae_elbo(digits, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("vae")
-    torch.manual_seed(0)
-    model = VAE(VAEConfig(digits.shape, latent_dim=4, hidden=32))
-    Trainer(model, digits, TrainConfig(steps=20, device="cpu", **SMALL), out).fit()
-    (engine,) = export_checkpoint(out / "checkpoint.pt", out, "elbo", name="tiny")
-    return engine.path
+def vae_elbo(vae_exported) -> Path:
+    return vae_exported["elbo"]
 
 
 def _strange_images(shape: tuple[int, ...]) -> np.ndarray:
@@ -144,7 +125,7 @@ def test_complexity_is_bits_per_dim_minus_png_bits_per_pixel(flow, digits) -> No
 def test_typicality_statistics_travel_in_the_manifest(flow, digits) -> None:
     manifest = read_from_onnx(flow["path"])
     stats = manifest.training_scores
-    assert manifest.version == 2 and (stats.data, stats.split, stats.iw_samples) == (
+    assert manifest.version == MANIFEST_VERSION and (stats.data, stats.split, stats.iw_samples) == (
         "digits",
         "train",
         1,

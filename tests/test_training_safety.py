@@ -29,8 +29,8 @@ from gentrain.models import Glow, GlowConfig
 from gentrain.train import CHECKPOINT_NAME, TrainConfig, Trainer
 
 gentrain = InProcessCli(main, "gentrain")
-STEPS = 160
 KILLS = 12
+STEPS = 4 * KILLS + 12  # each life makes at most 4 steps: the run never ends in one
 
 
 @pytest.fixture(scope="module")
@@ -103,6 +103,41 @@ def _steps_logged(out: Path) -> list[tuple[int, str]]:
     return [(record["step"], record["split"]) for record in map(json.loads, lines)]
 
 
+def _checkpoint_id(out: Path) -> tuple[int, int] | None:
+    """The checkpoint file's inode and mtime: every atomic write (a rename of a
+    new file) changes them."""
+    try:
+        stat = (out / CHECKPOINT_NAME).stat()
+    except FileNotFoundError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
+
+
+def _kill_after(pid: int, out: Path, writes: int, moments: random.Random, step_s: float) -> float:
+    """SIGKILL `pid` once it has written its checkpoint `writes` times, at a
+    random moment of the step after (so kills land in set-up, mid-step and
+    mid-write alike); the moment is counted in steps, not seconds, so the test
+    proves the same on a fast machine and a loaded one. Returns the seconds one
+    step took, for the next call."""
+    seen, last = 0, _checkpoint_id(out)
+    first = deadline = time.monotonic() + 120
+    while seen < writes and time.monotonic() < deadline:
+        if os.waitpid(pid, os.WNOHANG)[0]:  # reaped below: the run ended early
+            raise AssertionError("the run finished before its kill; raise STEPS")
+        current = _checkpoint_id(out)
+        if current != last:
+            seen, last = seen + 1, current
+            if seen == 1:
+                first = time.monotonic()
+            else:
+                step_s = (time.monotonic() - first) / (seen - 1)
+        time.sleep(0.001)
+    assert seen == writes, f"training child {pid} wrote {seen} of {writes} checkpoints in 120 s"
+    time.sleep(moments.uniform(0, step_s))
+    os.kill(pid, signal.SIGKILL)
+    return step_s
+
+
 @pytest.mark.slow
 def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tiny_mnist, tmp_path) -> None:
     whole, killed = tmp_path / "whole", tmp_path / "killed"
@@ -112,20 +147,14 @@ def test_kill_9_at_random_moments_then_resume_ends_bit_identical(tiny_mnist, tmp
     assert _wait(_fork(lambda: _train(tiny_mnist, whole))) == 0
 
     moments = random.Random(0)
-    kills, steps_seen = 0, []
-    while kills < KILLS:
+    steps_seen, step_s = [], 0.05
+    for _ in range(KILLS):
         pid = _fork(lambda: _train(tiny_mnist, killed))
-        # A few steps per life at ~25 steps/s; the first checkpoint comes ~0.2 s in.
-        time.sleep(moments.uniform(0.02, 0.6))
-        os.kill(pid, signal.SIGKILL)
-        status = _wait(pid)
-        assert status in (0, -signal.SIGKILL), status
-        if status == 0:  # finished before the kill: start the run over, harder
-            break
-        kills += 1
+        # 0 to 3 checkpoints into this life (0: in set-up or the first step).
+        step_s = _kill_after(pid, killed, moments.randint(0, 3), moments, step_s)
+        assert _wait(pid) == -signal.SIGKILL
         if (killed / CHECKPOINT_NAME).exists():  # loadable after every kill
             steps_seen.append(load_checkpoint(killed / CHECKPOINT_NAME)["step"])
-    assert kills == KILLS, f"the run finished after {kills} kills; raise STEPS"
     assert steps_seen, "every kill came before the first checkpoint"
     assert steps_seen == sorted(steps_seen)
     assert _wait(_fork(lambda: _train(tiny_mnist, killed))) == 0

@@ -9,53 +9,37 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from cli_helpers import InProcessCli
 
 from genexport.cli import main
-from genexport.export import export_checkpoint
 from genrun.engine import load
-from genrun.manifest import METADATA_KEY, from_json, read_from_onnx, to_json
-from genrun.readers import load_data
-from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
-from gentrain.train import TrainConfig, Trainer
+from genrun.manifest import METADATA_KEY, from_json, to_json
+from genrun.manifest_io import read_from_onnx
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="the triton extra is not installed"
 )
 from google.protobuf import text_format  # noqa: E402 (tritonclient brings protobuf)
 
-SMALL = dict(steps=2, batch_size=32, warmup=1, eval_every=2, ckpt_every=2, log_every=2)
 cli = InProcessCli(main, "genexport")
 TYPES = {"uint8": model_config_pb2.TYPE_UINT8, "float32": model_config_pb2.TYPE_FP32}
-
-
-@pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> dict[str, Path]:
-    digits = load_data("digits")
-    paths = {}
-    for family, model in [
-        ("glow", lambda: Glow(GlowConfig(digits.shape, levels=2, depth=1, hidden=8))),
-        ("vae", lambda: VAE(VAEConfig(digits.shape, latent_dim=3, hidden=16))),
-    ]:
-        out = tmp_path_factory.mktemp(family) / "tiny"
-        torch.manual_seed(0)
-        Trainer(model(), digits, TrainConfig(device="cpu", **SMALL), out).fit()
-        paths[family] = out / "checkpoint.pt"
-    return paths
 
 
 def _config(folder: Path):
     return text_format.Parse((folder / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
 
 
-@pytest.mark.slow  # exports five engines (about 45 s on 2 loaded cores)
-def test_configs_parse_and_match_the_engines(checkpoints, tmp_path) -> None:
+def test_configs_parse_and_match_the_engines(glow_exported, vae_checkpoint, tmp_path) -> None:
+    """conftest's Glow engines as files, and the VAE as a checkpoint (exported first)."""
     repo = tmp_path / "repo"
-    code, _, err = cli.run("triton", checkpoints["glow"], checkpoints["vae"], "--out", repo)
+    vae = vae_checkpoint.parent.name  # the engines' NAME: the run folder's
+    sources = [glow_exported["generate"], glow_exported["density"], vae_checkpoint]
+    code, _, err = cli.run("triton", *sources, "--out", repo)
     assert code == 0, err
     names = sorted(p.name for p in repo.iterdir())
-    assert names == ["tiny-decode", "tiny-density", "tiny-elbo", "tiny-encode", "tiny-generate"]
+    assert names == sorted(
+        ["tiny-density", "tiny-generate", f"{vae}-decode", f"{vae}-elbo", f"{vae}-encode"]
+    )
     for name in names:
         config = _config(repo / name)
         engine = repo / name / "1" / "model.onnx"
@@ -78,21 +62,20 @@ def test_configs_parse_and_match_the_engines(checkpoints, tmp_path) -> None:
         stored = from_json(config.parameters[METADATA_KEY].string_value)
         assert to_json(stored) == to_json(manifest)
         # The model file is the engine, loadable as it is.
-        assert load(engine).manifest.role == name.split("-")[1]
+        assert load(engine).manifest.role == name.rsplit("-", 1)[1]
     generate = _config(repo / "tiny-generate")
     assert [t.name for t in generate.input] == ["noise_0", "noise_1", "temperature"]
     density = {t.name: t for t in _config(repo / "tiny-density").input}
     assert density["offset"].optional and not density["images"].optional
     # An existing model is never overwritten.
-    cli.assert_one_line_error(cli.run("triton", checkpoints["vae"], "--out", repo), "exists")
+    cli.assert_one_line_error(cli.run("triton", glow_exported["density"], "--out", repo), "exists")
 
 
-def test_a_tensorrt_plan_becomes_a_plan_model_with_its_profile_max(checkpoints, tmp_path) -> None:
-    engines = export_checkpoint(checkpoints["vae"], tmp_path, "decode", name="tiny")
+def test_a_tensorrt_plan_becomes_a_plan_model_with_its_profile_max(vae_exported, tmp_path) -> None:
     plan = tmp_path / "tiny.decode.plan"
     plan.write_bytes(b"not a real plan: Triton is not run here")
     sidecar = {
-        METADATA_KEY: json.loads(to_json(read_from_onnx(engines[0].path))),
+        METADATA_KEY: json.loads(to_json(read_from_onnx(vae_exported["decode"]))),
         "vaeflow.plan": {"profile": {"min": 1, "opt": 32, "max": 64}, "tensorrt": "10.13.3.9"},
     }
     plan.with_name("tiny.decode.plan.json").write_text(json.dumps(sidecar))

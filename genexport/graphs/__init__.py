@@ -63,6 +63,23 @@ def build_graph(model: GenerativeModel, role: str, fold: bool = True) -> Graph:
     return builder(model.family, role)(model, fold)
 
 
+# The conditional flows' extra graph: the marginal density engine (role density,
+# no label input), written as NAME.marginal.onnx by `genexport onnx --marginal`.
+MARGINAL = "marginal"
+
+
+def marginal_builder(model: GenerativeModel) -> Builder:
+    """The function (fold) -> Graph of a conditional model's marginal density
+    engine, or a one-line UserError where there is none."""
+    build = getattr(graphs_module(model.family), "marginal_graph", None)
+    if build is None or not model.num_classes:
+        raise UserError(
+            "--marginal writes the marginal density engine of a class-conditional glow or "
+            f"realnvp (trained with --conditional); this {model.family} model has none"
+        )
+    return lambda fold: build(model, fold)
+
+
 def folds_actnorm(family: str) -> bool:
     """Whether the family's graphs fold ActNorm into 1x1 convolutions (Glow)."""
     return getattr(graphs_module(family), "FOLDS_ACTNORM", False)
@@ -75,6 +92,7 @@ def pixel_mapping(model: GenerativeModel) -> PixelMapping:
 
 __all__ = [
     "BATCH",
+    "MARGINAL",
     "Builder",
     "Graph",
     "build_graph",
@@ -83,6 +101,7 @@ __all__ = [
     "exportable",
     "folds_actnorm",
     "graphs_module",
+    "marginal_builder",
     "nats_per_bpd",
     "pixel_mapping",
     "roles",

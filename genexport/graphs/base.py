@@ -12,7 +12,7 @@ from torch import nn
 
 from genrun.manifest import BATCH, TensorSpec
 
-__all__ = ["BATCH", "Builder", "Graph", "nats_per_bpd"]
+__all__ = ["BATCH", "Builder", "Graph", "class_cycle", "nats_per_bpd"]
 
 
 @dataclass
@@ -43,3 +43,11 @@ Builder = Callable[[nn.Module, bool], Graph]
 def nats_per_bpd(num_dims: int) -> float:
     """Nats per image that one bit/dim is: tolerances in nats scale with it."""
     return num_dims * math.log(2.0)
+
+
+def class_cycle(classes: int, n: int, generator: torch.Generator) -> torch.Tensor:
+    """n labels int64 that take every class in turn from a seeded start: the
+    labels a conditional graph's parity is checked with (each class in a
+    batch of `classes` or more)."""
+    start = int(torch.randint(0, classes, (1,), generator=generator))
+    return (torch.arange(n) + start) % classes

@@ -115,12 +115,14 @@ class FusedCoupling(Transform):
         return torch.cat([y_a, x_b], 1), -torch.log(scale).flatten(1).sum(1)
 
 
-class FusedPrior(Transform):
-    """GaussianStandardize with its conditioning layer's halves contiguous."""
+class FusedPrior(GaussianStandardize):
+    """GaussianStandardize with its conditioning layer's halves contiguous
+    (its forward and inverse are the trained class's)."""
 
     def __init__(self, prior: GaussianStandardize) -> None:
-        super().__init__()
+        Transform.__init__(self)
         self.channels = prior.channels
+        self.prior = None
         self.learned = prior.prior is None
         if self.learned:
             _constant(self, "mean", prior.mean.detach())
@@ -139,17 +141,3 @@ class FusedPrior(Transform):
         z, h = x[:, : self.channels], x[:, self.channels :]
         mean, logs = F.conv2d(h, self.weight, self.bias, padding=self.padding).chunk(2, dim=1)
         return z, h, mean, logs
-
-    @staticmethod
-    def _join(z: torch.Tensor, h: torch.Tensor | None) -> torch.Tensor:
-        return z if h is None else torch.cat([z, h], 1)
-
-    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        z, h, mean, logs = self._split(x)
-        eps = (z - mean) * torch.exp(-logs)
-        return self._join(eps, h), -logs.expand_as(z).flatten(1).sum(1)
-
-    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        eps, h, mean, logs = self._split(y)
-        z = mean + torch.exp(logs) * eps
-        return self._join(z, h), logs.expand_as(eps).flatten(1).sum(1)

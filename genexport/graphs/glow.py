@@ -4,9 +4,9 @@ and, with `fold`, merges each with the ActNorm before it."""
 
 from __future__ import annotations
 
-from .multiscale import density_graph, generate_graph, pixel_mapping
+from .multiscale import density_graph, generate_graph, marginal_graph, pixel_mapping
 
 # The exporter reports the float32 graph's nodes before and after folding.
 FOLDS_ACTNORM = True
 
-__all__ = ["FOLDS_ACTNORM", "density_graph", "generate_graph", "pixel_mapping"]
+__all__ = ["FOLDS_ACTNORM", "density_graph", "generate_graph", "marginal_graph", "pixel_mapping"]

@@ -21,9 +21,11 @@ from torch import nn
 from genrun.errors import UserError
 from genrun.manifest import (
     BITS_PER_DIM,
+    CLASS_LOG_LIKELIHOOD,
     DENSITY,
     GENERATE,
     IMAGES,
+    LABEL,
     LOG_LIKELIHOOD,
     OFFSET,
     PIXELS,
@@ -39,7 +41,7 @@ from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 from gentrain.models.transforms import Transform
 
-from .base import BATCH, Graph
+from .base import BATCH, Graph, class_cycle
 from .fused_coupling import fuse_couplings
 
 TEMPERATURE_EFFECT = (
@@ -122,34 +124,60 @@ def freeze_flow(model: MultiScaleFlow, fold: bool = True) -> MultiScaleFlow:
 
 # -- the roles -------------------------------------------------------------------
 class FlowGenerate(nn.Module):
-    """(noise per level, temperature (N,)) -> (images y, uint8 pixels)."""
+    """(noise per level, temperature (N,)[, label (N,)]) -> (images y, uint8
+    pixels); a conditional flow's of the class `label`."""
 
     def __init__(self, flow: MultiScaleFlow) -> None:
         super().__init__()
         self.flow = flow
 
     def forward(
-        self, noise: list[torch.Tensor], temperature: torch.Tensor
+        self,
+        noise: list[torch.Tensor],
+        temperature: torch.Tensor,
+        label: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        y = self.flow.reverse(noise, temperature)
+        y = self.flow.reverse(noise, temperature, label)
         return y, quantize(y, self.flow.config.n_bits)
 
 
 class FlowDensity(nn.Module):
-    """(uint8 images, dequantisation offset) -> (bits/dim, log P(x) in nats,
-    latents per level)."""
+    """(uint8 images, dequantisation offset[, label]) -> (bits/dim, log P(x)
+    in nats, latents per level); a conditional flow's of P(x | label)."""
 
     def __init__(self, flow: MultiScaleFlow) -> None:
         super().__init__()
         self.flow = flow
 
-    def forward(self, images: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, images: torch.Tensor, offset: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
         config = self.flow.config
         y = dequantize(images, config.n_bits, offset)
-        latents, logdet = self.flow(y)
+        latents, logdet = self.flow(y, label)
         log_py = self.flow.log_prob_of(latents, logdet)
         log_px = log_py - discretization_nats(config.num_dims, config.n_bits)
         return bits_per_dim(log_py, config.num_dims, config.n_bits), log_px, *latents
+
+
+class FlowMarginal(nn.Module):
+    """A conditional flow's (uint8 images, offset) -> (bits/dim and log P(x)
+    of the marginal P(x) = sum_y P(x|y) p(y), and log P(x|y) for every class
+    (N, K)): one pass through the levels, the classes' priors and a
+    logsumexp inside the graph."""
+
+    def __init__(self, flow: MultiScaleFlow) -> None:
+        super().__init__()
+        self.flow = flow
+        self.register_buffer("log_prior", flow.log_class_prior().cpu())
+
+    def forward(self, images: torch.Tensor, offset: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        config = self.flow.config
+        nats = discretization_nats(config.num_dims, config.n_bits)
+        by_class = self.flow.class_log_probs(dequantize(images, config.n_bits, offset))
+        log_py = torch.logsumexp(by_class + self.log_prior, 1)
+        bpd = bits_per_dim(log_py, config.num_dims, config.n_bits)
+        return bpd, log_py - nats, by_class - nats
 
 
 def pixel_mapping(model: MultiScaleFlow) -> PixelMapping:
@@ -176,8 +204,44 @@ def _latents(model: MultiScaleFlow) -> list[TensorSpec]:
     ]
 
 
+def _label(model: MultiScaleFlow, what: str) -> list[TensorSpec]:
+    """A conditional flow's label input (none for another flow)."""
+    if not model.num_classes:
+        return []
+    text = f"class of each {what}, 0..{model.num_classes - 1} (the manifest's classes)"
+    return [TensorSpec(LABEL, "int64", [BATCH], text)]
+
+
+def _labels(model: MultiScaleFlow, n: int, generator: torch.Generator) -> tuple:
+    """Labels for a conditional flow's inputs, () for another flow: every
+    class in turn from a seeded start, so parity's batch of 64 checks each of
+    up to 64 classes."""
+    if not model.num_classes:
+        return ()
+    return (class_cycle(model.num_classes, n, generator),)
+
+
+def _images(model: MultiScaleFlow, n: int, generator: torch.Generator) -> tuple:
+    """(uint8 samples of the model, their labels if conditional): plausible
+    inputs of a density graph."""
+    noise = [torch.randn(n, *s, generator=generator) for s in model.config.latent_shapes()]
+    labels = _labels(model, n, generator)
+    with torch.no_grad():
+        temperature = torch.full((n,), model.default_temperature)
+        _, pixels = FlowGenerate(model)(noise, temperature, *labels)
+    return pixels, labels
+
+
+OFFSET_SPEC = (
+    "dequantisation offset in [0, 1) per pixel; uniform noise gives the variational bound "
+    "(what genrun scores), 0.5 the density at bin centres (`gentrain eval`'s "
+    "bpd_density_at_centers, not a bound)"
+)
+
+
 def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
-    """(noise per level, temperature) -> images and pixels, on the frozen flow."""
+    """(noise per level, temperature[, label]) -> images and pixels, on the
+    frozen flow."""
     config = model.config
     shape = [BATCH, *config.data_shape]
     noise = [
@@ -187,7 +251,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
 
     def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
-        return drawn, torch.rand(n, generator=generator)
+        return drawn, torch.rand(n, generator=generator), *_labels(model, n, generator)
 
     return Graph(
         role=GENERATE,
@@ -196,6 +260,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         inputs=[
             *noise,
             TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
+            *_label(model, "sample"),
         ],
         outputs=[
             TensorSpec(IMAGES, "float32", shape, "continuous images y, see pixels"),
@@ -210,36 +275,31 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
 
 
 def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
-    """uint8 images (and offset) -> bits/dim, log P(x), latents, on the frozen flow."""
+    """uint8 images (and offset[, label]) -> bits/dim, log P(x) (a conditional
+    flow's P(x | label)), latents, on the frozen flow."""
     config = model.config
     shape = [BATCH, *config.data_shape]
     latents = _latents(model)
 
     def density_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        noise = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
-        with torch.no_grad():
-            _, pixels = FlowGenerate(model)(noise, torch.full((n,), model.default_temperature))
-        return pixels, torch.rand(n, *config.data_shape, generator=generator)
+        pixels, labels = _images(model, n, generator)
+        return pixels, torch.rand(n, *config.data_shape, generator=generator), *labels
 
+    of = " given its label" if model.num_classes else ""
     return Graph(
         role=DENSITY,
         module=FlowDensity(freeze_flow(model, fold)),
         reference=FlowDensity(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
-            TensorSpec(
-                OFFSET,
-                "float32",
-                shape,
-                "dequantisation offset in [0, 1) per pixel; uniform noise gives the "
-                "variational bound (what genrun scores), 0.5 the density at bin centres "
-                "(`gentrain eval`'s bpd_density_at_centers, not a bound)",
-                default=0.5,
-            ),
+            TensorSpec(OFFSET, "float32", shape, OFFSET_SPEC, default=0.5),
+            *_label(model, "image"),
         ],
         outputs=[
-            TensorSpec(BITS_PER_DIM, "float32", [BATCH], "bits/dim incl. discretisation"),
-            TensorSpec(LOG_LIKELIHOOD, "float32", [BATCH], "log P(x) in nats of the uint8 image"),
+            TensorSpec(BITS_PER_DIM, "float32", [BATCH], f"bits/dim incl. discretisation{of}"),
+            TensorSpec(
+                LOG_LIKELIHOOD, "float32", [BATCH], f"log P(x) in nats of the uint8 image{of}"
+            ),
             *latents,
         ],
         sample_inputs=density_inputs,
@@ -248,6 +308,56 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
             LOG_LIKELIHOOD: "nats",
             **{spec.name: "latent" for spec in latents},
         },
+        num_dims=config.num_dims,
+        pixel_bits=config.n_bits,
+    )
+
+
+def marginal_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
+    """A conditional flow's density engine of the marginal P(x) = sum_y
+    P(x|y) p(y): uint8 images (and offset) -> bits/dim, log P(x) and log P(x|y)
+    for every class (what `genrun classify` reads), on the frozen flow. Its
+    role is density: it scores images with no label."""
+    if not model.num_classes:
+        raise UserError(
+            "the marginal density engine is for class-conditional flows; train one with "
+            f"`gentrain fit {model.family} --conditional`, or drop --marginal"
+        )
+    config = model.config
+    shape, k = [BATCH, *config.data_shape], model.num_classes
+
+    def marginal_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        pixels, _ = _images(model, n, generator)
+        return pixels, torch.rand(n, *config.data_shape, generator=generator)
+
+    return Graph(
+        role=DENSITY,
+        module=FlowMarginal(freeze_flow(model, fold)),
+        reference=FlowMarginal(model),
+        inputs=[
+            TensorSpec(IMAGES, "uint8", shape, "images to score"),
+            TensorSpec(OFFSET, "float32", shape, OFFSET_SPEC, default=0.5),
+        ],
+        outputs=[
+            TensorSpec(
+                BITS_PER_DIM,
+                "float32",
+                [BATCH],
+                "bits/dim of the marginal P(x) = sum_y P(x|y) p(y)",
+            ),
+            TensorSpec(
+                LOG_LIKELIHOOD, "float32", [BATCH], "log P(x) in nats of the uint8 image, marginal"
+            ),
+            TensorSpec(
+                CLASS_LOG_LIKELIHOOD,
+                "float32",
+                [BATCH, k],
+                "log P(x|y) in nats for every class y (add log p(y), the manifest's "
+                "classes' log_prior, for log P(x, y))",
+            ),
+        ],
+        sample_inputs=marginal_inputs,
+        checks={BITS_PER_DIM: "bpd", LOG_LIKELIHOOD: "nats", CLASS_LOG_LIKELIHOOD: "nats"},
         num_dims=config.num_dims,
         pixel_bits=config.n_bits,
     )

@@ -11,6 +11,6 @@ averages and the masks are constants.
 
 from __future__ import annotations
 
-from .multiscale import density_graph, generate_graph, pixel_mapping
+from .multiscale import density_graph, generate_graph, marginal_graph, pixel_mapping
 
-__all__ = ["density_graph", "generate_graph", "pixel_mapping"]
+__all__ = ["density_graph", "generate_graph", "marginal_graph", "pixel_mapping"]

@@ -14,6 +14,7 @@ from genrun.manifest import (
     ENCODE,
     EPS,
     IMAGES,
+    LABEL,
     LOG_WEIGHT,
     LOGVAR,
     MU,
@@ -25,7 +26,7 @@ from genrun.manifest import (
 from gentrain.models import VAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph
+from .base import BATCH, Graph, class_cycle
 
 TEMPERATURE_EFFECT = (
     "the runtime multiplies the N(0, I) noise by the temperature and feeds it as z: "
@@ -34,38 +35,46 @@ TEMPERATURE_EFFECT = (
 
 
 class VAEDecode(nn.Module):
-    """z (N, k) -> (images: pixel means or probabilities in [0, 1], uint8 pixels)."""
+    """z (N, k)[, label (N,)] -> (images: pixel means or probabilities in
+    [0, 1], uint8 pixels); a conditional VAE's of the class `label`."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.model.decoder.likelihood.mean(self.model.decode(z))
+    def forward(
+        self, z: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.model.decoder.likelihood.mean(self.model.decode(z, label))
         return mean, means_to_uint8(mean)
 
 
 class VAEEncode(nn.Module):
-    """uint8 images -> (mu, log sigma^2) of q(z|x)."""
+    """uint8 images[, label] -> (mu, log sigma^2) of q(z|x) (q(z|x, label))."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.model.encode(self.model.to_float(images))
+    def forward(
+        self, images: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.encode(self.model.to_float(images), label)
 
 
 class VAEElbo(nn.Module):
-    """(uint8 images, eps (N, k)) -> log w = log p(x|z) + log p(z) - log q(z|x)
-    at z = mu + sigma * eps (then through the posterior flow, if any), per image."""
+    """(uint8 images, eps (N, k)[, label]) -> log w = log p(x|z) + log p(z) -
+    log q(z|x) at z = mu + sigma * eps (then through the posterior flow, if
+    any), per image; a conditional VAE's given the label."""
 
     def __init__(self, model: VAE) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, images: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-        return self.model.log_weight(self.model.to_float(images), eps)
+    def forward(
+        self, images: torch.Tensor, eps: torch.Tensor, label: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        return self.model.log_weight(self.model.to_float(images), eps, label)
 
 
 def pixel_mapping(model: VAE) -> PixelMapping:
@@ -95,10 +104,25 @@ def _graph(model: VAE, role: str, module: nn.Module, **fields) -> Graph:
     )
 
 
-def _images(model: VAE, n: int, generator: torch.Generator) -> torch.Tensor:
-    """Plausible uint8 inputs: decoded prior draws."""
+def _labels(model: VAE, n: int, generator: torch.Generator) -> tuple:
+    """A conditional VAE's labels (every class in turn), () for another."""
+    return (class_cycle(model.num_classes, n, generator),) if model.num_classes else ()
+
+
+def _label(model: VAE, what: str) -> list[TensorSpec]:
+    """A conditional VAE's label input, none for another."""
+    if not model.num_classes:
+        return []
+    text = f"class of each {what}, 0..{model.num_classes - 1} (the manifest's classes)"
+    return [TensorSpec(LABEL, "int64", [BATCH], text)]
+
+
+def _images(model: VAE, n: int, generator: torch.Generator) -> tuple:
+    """Plausible uint8 inputs: decoded prior draws (and their labels, if conditional)."""
+    z = torch.randn(n, model.config.latent_dim, generator=generator)
+    labels = _labels(model, n, generator)
     with torch.no_grad():
-        return VAEDecode(model)(torch.randn(n, model.config.latent_dim, generator=generator))[1]
+        return VAEDecode(model)(z, *labels)[1], labels
 
 
 def decode_graph(model: VAE, fold: bool = True) -> Graph:
@@ -107,13 +131,19 @@ def decode_graph(model: VAE, fold: bool = True) -> Graph:
     shape, code = [BATCH, *config.data_shape], [BATCH, config.latent_dim]
 
     def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        return (torch.randn(n, config.latent_dim, generator=generator),)
+        return (
+            torch.randn(n, config.latent_dim, generator=generator),
+            *_labels(model, n, generator),
+        )
 
     return _graph(
         model,
         DECODE,
         VAEDecode(model),
-        inputs=[TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples")],
+        inputs=[
+            TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples"),
+            *_label(model, "sample"),
+        ],
         outputs=[
             TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
             TensorSpec(PIXELS, "uint8", shape, "images mapped to uint8"),
@@ -132,12 +162,18 @@ def encode_graph(model: VAE, fold: bool = True) -> Graph:
         model,
         ENCODE,
         VAEEncode(model),
-        inputs=[TensorSpec(IMAGES, "uint8", shape, "images to encode")],
+        inputs=[
+            TensorSpec(IMAGES, "uint8", shape, "images to encode"),
+            *_label(model, "image"),
+        ],
         outputs=[
             TensorSpec(MU, "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
             TensorSpec(LOGVAR, "float32", code, "log variance of q(z|x) (of q_0 with a flow)"),
         ],
-        sample_inputs=lambda n, generator: (_images(model, n, generator),),
+        sample_inputs=lambda n, generator: (
+            _images(model, n, generator)[0],
+            *_images(model, n, generator)[1],
+        ),
         checks={MU: "latent", LOGVAR: "latent"},
     )
 
@@ -149,7 +185,8 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
 
     def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         eps = torch.randn(n, config.latent_dim, generator=generator)
-        return _images(model, n, generator), eps
+        images, labels = _images(model, n, generator)
+        return images, eps, *labels
 
     return _graph(
         model,
@@ -158,6 +195,7 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
             TensorSpec(EPS, "float32", code, "N(0, I) noise of the reparameterisation"),
+            *_label(model, "image"),
         ],
         outputs=[
             TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")

@@ -1,23 +1,46 @@
 """Runtimes that execute an engine file, one module per runtime (Polygraphy's
-backend/ layout): each has a loader, which opens the file and builds what
-runs it (an ONNX Runtime session, a deserialised TensorRT engine with its
-buffers), apart from a runner, whose `run(feeds) -> {name: array}` is all
-`genrun.engine.Engine` calls.
+backend/ layout). Each exposes `load(path, LoadOptions) -> Runner`, which
+opens the file and builds what runs it (an ONNX Runtime session, a
+deserialised TensorRT engine with its buffers), and a runner (base.py): a
+context manager whose `run(feeds) -> {name: array}` is all
+`genrun.engine.Engine` calls and whose `close()` frees what it holds.
 
+  base.py         the Runner contract and LoadOptions
   onnxruntime.py  .onnx files: ONNX Runtime on the cpu, cuda or tensorrt
                   execution provider (the one place genrun and genexport
-                  create ONNX Runtime sessions: `create_session`)
+                  create ONNX Runtime sessions: `create_session`), with the
+                  provider that actually runs read back from the session
   tensorrt.py     .plan files: TensorRT engines, with cuda-python for device
                   memory, pinned host memory, streams and CUDA graphs
   cuda_memory.py  the cuda-python (cuda.bindings) pieces tensorrt.py uses
   sidecar.py      NAME.ROLE.plan.json: the manifest and build facts of a plan
+  openvino.py     .onnx files of precision bf16 (genexport --precision bf16):
+                  OpenVINO on x86 CPUs with AMX or AVX512-BF16 (extra "openvino")
+  nvidia.py       what is missing when a GPU path cannot run (driver, CUDA,
+                  cuDNN, TensorRT libraries), read with ctypes
 
 GPU packages are imported only when a GPU backend loads, so the base install
-(numpy, onnxruntime) never needs them; a missing one is a one-line UserError
-naming the extra that installs it.
+never needs them; a missing one is a one-line UserError naming the extra
+that installs it.
 """
 
 from __future__ import annotations
 
-# Engine files by suffix -> the backend module that runs them.
-BACKEND_BY_SUFFIX = {".onnx": "onnxruntime", ".plan": "tensorrt"}
+from pathlib import Path
+
+# The one dispatch table: an engine file's suffix -> the module of this
+# package that loads it (anything else is tried as ONNX).
+BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
+
+
+def backend_of(path: Path) -> str:
+    """The module of this package that loads `path`: by its suffix, except
+    that an ONNX file whose manifest says bf16 runs on OpenVINO (openvino.py;
+    ONNX Runtime's CPU provider has no bfloat16 convolution)."""
+    name = BACKENDS.get(path.suffix, "onnxruntime")
+    if name == "onnxruntime":
+        from .openvino import is_bf16_engine
+
+        if is_bf16_engine(path):
+            return "openvino"
+    return name

@@ -5,19 +5,27 @@ samples/python/common_runtime.py: every call returns (error, value...), and
 any error other than success is raised.
 
 Imported only when a plan loads; `cudart()` turns a missing cuda-python into
-a one-line UserError naming the extra."""
+a one-line UserError naming the extra, and `current_device()` tells apart
+the three ways a machine cannot run a plan: no NVIDIA driver, a driver older
+than the CUDA major this cuda-bindings was built for (cuda-bindings 13 needs
+a CUDA 13 driver, >= 580), and no GPU. Every call here is checked against
+the real cuda.bindings module in CI (tests/test_gpu.py, up to the driver
+error a machine without a GPU answers)."""
 
 from __future__ import annotations
 
 import ctypes
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from ..errors import UserError
+from . import nvidia
+from .base import log
 
-GPU_EXTRA = "pip install 'vaeflow[gpu]'"
+GPU_EXTRA = "pip install 'vaeflow[gpu-cu13]' ('vaeflow[gpu-cu12]' for a CUDA 12 driver)"
 
 
 def cudart() -> Any:
@@ -39,32 +47,58 @@ def call(result: Any) -> Any:
     runtime = cudart()
     error, values = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
     if error != runtime.cudaError_t.cudaSuccess:
-        raise RuntimeError(f"CUDA error {error}")
+        raise RuntimeError(f"CUDA error {_name(error)}")
     return values[0] if len(values) == 1 else (values or None)
+
+
+def _name(error: Any) -> str:
+    return getattr(error, "name", str(error))
 
 
 @dataclass
 class Device:
     name: str
     capability: tuple[int, int]  # compute capability (major, minor)
-    driver: str  # CUDA driver API version, e.g. "13.0"
+    driver: str  # the CUDA version the driver supports, e.g. "13.0"
 
 
 def current_device() -> Device:
-    """GPU 0, or a one-line UserError when there is no GPU or driver."""
+    """GPU 0, or a one-line UserError saying which of driver, driver version
+    and GPU is missing."""
     runtime = cudart()
     result = runtime.cudaGetDeviceCount()
     count = result[1] if result[0] == runtime.cudaError_t.cudaSuccess else 0
-    if count < 1:
-        raise UserError(
-            f"no CUDA GPU found ({result[0]}): a TensorRT plan runs on an NVIDIA GPU with its "
-            "driver installed; on this machine run the .onnx engine instead (--provider cpu)"
-        )
+    if not count:
+        raise UserError(_no_gpu(runtime, result[0]))
     props = call(runtime.cudaGetDeviceProperties(0))
     name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
     driver = call(runtime.cudaDriverGetVersion())
-    version = f"{driver // 1000}.{driver % 1000 // 10}"
-    return Device(name.rstrip("\x00"), (props.major, props.minor), version)
+    return Device(name.rstrip("\x00"), (props.major, props.minor), nvidia.version_text(driver))
+
+
+def _no_gpu(runtime: Any, error: Any) -> str:
+    """The user's one line for a failed device count."""
+    driver = runtime.cudaDriverGetVersion()
+    driver = driver[1] if driver[0] == runtime.cudaError_t.cudaSuccess else 0
+    built = runtime.cudaRuntimeGetVersion()
+    built = built[1] if built[0] == runtime.cudaError_t.cudaSuccess else 0
+    elsewhere = "on this machine run the .onnx engine instead (--provider cpu)"
+    if not driver:
+        return (
+            f"no NVIDIA driver found ({_name(error)}): a TensorRT plan runs on an NVIDIA GPU "
+            f"with its driver installed; {elsewhere}"
+        )
+    if built and driver // 1000 < built // 1000:
+        return (
+            f"the NVIDIA driver is too old ({_name(error)}): it supports CUDA "
+            f"{nvidia.version_text(driver)}, this cuda-bindings needs CUDA "
+            f"{built // 1000}; install the CUDA {driver // 1000} build (pip install "
+            f"'vaeflow[gpu-cu{driver // 1000}]') or update the driver"
+        )
+    return (
+        f"no CUDA GPU found ({_name(error)}): the NVIDIA driver (CUDA "
+        f"{nvidia.version_text(driver)}) sees none; check CUDA_VISIBLE_DEVICES, or {elsewhere}"
+    )
 
 
 class Stream:
@@ -98,9 +132,10 @@ class PinnedBuffer:
         self.nbytes = size * self.dtype.itemsize
         self.ptr = int(call(cudart().cudaMallocHost(max(self.nbytes, 1))))
         raw = (ctypes.c_byte * max(self.nbytes, 1)).from_address(self.ptr)
-        self.array = np.frombuffer(raw, np.uint8, self.nbytes).view(self.dtype)
+        self.array = np.frombuffer(memoryview(raw), np.uint8, self.nbytes).view(self.dtype)
 
     def free(self) -> None:
+        del self.array  # no view of freed memory outlives it
         call(cudart().cudaFreeHost(self.ptr))
 
 
@@ -115,18 +150,12 @@ def copy_to_host(host: PinnedBuffer, device: DeviceBuffer, nbytes: int, stream: 
 
 
 class CudaGraph:
-    """The work `enqueue(stream)` puts on a stream, captured once and replayed
-    with one launch (what saves the per-kernel launch cost at small batches)."""
+    """The work an enqueue puts on a stream, captured once and replayed with
+    one launch (what saves the per-kernel launch cost at small batches).
+    Build it with `capture`."""
 
-    def __init__(self, enqueue, stream: Stream):
-        runtime = cudart()
-        mode = runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
-        call(runtime.cudaStreamBeginCapture(stream.handle, mode))
-        try:
-            enqueue()
-        finally:
-            self.graph = call(runtime.cudaStreamEndCapture(stream.handle))
-        self.exec = call(runtime.cudaGraphInstantiate(self.graph, 0))
+    def __init__(self, graph: Any, executable: Any):
+        self.graph, self.exec = graph, executable
 
     def launch(self, stream: Stream) -> None:
         call(cudart().cudaGraphLaunch(self.exec, stream.handle))
@@ -134,3 +163,33 @@ class CudaGraph:
     def free(self) -> None:
         call(cudart().cudaGraphExecDestroy(self.exec))
         call(cudart().cudaGraphDestroy(self.graph))
+
+
+def capture(enqueue: Callable[[], bool], stream: Stream, what: str) -> CudaGraph | None:
+    """The CUDA graph of `enqueue()` on `stream`, or None when it cannot be
+    captured: `enqueue` returned False, or ending or instantiating the capture
+    failed. Then the capture is ended, the error cleared (cudaGetLastError)
+    and `what` said once on stderr; the caller runs without a graph."""
+    runtime = cudart()
+    mode = runtime.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+    call(runtime.cudaStreamBeginCapture(stream.handle, mode))
+    enqueued = False
+    try:
+        enqueued = bool(enqueue())
+    finally:  # a capture is always ended, even when enqueue raised
+        ended = runtime.cudaStreamEndCapture(stream.handle)
+    error, graph = ended[0], ended[1]
+    captured = error == runtime.cudaError_t.cudaSuccess and graph is not None
+    reason = _name(error) if enqueued else "enqueue failed"
+    if enqueued and captured:
+        instantiated = runtime.cudaGraphInstantiate(graph, 0)
+        if instantiated[0] == runtime.cudaError_t.cudaSuccess:
+            return CudaGraph(graph, instantiated[1])
+        reason = _name(instantiated[0])
+    if captured:
+        runtime.cudaGraphDestroy(graph)
+    runtime.cudaGetLastError()  # clear the error the failed capture left
+    log.warning(
+        "%s could not be captured as a CUDA graph (%s); running it without one", what, reason
+    )
+    return None

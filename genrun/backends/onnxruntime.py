@@ -1,42 +1,74 @@
 """ONNX Runtime: `.onnx` engines on the cpu, cuda or tensorrt execution provider.
 
-Loader: `load_session` opens a file on the provider asked for (falling back
-through the slower ones for nodes a GPU provider cannot place), with genrun's
-measured settings (`session_options`); `create_session` is the one function
-in vaeflow that creates an `onnxruntime.InferenceSession` (genexport's parity
-checks and the manifest reader call it too). Runner: `OnnxRuntimeRunner`.
+Loader (`load`): the manifest first, read from the file without a session
+(genrun/manifest_io.py), then one session on the provider asked for, with
+genrun's measured settings (`session_options`). `create_session` is the one
+function in vaeflow that creates an `onnxruntime.InferenceSession`
+(genexport's parity checks use it too). Runner: `OnnxRuntimeRunner`.
 
-GPU providers (onnxruntime-gpu, `pip install 'vaeflow[gpu]'`):
-- cuda: cuDNN's exhaustive convolution algorithm search (timed once per input
-  shape, on the first call: bench's warm-up) and IO binding, so outputs are
-  allocated by ONNX Runtime on the device and copied to the host once.
+What runs is what the session says runs. ONNX Runtime falls back silently
+(TensorRT -> CUDA -> CPU) when a provider's libraries or the GPU are
+missing, and `get_available_providers()` lists what was compiled in, not
+what loads. So the loader reads `session.get_providers()` after creating the
+session: a provider asked for by name that is not the one running is a
+one-line UserError naming what is missing (the driver, the CUDA or cuDNN
+libraries, TensorRT) and the command that installs it; under `auto` the
+runner's `provider` is the one that runs, and a GPU provider that was
+compiled in but did not load is said once on stderr. Fallback at run time
+is switched off (`disable_fallback`). In a process without torch,
+`onnxruntime.preload_dlls()` loads the CUDA and cuDNN libraries that pip
+installed (torch would otherwise have loaded them).
+
+GPU providers (onnxruntime-gpu: `pip install 'vaeflow[gpu-cu13]'`, or
+`[gpu-cu12]` for a CUDA 12 driver):
+- cuda: TF32 off (`use_tf32=0`, so float32 is float32 on Ampere and newer:
+  the parity bounds were measured without it), cuDNN's exhaustive convolution
+  algorithm search (timed once per input shape, on the first call: bench's
+  warm-up) and IO binding, so outputs are allocated by ONNX Runtime on the
+  device and copied to the host once.
 - tensorrt: ONNX Runtime builds TensorRT engines for the graph, kept with
   their timing cache in the folder `ENGINE.onnx.trt-cache/` beside the engine
   (the first load builds, later loads read them), one optimisation profile
-  over the batch axis (PROFILE_BATCHES); precision comes from the graph (an
-  fp16 graph runs in fp16), so ORT's fp16 flag stays off.
+  over the batch axis (PROFILE_BATCHES). An fp16 graph gets `trt_fp16_enable`
+  (ONNX Runtime builds weakly typed networks, where float16 kernels need the
+  flag). The provider has no TF32 switch: for float32 graphs the process
+  environment's NVIDIA_TF32_OVERRIDE is set to 0 before the session is made
+  (NVIDIA's libraries and TensorRT's builder read it), unless the user set it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.metadata
+import io
 import os
 from collections.abc import Sequence
+from functools import cache
 from pathlib import Path
 
-import numpy as np
 import onnxruntime
 
 from ..errors import UserError
 from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
+from ..manifest_io import check_graph_sha256, manifest_in
+from . import nvidia
+from .base import Feeds, LoadOptions, Runner, log
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
-# the first one this onnxruntime build offers.
+# the first one this onnxruntime build offers and can load.
 PROVIDERS = {
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+OUR_NAME = {ort: ours for ours, ort in PROVIDERS.items()}
+LABEL = {"tensorrt": "TensorRT", "cuda": "CUDA", "cpu": "CPU"}
 GPU_PROVIDERS = ("tensorrt", "cuda")
+# The shared library ONNX Runtime loads for each GPU provider (in onnxruntime/capi/).
+PROVIDER_LIBRARY = {
+    "tensorrt": "libonnxruntime_providers_tensorrt.so",
+    "cuda": "libonnxruntime_providers_cuda.so",
+}
 # ONNX Runtime's tensor types that a foreign graph's inputs may have.
 ORT_DTYPES = {
     "tensor(float)": "float32",
@@ -44,15 +76,37 @@ ORT_DTYPES = {
     "tensor(double)": "float64",
     "tensor(uint8)": "uint8",
 }
+# ... and what a manifest may also declare: a conditional engine's labels.
+MANIFEST_DTYPES = {**ORT_DTYPES, "tensor(int64)": "int64"}
 # The TensorRT provider's one optimisation profile over the batch axis: min, opt, max.
 PROFILE_BATCHES = (1, 256, 4096)
 TRT_WORKSPACE_BYTES = 4 << 30
+TF32_OVERRIDE = "NVIDIA_TF32_OVERRIDE"
 
 
 def available_providers() -> list[str]:
-    """Our names of the providers this onnxruntime build offers, best first."""
+    """Our names of the providers this onnxruntime build offers (compiled in,
+    not necessarily loadable: see the module doc), best first."""
+    check_one_onnxruntime()
     offered = set(onnxruntime.get_available_providers())
     return [name for name, ort_name in PROVIDERS.items() if ort_name in offered]
+
+
+@cache
+def check_one_onnxruntime() -> None:
+    """onnxruntime and onnxruntime-gpu install the same `onnxruntime` package,
+    so with both installed its files are a mix of the two: refuse, with the fix."""
+    installed = []
+    for name in ("onnxruntime", "onnxruntime-gpu"):
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            installed.append(f"{name} {importlib.metadata.version(name)}")
+    if len(installed) > 1:
+        raise UserError(
+            f"both {' and '.join(installed)} are installed; they share the import name "
+            "onnxruntime and overwrite each other's files. Keep one: pip uninstall -y "
+            "onnxruntime onnxruntime-gpu, then pip install 'vaeflow[cpu]' or "
+            "'vaeflow[gpu-cu13]' ('vaeflow[gpu-cu12]' for a CUDA 12 driver)"
+        )
 
 
 def default_threads() -> int:
@@ -93,84 +147,42 @@ def create_session(
     """An InferenceSession of a serialised model or a file, on `providers`
     (our names, in order), quiet by default (`session_options()`). Exceptions
     are ONNX Runtime's: callers that open untrusted files turn them into a
-    UserError."""
-    return onnxruntime.InferenceSession(
-        source if isinstance(source, bytes) else str(source),
-        options or session_options(),
-        providers=[PROVIDERS[name] for name in providers],
-        provider_options=list(provider_options) if provider_options is not None else None,
-    )
-
-
-def resolve_provider(provider: str) -> str:
-    """'auto' -> the best provider present; anything else checked present."""
-    offered = available_providers()
-    if provider == "auto":
-        return offered[0]
-    if provider not in PROVIDERS:
-        raise UserError(
-            f"unknown provider {provider!r}; use auto or one of: {', '.join(PROVIDERS)}"
+    UserError. What ONNX Runtime prints on stdout while it retries with fewer
+    providers is kept off stdout (genrun may be writing samples there)."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        return onnxruntime.InferenceSession(
+            source if isinstance(source, bytes) else str(source),
+            options or session_options(),
+            providers=[PROVIDERS[name] for name in providers],
+            provider_options=list(provider_options) if provider_options is not None else None,
         )
-    if provider not in offered:
-        raise UserError(
-            f"provider {provider!r} is not in this onnxruntime build (it offers: "
-            f"{', '.join(offered)}); install onnxruntime-gpu (pip install 'vaeflow[gpu]') for "
-            "cuda/tensorrt, or use auto"
-        )
-    return provider
 
 
-def provider_options(name: str, path: Path, inputs: list[TensorSpec]) -> dict[str, str]:
-    """ONNX Runtime's options for one of our providers (see the module doc)."""
-    if name == "cuda":
-        return {"device_id": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
-    if name != "tensorrt":
-        return {}
-    cache = path.parent / f"{path.name}.trt-cache"
+def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
+    """The runner of an `.onnx` file on `options.provider` (see the module
+    doc); a file ONNX Runtime cannot parse is a UserError naming it."""
+    options = options or LoadOptions()
+    if options.cuda_graphs:
+        raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
+    # A file that is not protobuf as genexport writes it: ONNX Runtime's own
+    # refusal below names it, or, if ONNX Runtime opens it anyway, this one.
+    unreadable = None
     try:
-        cache.mkdir(exist_ok=True)
-    except OSError as err:
-        raise UserError(
-            f"cannot create the TensorRT cache folder {cache} ({err.strerror}); put the engine "
-            "in a writable folder or use --provider cuda"
-        ) from None
-    options = {
-        "device_id": "0",
-        "trt_max_workspace_size": str(TRT_WORKSPACE_BYTES),
-        "trt_engine_cache_enable": "True",
-        "trt_engine_cache_path": str(cache),
-        "trt_timing_cache_enable": "True",
-        "trt_timing_cache_path": str(cache),
-    }
-    # One explicit profile over the batch axis, so a new batch size does not
-    # rebuild the engine; only when the batch is every input's only free axis.
-    if inputs and all(s.shape and s.shape[0] == BATCH and BATCH not in s.shape[1:] for s in inputs):
-        for key, batch in zip(("min", "opt", "max"), PROFILE_BATCHES, strict=True):
-            options[f"trt_profile_{key}_shapes"] = ",".join(
-                f"{s.name}:" + "x".join(str(d) for d in [batch, *s.shape[1:]]) for s in inputs
-            )
-    return options
-
-
-def load_session(
-    path: Path, provider: str, threads: int, spin: bool = True
-) -> tuple[onnxruntime.InferenceSession, str]:
-    """(session, the provider that runs it) for an engine file; `provider`
-    as `resolve_provider` takes it. A file ONNX Runtime cannot parse is a UserError."""
-    provider = resolve_provider(provider)
-    offered = available_providers()
-    # Fall back through the slower providers: ONNX Runtime places nodes a
-    # GPU provider cannot run on the next one in this list.
-    slower = list(PROVIDERS)[list(PROVIDERS).index(provider) :]
-    chosen = [name for name in slower if name in offered]
-    options = session_options(threads, spin)
+        manifest = manifest_in(path)
+    except UserError as err:
+        if not path.is_file():
+            raise
+        manifest, unreadable = None, err
+    if manifest is not None:  # changed since export (weights overwritten): refuse it
+        check_graph_sha256(path, manifest)
+    provider = resolve_provider(options.provider)
+    chosen = [provider, *[p for p in PROVIDERS if p != provider and _is_slower(p, provider)]]
+    chosen = [p for p in chosen if p in available_providers()]
+    settings = {name: provider_options(name, path, manifest) for name in chosen}
+    session_opts = session_options(options.threads, options.spin)
     try:
-        inputs = []
-        if provider == "tensorrt":  # the profile needs the graph's input shapes
-            inputs = graph_specs(create_session(path, ("cpu",)).get_inputs())
-        return create_session(
-            path, chosen, options, [provider_options(name, path, inputs) for name in chosen]
-        ), provider
+        with _tf32_off_for(manifest, provider):
+            session = create_session(path, chosen, session_opts, list(settings.values()))
     except UserError:
         raise
     except Exception as err:  # any parse failure of an untrusted file
@@ -179,45 +191,211 @@ def load_session(
             f"{path} is not a loadable ONNX model ({type(err).__name__}: {first}); pass an "
             "engine written by `genexport onnx`"
         ) from None
+    if unreadable is not None:
+        raise unreadable
+    running = OUR_NAME.get(session.get_providers()[0], "cpu")
+    if running != provider:
+        reason = provider_problem(provider)
+        if options.provider != "auto":
+            raise UserError(
+                f"the {LABEL[provider]} provider did not load ({reason}); {_fix(provider)}, "
+                "or run on the CPU with --provider cpu"
+            )
+        log.warning("auto: the %s provider did not load (%s); running on %s", LABEL[provider],
+                    reason, running)  # fmt: skip
+    session.disable_fallback()  # a run that fails on the GPU raises, never reruns on the CPU
+    return OnnxRuntimeRunner(session, path, running, manifest, settings.get(running, {}))
 
 
-class OnnxRuntimeRunner:
+def resolve_provider(provider: str) -> str:
+    """'auto' -> the best provider present whose libraries load; anything else
+    checked present in this onnxruntime build."""
+    offered = available_providers()
+    if provider == "auto":
+        chosen = next((p for p in offered if provider_problem(p, quick=True) is None), "cpu")
+        if chosen == "cpu" and "cuda" in offered:  # onnxruntime-gpu, but CUDA cannot load
+            log.warning("auto: the CUDA provider did not load (%s); running on cpu",
+                        provider_problem("cuda", quick=True))  # fmt: skip
+        return chosen
+    if provider not in PROVIDERS:
+        raise UserError(
+            f"unknown provider {provider!r}; use auto or one of: {', '.join(PROVIDERS)}"
+        )
+    if provider not in offered:
+        raise UserError(
+            f"provider {provider!r} is not in this onnxruntime build (it offers: "
+            f"{', '.join(offered)}); for cuda/tensorrt replace onnxruntime with onnxruntime-gpu: "
+            f"pip uninstall -y onnxruntime && {nvidia.gpu_extra(_built_cuda())}, or use auto"
+        )
+    problem = provider_problem(provider, quick=True)
+    if problem is not None:
+        raise UserError(
+            f"the {LABEL[provider]} provider did not load ({problem}); {_fix(provider)}, or run "
+            "on the CPU with --provider cpu"
+        )
+    return provider
+
+
+def provider_problem(provider: str, quick: bool = False) -> str | None:
+    """Why a GPU provider cannot run here, or None if nothing is known to be
+    missing. `quick`: only the provider's own libraries (the part ONNX Runtime
+    would report by printing and falling back); otherwise the driver too."""
+    if provider not in PROVIDER_LIBRARY:
+        return None
+    _preload_cuda_libraries()
+    library = Path(onnxruntime.__file__).parent / "capi" / PROVIDER_LIBRARY[provider]
+    missing = nvidia.missing_library(str(library))
+    if missing is not None:
+        return f"{nvidia.owner(missing, _built_cuda())} not found: {missing}"
+    if quick:
+        return None
+    return nvidia.driver_problem(_built_cuda()) or "no CUDA GPU visible to this process"
+
+
+def _fix(provider: str) -> str:
+    if provider == "tensorrt":
+        extra = f"tensorrt-cu{str(_built_cuda() or 13).split('.')[0]}"
+        return (
+            f"install TensorRT's libraries (pip install 'vaeflow[{extra}]') or use --provider cuda"
+        )
+    return f"install them with {nvidia.gpu_extra(_built_cuda())}"
+
+
+def _is_slower(other: str, than: str) -> bool:
+    order = list(PROVIDERS)
+    return order.index(other) > order.index(than)
+
+
+def _built_cuda() -> str | None:
+    """The CUDA version this onnxruntime build targets ('13.0'), if it says."""
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return None
+    return getattr(build_and_package_info, "cuda_version", None)
+
+
+@cache
+def _preload_cuda_libraries() -> str:
+    """onnxruntime.preload_dlls() (onnxruntime-gpu >= 1.21): CUDA and cuDNN
+    from the nvidia-* wheels pip installed, found without torch. What it
+    prints goes into the return value, not to stdout."""
+    preload = getattr(onnxruntime, "preload_dlls", None)
+    if preload is None:
+        return ""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed), contextlib.suppress(Exception):
+        preload()
+    return printed.getvalue()
+
+
+@contextlib.contextmanager
+def _tf32_off_for(manifest: Manifest | None, provider: str):
+    """For a float32 graph on ONNX Runtime's TensorRT provider (which has no
+    TF32 option): NVIDIA_TF32_OVERRIDE=0 while the session builds, unless set."""
+    if provider != "tensorrt" or os.environ.get(TF32_OVERRIDE) is not None:
+        yield
+        return
+    if manifest is not None and manifest.precision != "fp32":
+        yield
+        return
+    os.environ[TF32_OVERRIDE] = "0"
+    try:
+        yield
+    finally:
+        del os.environ[TF32_OVERRIDE]
+
+
+def provider_options(name: str, path: Path, manifest: Manifest | None) -> dict[str, str]:
+    """ONNX Runtime's options for one of our providers (see the module doc)."""
+    if name == "cuda":
+        return {"device_id": "0", "use_tf32": "0", "cudnn_conv_algo_search": "EXHAUSTIVE"}
+    if name != "tensorrt":
+        return {}
+    cache_folder = path.parent / f"{path.name}.trt-cache"
+    try:
+        cache_folder.mkdir(exist_ok=True)
+    except OSError as err:
+        raise UserError(
+            f"cannot create the TensorRT cache folder {cache_folder} ({err.strerror}); put the "
+            "engine in a writable folder or use --provider cuda"
+        ) from None
+    options = {
+        "device_id": "0",
+        "trt_max_workspace_size": str(TRT_WORKSPACE_BYTES),
+        "trt_engine_cache_enable": "True",
+        "trt_engine_cache_path": str(cache_folder),
+        "trt_timing_cache_enable": "True",
+        "trt_timing_cache_path": str(cache_folder),
+    }
+    if manifest is None:
+        return options  # a foreign graph: ONNX Runtime's own profiles
+    if manifest.precision == "fp16":
+        options["trt_fp16_enable"] = "True"
+    # One explicit profile over the batch axis, so a new batch size does not
+    # rebuild the engine; only when the batch is every input's only free axis.
+    # Inputs with a default are initializers ONNX Runtime does not list as inputs.
+    inputs = [spec for spec in manifest.inputs if spec.default is None]
+    if all(s.shape and s.shape[0] == BATCH and BATCH not in s.shape[1:] for s in inputs):
+        for key, batch in zip(("min", "opt", "max"), PROFILE_BATCHES, strict=True):
+            options[f"trt_profile_{key}_shapes"] = ",".join(
+                f"{s.name}:" + "x".join(str(d) for d in [batch, *s.shape[1:]]) for s in inputs
+            )
+    return options
+
+
+class OnnxRuntimeRunner(Runner):
     """Runs one session: `run(feeds)` -> every output by name. On a GPU
     provider the outputs are bound with IO binding (allocated on the device
-    by ONNX Runtime, one copy to the host per call)."""
+    by ONNX Runtime, one copy to the host per call). `manifest` as read from
+    the file (None: read from the session's metadata, as for an in-memory
+    model); `specs` (inputs, outputs) instead for a graph being exported,
+    which has no manifest yet."""
 
     def __init__(
         self,
         session: onnxruntime.InferenceSession,
         path: Path,
-        provider: str,
+        provider: str = "cpu",
+        manifest: Manifest | None = None,
+        settings: dict[str, str] | None = None,
         io_binding: bool | None = None,
+        specs: tuple[list[TensorSpec], list[TensorSpec]] | None = None,
     ):
         self.session, self.path, self.provider = session, path, provider
+        self.settings = {"tf32": "off"} if provider in GPU_PROVIDERS else {}
+        self.settings |= {k: v for k, v in (settings or {}).items() if k == "trt_fp16_enable"}
         self.io_binding = provider in GPU_PROVIDERS if io_binding is None else io_binding
         self.output_device = "cuda" if provider in GPU_PROVIDERS else "cpu"
-        if METADATA_KEY not in session.get_modelmeta().custom_metadata_map:
-            self.manifest: Manifest | None = None  # a foreign graph: its own specs
+        if specs is not None:
+            self.manifest, (self.inputs, self.outputs) = None, specs
+            return
+        if manifest is None:
+            try:
+                metadata = session.get_modelmeta().custom_metadata_map
+            except UnicodeDecodeError:
+                raise UserError(f"{path} has metadata that is not UTF-8; re-export it") from None
+            if METADATA_KEY in metadata:
+                manifest = from_json(metadata[METADATA_KEY], source=str(path))
+        self.manifest = manifest
+        if manifest is None:  # a foreign graph: its own specs
             self.inputs = graph_specs(session.get_inputs(), path)
             self.outputs = graph_specs(session.get_outputs())
             return
-        self.manifest = from_json(
-            session.get_modelmeta().custom_metadata_map[METADATA_KEY], source=str(path)
-        )
-        self.inputs, self.outputs = self.manifest.inputs, self.manifest.outputs
+        self.inputs, self.outputs = manifest.inputs, manifest.outputs
         graph = graph_specs(session.get_inputs()), graph_specs(session.get_outputs())
-        check_graph(self.manifest, *graph, path)
+        check_graph(manifest, *graph, path)
         # ONNX Runtime hides inputs that have a default (initialisers), so what
         # must be fed comes from the manifest, checked against the session's.
         graph_inputs = {i.name for i in session.get_inputs()}
-        missing = {s.name for s in self.manifest.inputs if s.default is None} - graph_inputs
-        if missing or not graph_inputs <= {s.name for s in self.manifest.inputs}:
+        missing = {s.name for s in manifest.inputs if s.default is None} - graph_inputs
+        if missing or not graph_inputs <= {s.name for s in manifest.inputs}:
             raise UserError(
                 f"{path}: graph inputs {sorted(graph_inputs)} do not match its manifest's "
-                f"{[s.name for s in self.manifest.inputs]}; re-export the engine"
+                f"{[s.name for s in manifest.inputs]}; re-export the engine"
             )
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Feeds) -> Feeds:
         names = [spec.name for spec in self.outputs]
         if not self.io_binding:
             return dict(zip(names, self.session.run(names, feeds), strict=True))
@@ -228,6 +406,11 @@ class OnnxRuntimeRunner:
             binding.bind_output(name, self.output_device)
         self.session.run_with_iobinding(binding)
         return dict(zip(names, binding.copy_outputs_to_cpu(), strict=True))
+
+    def _close(self) -> None:
+        # The session owns its memory arenas (and, on a GPU, the device's):
+        # dropping the last reference frees them.
+        del self.session
 
 
 def graph_specs(args: list[onnxruntime.NodeArg], path: Path | None = None) -> list[TensorSpec]:
@@ -241,10 +424,10 @@ def graph_specs(args: list[onnxruntime.NodeArg], path: Path | None = None) -> li
             raise UserError(
                 f"{path} holds no vaeflow manifest and its input '{arg.name}' ({arg.type}, "
                 f"shape {arg.shape}) is not a float or uint8 tensor with one dynamic leading "
-                "batch axis, so it cannot be fed; re-export the model with `genexport onnx CKPT`"
+                "batch axis, so it cannot be fed; re-export the model with `genexport onnx`"
             )
         if dims and dims[0] == "?":
             dims[0] = BATCH
-        dtype = ORT_DTYPES.get(arg.type, arg.type)
+        dtype = MANIFEST_DTYPES.get(arg.type, arg.type)
         specs.append(TensorSpec(arg.name, dtype, dims, "read from the graph (no manifest)"))
     return specs

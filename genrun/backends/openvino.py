@@ -28,6 +28,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
+from .base import Feeds, LoadOptions, Runner
 
 # /proc/cpuinfo flags that mean native bfloat16 arithmetic (AVX512-BF16 dot
 # products, AMX tiles); without one of them bfloat16 is emulated.
@@ -36,9 +37,6 @@ BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 REPORTED_FLAGS = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512_vnni", "avx512f")
 # The manifest's precision that this backend runs.
 PRECISION = "bf16"
-# Bytes searched for the manifest's precision before any runtime opens the file:
-# JSON written by genrun.manifest.to_json (indent 1, sorted keys).
-_MARK = b'"precision": "bf16"'
 _OV_DTYPES = {"f32": "float32", "f16": "float16", "u8": "uint8"}
 
 
@@ -68,14 +66,15 @@ def bf16_support(flags: set[str] | None = None) -> str | None:
 
 
 def is_bf16_engine(path: Path) -> bool:
-    """Whether an .onnx file carries a vaeflow manifest of precision bf16,
-    judged from its bytes (no runtime can open one without knowing)."""
+    """Whether an .onnx file carries a vaeflow manifest of precision bf16 (read
+    without a runtime: none can open the file before knowing)."""
+    from ..manifest_io import manifest_in
+
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError:
+        manifest = manifest_in(path)
+    except UserError:  # not protobuf as ONNX writes it: ONNX Runtime's loader says so
         return False
-    return METADATA_KEY.encode() in data and _MARK in data
+    return manifest is not None and manifest.precision == PRECISION
 
 
 def import_openvino() -> Any:
@@ -111,16 +110,16 @@ def compile_onnx(source: bytes | str | Path, threads: int) -> Any:
     return core.compile_model(model, "CPU", config), model
 
 
-class OpenVinoRunner:
+class OpenVinoRunner(Runner):
     """Runs one compiled model: `run(feeds)` -> every output by name, in the
     order of `outputs` (the manifest's, when there is one)."""
 
-    provider = "cpu"  # what runs the graph, as Engine.provider reports it
-    backend = "openvino"
+    provider = "cpu"
 
-    def __init__(self, compiled: Any, model: Any, path: Path, manifest: Manifest | None):
+    def __init__(self, compiled: Any, path: Path, manifest: Manifest | None):
         self.compiled, self.path, self.manifest = compiled, path, manifest
         self.request = compiled.create_infer_request()
+        self.settings = {"runtime": f"openvino {openvino_version()}", "precision": PRECISION}
         declared = (
             set() if manifest is None else {s.name for s in manifest.inputs + manifest.outputs}
         )
@@ -136,15 +135,15 @@ class OpenVinoRunner:
         self._output_port = {spec.name: _port(compiled.outputs, spec.name) for spec in self.outputs}
         if manifest is None:  # a graph being measured (genexport): every name of every output
             self._output_port = {n: port for port in compiled.outputs for n in port.get_names()}
-        # Inputs with a default (ONNX initialisers of the same name) are graph
-        # inputs to OpenVINO: fed their default when the caller leaves them out.
+        # Inputs with a default are plain graph inputs here (genexport.precision
+        # drops the initialiser): fed their default when the caller leaves them out.
         self._defaults = {
             spec.name: spec
             for spec in self.inputs
             if spec.default is not None and spec.name in self._input_port
         }
 
-    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def _run(self, feeds: Feeds) -> Feeds:
         batch = len(next(iter(feeds.values())))
         filled = {
             name: np.full([batch, *spec.shape[1:]], spec.default, spec.dtype)
@@ -157,8 +156,34 @@ class OpenVinoRunner:
         # infer() returns views of the request's buffers: copy before the next call.
         return {name: np.array(results[port]) for name, port in self._output_port.items()}
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self.request = self.compiled = None
+
+
+def load(path: Path, options: LoadOptions | None = None) -> OpenVinoRunner:
+    """The runner of a bf16 `.onnx` engine on the CPU (genrun.load's entry)."""
+    from ..manifest_io import check_graph_sha256, manifest_in
+
+    options = options or LoadOptions()
+    if options.provider not in ("auto", "cpu"):
+        raise UserError(f"{path.name} is a bf16 engine, which runs on the CPU; use --provider cpu")
+    if options.cuda_graphs:
+        raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
+    manifest = manifest_in(path)
+    if manifest is not None:
+        check_graph_sha256(path, manifest)
+    threads = options.threads or _default_threads()
+    return load_openvino(path, threads)
+
+
+def _default_threads() -> int:
+    from .onnxruntime import default_threads
+
+    return default_threads()
+
+
+def openvino_version() -> str:
+    return import_openvino().__version__.split("-")[0]
 
 
 def load_openvino(source: Path | bytes, threads: int, path: Path | None = None) -> OpenVinoRunner:
@@ -189,7 +214,7 @@ def load_openvino(source: Path | bytes, threads: int, path: Path | None = None) 
         if model.has_rt_info(key)
         else None
     )
-    return OpenVinoRunner(compiled, model, path, manifest)
+    return OpenVinoRunner(compiled, path, manifest)
 
 
 def bf16_matmul_peak_gflops(threads: int, size: int = 2048, calls: int = 5) -> float:

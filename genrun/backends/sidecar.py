@@ -30,6 +30,10 @@ plan_sha256        sha256 of the .plan file; a mismatch means the two files
                    do not belong together.
 onnx_file, onnx_sha256  the ONNX engine it was built from.
 workspace_gib      the builder's workspace limit.
+tf32               whether float32 layers may use TF32 (false: vaeflow clears
+                   TensorRT's TF32 flag, on by default, so an fp32 plan is held
+                   to the float32 bounds; sidecars without it were built before
+                   the flag was cleared and read as true).
 """
 
 from __future__ import annotations
@@ -63,6 +67,7 @@ class PlanInfo:
     onnx_file: str
     onnx_sha256: str
     workspace_gib: float
+    tf32: bool = True  # what a sidecar written before this field meant
     version: int = field(default=PLAN_VERSION)
 
 

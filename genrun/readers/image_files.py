@@ -23,13 +23,14 @@ DEFAULT_FOLDER_SIZE = 64
 
 def read_folder(
     directory: Path, size: int, mode: str | None = None
-) -> tuple[np.ndarray, np.ndarray | None]:
+) -> tuple[np.ndarray, np.ndarray | None, tuple[str, ...] | None]:
     """Every PNG/JPEG under `directory` (`folder_files`), fitted to size x
-    size, converted to `mode` ("L", "RGB" or None: see `_open_picture`).
-    Labels come from the first-level subfolder (ImageFolder style) when no
-    image sits directly in `directory`."""
+    size, converted to `mode` ("L", "RGB" or None: see `_open_picture`), with
+    labels and class names: labels come from the first-level subfolder
+    (ImageFolder style, classes in sorted order of their names) when no image
+    sits directly in `directory`."""
     files = folder_files(directory)
-    return _read_pictures(files, size, mode), _folder_labels(directory, files)
+    return _read_pictures(files, size, mode), *_folder_labels(directory, files)
 
 
 def read_named_folder(
@@ -166,10 +167,14 @@ def read_image_files(paths: list[Path], shape: tuple[int, int, int]) -> np.ndarr
     return stacked[:, None] if channels == 1 else stacked.transpose(0, 3, 1, 2)
 
 
-def _folder_labels(directory: Path, files: list[Path]) -> np.ndarray | None:
+def _folder_labels(
+    directory: Path, files: list[Path]
+) -> tuple[np.ndarray | None, tuple[str, ...] | None]:
+    """(label of each file, class names by label) from the first-level
+    sub-folders; (None, None) when an image sits directly in `directory`."""
     parts = [path.relative_to(directory).parts for path in files]
     if any(len(p) == 1 for p in parts):
-        return None
+        return None, None
     classes = sorted({p[0] for p in parts})
     index = {name: i for i, name in enumerate(classes)}
-    return np.array([index[p[0]] for p in parts], dtype=np.int64)
+    return np.array([index[p[0]] for p in parts], dtype=np.int64), tuple(classes)

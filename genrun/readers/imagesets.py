@@ -31,12 +31,44 @@ class DataSplit:
     # The fewest bits per pixel that keep every grey level of the source
     # apart: what a flow should model by default (its `n_bits`).
     bits: int = 8
+    # The classes' names by label index where the source names them (a
+    # folder's sub-folders, an npz's `class_names`); None for bare indices.
+    class_names: tuple[str, ...] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image, train and test alike."""
         _, c, h, w = self.train.images.shape
         return (c, h, w)
+
+    def class_counts(self) -> tuple[int, ...]:
+        """Training images per class, by label index: what a class-conditional
+        model is built for (how many classes, and p(y)). A one-line UserError
+        where the data has no labels or a class has no training image."""
+        if self.train.labels is None or self.test.labels is None:
+            raise UserError(
+                f"{self.spec} has no class labels, which a conditional model needs; use "
+                "mnist:DIR, digits, folder:DIR with one sub-folder per class, or an npz with "
+                "labels (or y_train/y_test), or drop --conditional"
+            )
+        labels = np.concatenate([self.train.labels, self.test.labels])
+        if labels.min() < 0:
+            raise UserError(f"{self.spec} has negative labels; label the classes 0..K-1")
+        count = len(self.class_names) if self.class_names else int(labels.max()) + 1
+        if labels.max() >= count:
+            raise UserError(
+                f"{self.spec} has labels up to {labels.max()} but names only {count} classes; "
+                "give every class a name"
+            )
+        counts = np.bincount(self.train.labels, minlength=count)
+        missing = np.flatnonzero(counts == 0)
+        if count < 2 or len(missing):
+            which = f"class {missing[0]} has" if len(missing) else "fewer than 2 classes have"
+            raise UserError(
+                f"{self.spec}: {which} no training images; a conditional model needs every "
+                "class 0..K-1 (K >= 2) in the training split"
+            )
+        return tuple(int(c) for c in counts)
 
 
 def image_set(images: np.ndarray, labels: np.ndarray | None) -> ImageSet:

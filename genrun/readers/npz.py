@@ -16,16 +16,22 @@ from genrun.errors import UserError
 from .imagesets import ImageSet, image_set, split
 
 
-def read_npz(path: Path, test_fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
-    """x_train/x_test (+ y_train/y_test) keep their split; a single image
-    array (`images`, `x`, or the only array) is split deterministically."""
+def read_npz(
+    path: Path, test_fraction: float, seed: int
+) -> tuple[ImageSet, ImageSet, tuple[str, ...] | None]:
+    """(train, test, class names or None). x_train/x_test (+ y_train/y_test)
+    keep their split; a single image array (`images`, `x`, or the only array)
+    is split deterministically. An optional string array `class_names` names
+    the labels' classes by index."""
     arrays = _npz_arrays(path)
+    names = _class_names(path, arrays.pop("class_names", None))
     if "x_train" in arrays and "x_test" in arrays:
         if ("y_train" in arrays) != ("y_test" in arrays):
             raise UserError(f"{path} has labels for only one split; save both y_train and y_test")
         return (
             _npz_set(path, arrays["x_train"], arrays.get("y_train")),
             _npz_set(path, arrays["x_test"], arrays.get("y_test")),
+            names,
         )
     key = next((k for k in ("images", "x") if k in arrays), None)
     if key is None and len(arrays) == 1:
@@ -37,7 +43,22 @@ def read_npz(path: Path, test_fraction: float, seed: int) -> tuple[ImageSet, Ima
         )
     labels = arrays.get("labels", arrays.get("y"))
     whole = _npz_set(path, arrays[key], labels)
-    return split(whole.images, whole.labels, test_fraction, seed)
+    return *split(whole.images, whole.labels, test_fraction, seed), names
+
+
+def _class_names(path: Path, names: np.ndarray | None) -> tuple[str, ...] | None:
+    """The `class_names` array as names: unique non-empty strings, one per class."""
+    if names is None:
+        return None
+    if names.ndim != 1 or names.dtype.kind != "U" or not len(names):
+        raise UserError(
+            f"{path}: class_names must be a 1-D array of strings, got {names.dtype} "
+            f"{names.shape}; save np.array(['cat', 'dog', ...])"
+        )
+    values = tuple(str(name) for name in names)
+    if len(set(values)) != len(values) or not all(values):
+        raise UserError(f"{path}: class_names must be unique and non-empty; rename the classes")
+    return values
 
 
 def _npz_arrays(path: Path) -> dict[str, np.ndarray]:

@@ -44,7 +44,7 @@ def load_data(
     """
     _check_options(size, test_fraction)
     kind, _, arg = spec.partition(":")
-    bits = 8
+    bits, names = 8, None
     if spec == "digits":
         train, test = split(*_read_digits(), test_fraction, seed)
         bits = _DIGITS_BITS
@@ -53,18 +53,18 @@ def load_data(
     elif kind == "mnist" and arg:
         train, test = read_mnist_dir(Path(arg).expanduser())
     elif folder_of(spec) is not None:
-        images, labels = read_folder(
+        images, labels, names = read_folder(
             folder_of(spec), size or DEFAULT_FOLDER_SIZE, channel_mode(channels)
         )
         train, test = split(images, labels, test_fraction, seed)
     elif kind == "npz" and arg:
-        train, test = read_npz(Path(arg).expanduser(), test_fraction, seed)
+        train, test, names = read_npz(Path(arg).expanduser(), test_fraction, seed)
     else:
         raise UserError(f"unknown data spec {spec!r}; use one of: {DATA_SPECS_HELP}")
     if size is not None and (size, size) != train.images.shape[2:]:
         train, test = resized(train, size), resized(test, size)
         bits = 8  # interpolation makes new grey levels
-    return DataSplit(train=train, test=test, spec=spec, bits=bits)
+    return DataSplit(train=train, test=test, spec=spec, bits=bits, class_names=names)
 
 
 def folder_of(spec: str) -> Path | None:

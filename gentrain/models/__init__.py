@@ -54,11 +54,15 @@ def build_model(family: str, config: dict) -> GenerativeModel:
 def new_model(family: str, options: dict, data: DataSplit, seed: int) -> GenerativeModel:
     """The model a new run starts from: `options` (config fields; None or
     missing take the config's default) for `data`'s image shape, flows at the
-    data's own bit depth unless told, weights drawn from `seed`."""
+    data's own bit depth unless told, a conditional model for the data's
+    classes, weights drawn from `seed`."""
     config = {k: v for k, v in options.items() if v is not None}
     for option in fields(model_class(family).config_class):
         if option.metadata.get("from_data"):  # e.g. the flows' n_bits: the data's bit depth
             config.setdefault(option.name, getattr(data, option.metadata["from_data"]))
+    if config.get("conditional"):  # the classes come from the data's labels
+        config.setdefault("class_counts", data.class_counts())
+        config.setdefault("class_names", data.class_names or ())
     torch.manual_seed(seed)
     return build_model(family, {"data_shape": data.shape, **config})
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, field
 from typing import Any, TypeVar
 
+from genrun.errors import UserError
 from genrun.typed_json import parse
 
 C = TypeVar("C", bound="ModelConfig")
@@ -33,7 +34,12 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "n_bits": (1, 8),
     "kl_warmup": (0, 10**9),
     "sigma": (1e-6, 1e6),
+    "class_counts": (1, 10**9),
 }
+# A class-conditional model holds parameters per class: bound their number
+# (and their names' length) before anything is built.
+MAX_CLASSES = 4096
+MAX_CLASS_NAME = 200
 
 
 def option(default: Any, help: str, flag: str | None = None, from_data: str | None = None) -> Any:
@@ -43,14 +49,58 @@ def option(default: Any, help: str, flag: str | None = None, from_data: str | No
     return field(default=default, metadata={"help": help, "flag": flag, "from_data": from_data})
 
 
+def conditional_option() -> Any:
+    """The `--conditional` option of the families that have a class-conditional
+    form; its config also holds `class_counts` and `class_names`, which
+    `new_model` fills from the data (see `check_classes`)."""
+    return option(
+        False,
+        "Model p(x|y) for the data's class labels y (mnist, digits, folder: with one "
+        "sub-folder per class, npz with labels).",
+    )
+
+
 class ModelConfig:
-    """Base of the `@dataclass` configs; each has a `data_shape` (C, H, W) field."""
+    """Base of the `@dataclass` configs; each has a `data_shape` (C, H, W) field.
+    A config with a class-conditional form also has `conditional`,
+    `class_counts` (training images per class: K and p(y)) and `class_names`
+    (by label index, or empty where the data names none)."""
 
     @property
     def num_dims(self) -> int:
         """D: values per image."""
         c, h, w = self.data_shape
         return c * h * w
+
+    @property
+    def num_classes(self) -> int:
+        """K for a class-conditional model, 0 for any other."""
+        return len(self.class_counts) if getattr(self, "conditional", False) else 0
+
+    def check_classes(self) -> None:
+        """What `__post_init__` checks of the class fields: a conditional model
+        knows K >= 2 classes (and at most one name each); another has none."""
+        self.class_counts = tuple(int(c) for c in self.class_counts)
+        self.class_names = tuple(str(n) for n in self.class_names)
+        count = len(self.class_counts)
+        if not self.conditional:
+            if count or self.class_names:
+                raise UserError("class_counts and class_names are for --conditional models")
+            return
+        if not 2 <= count <= MAX_CLASSES:
+            raise UserError(
+                f"a conditional model needs 2..{MAX_CLASSES} classes, got {count}; train it on "
+                "labelled data with `gentrain fit FAMILY --conditional`"
+            )
+        if self.class_names and (
+            len(self.class_names) != count
+            or len(set(self.class_names)) != count
+            or not all(0 < len(name) <= MAX_CLASS_NAME for name in self.class_names)
+        ):
+            raise UserError(
+                f"class_names must be {count} unique names of 1..{MAX_CLASS_NAME} characters; "
+                "the checkpoint is damaged or not from gentrain"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -4,6 +4,7 @@ and the rest of what the two share (`ImportanceWeighted`)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any
@@ -55,14 +56,22 @@ class ImportanceWeighted:
         return discretization_nats(self.config.num_dims, 8)
 
     def iwae_bound(
-        self, x: torch.Tensor, iw_samples: int, chunk: int | None = None
+        self,
+        x: torch.Tensor,
+        iw_samples: int,
+        chunk: int | None = None,
+        label: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Importance-weighted bound log (1/K) sum_k w_k per image (N,) of
         uint8 images (Burda et al. 2016); K = 1 is the MC ELBO. Each pass
         holds at most `chunk` images (samples x batch, default `iwae_chunk`),
-        so memory is bounded whatever K."""
+        so memory is bounded whatever K. A conditional model's bounds
+        log p(x | label)."""
         chunk = chunk or self.iwae_chunk
-        return iwae_bound(self.log_weight, self._noise, self.to_float(x), iw_samples, chunk)
+        log_weight = self.log_weight
+        if label is not None:
+            log_weight = functools.partial(self.log_weight, label=label)
+        return iwae_bound(log_weight, self._noise, self.to_float(x), iw_samples, chunk)
 
     def bits_per_dim(self, nll: torch.Tensor) -> torch.Tensor:
         """-log p(x) in nats of the float pixels -> bits/dim of the uint8 image."""

@@ -24,7 +24,7 @@ from torch import nn
 
 from .base import GenerativeModel, Objective
 from .quantization import bits_per_dim, dequantize, discretization_nats, quantize
-from .transforms import CompositeTransform
+from .transforms import ClassStandardize, CompositeTransform
 
 
 class FlowLevel(CompositeTransform):
@@ -39,12 +39,23 @@ class FlowLevel(CompositeTransform):
     out_channels: int  # channels handed to the next level
 
 
+def log_normal(eps: torch.Tensor, dims: int = 1) -> torch.Tensor:
+    """log N(eps; 0, I), summed over all but the first `dims` axes."""
+    return (-0.5 * (eps**2 + math.log(2 * math.pi))).flatten(dims).sum(dims)
+
+
 class MultiScaleFlow(GenerativeModel):
+    """A conditional flow (`num_classes` K > 0) adds a `ClassStandardize`
+    per level after the levels (`class_priors`): log p(y|c) differs between
+    classes only there, so log p(y|c) for every c costs one pass through the
+    levels (`class_log_probs`)."""
+
     headline_metric = "bpd"
 
     def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
         """`self.levels` from `make(channels, (height, width), top)`: each level
-        hands its `out_channels` on at half the resolution (it squeezes 2x2)."""
+        hands its `out_channels` on at half the resolution (it squeezes 2x2);
+        and a conditional flow's class layers, one per level's latent."""
         c, h, w = self.config.data_shape
         levels = []
         for i in range(count):
@@ -52,11 +63,28 @@ class MultiScaleFlow(GenerativeModel):
             levels.append(level)
             c, h, w = level.out_channels, h // 2, w // 2
         self.levels = nn.ModuleList(levels)
+        if self.num_classes:
+            self.class_priors = nn.ModuleList(
+                ClassStandardize(self.num_classes, shape) for shape in self.config.latent_shapes()
+            )
 
     # -- the flow ---------------------------------------------------------
-    def forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Continuous images y -> (standard-normal latents per level, log|det|):
-        each level's latent is factored out of its output, the rest goes on."""
+    def forward(
+        self, y: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Continuous images y -> (standard-normal latents per level, log|det|);
+        a conditional flow's given the class `label` (int64 (N,))."""
+        latents, logabsdet = self.levels_forward(y)
+        if not self.num_classes:
+            return latents, logabsdet
+        steps = [layer(u, label) for layer, u in zip(self.class_priors, latents, strict=True)]
+        eps = [step[0] for step in steps]
+        return eps, logabsdet + torch.stack([step[1] for step in steps]).sum(0)
+
+    def levels_forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """y -> (each level's latent, log|det|) through the levels: the model's
+        latents, or a conditional flow's before its class layers. Each level's
+        latent is factored out of its output, the rest goes on."""
         latents, total = [], None
         h = y
         for level in self.levels:
@@ -70,39 +98,56 @@ class MultiScaleFlow(GenerativeModel):
         return latents, total
 
     def reverse(
-        self, latents: list[torch.Tensor], temperature: float | torch.Tensor = 1.0
+        self,
+        latents: list[torch.Tensor],
+        temperature: float | torch.Tensor = 1.0,
+        label: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Standard-normal latents per level -> continuous images. A tensor
-        temperature of shape (N,) gives each sample its own."""
+        """Standard-normal latents per level -> continuous images (of the class
+        `label`, for a conditional flow). A tensor temperature of shape (N,)
+        gives each sample its own; it scales the standard-normal noise."""
         if isinstance(temperature, torch.Tensor):
             temperature = temperature.view(-1, 1, 1, 1)
         h = None
-        for level, eps in zip(reversed(self.levels), reversed(latents), strict=True):
-            eps = eps * temperature
-            h, _ = level.inverse(eps if h is None else torch.cat([eps, h], 1))
+        for i in reversed(range(len(self.levels))):
+            eps = latents[i] * temperature
+            if self.num_classes:
+                eps, _ = self.class_priors[i].inverse(eps, label)
+            h, _ = self.levels[i].inverse(eps if h is None else torch.cat([eps, h], 1))
         return h
 
-    def log_prob(self, y: torch.Tensor) -> torch.Tensor:
-        """log p(y) in nats per image, for continuous y in [-0.5, 0.5)."""
-        return self.log_prob_of(*self(y))
+    def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(y) in nats per image, for continuous y in [-0.5, 0.5); a
+        conditional flow's log p(y | label)."""
+        return self.log_prob_of(*self(y, label))
+
+    def class_log_probs(self, y: torch.Tensor) -> torch.Tensor:
+        """A conditional flow's log p(y | c) for every class c: (N, K) nats,
+        from one pass through the levels."""
+        latents, logabsdet = self.levels_forward(y)
+        total = logabsdet[:, None]
+        for layer, u in zip(self.class_priors, latents, strict=True):
+            eps, class_logabsdet = layer.every_class(u)
+            total = total + log_normal(eps, 2) + class_logabsdet
+        return total
 
     @staticmethod
     def log_prob_of(latents: list[torch.Tensor], logdet: torch.Tensor) -> torch.Tensor:
         """log p(y) from what `forward(y)` returned: the change of variables."""
-        log_normal = sum(
-            (-0.5 * (eps**2 + math.log(2 * math.pi))).flatten(1).sum(1) for eps in latents
-        )
-        return log_normal + logdet
+        return sum(log_normal(eps) for eps in latents) + logdet
 
     # -- the GenerativeModel contract --------------------------------------
-    def objective(self, x: torch.Tensor) -> Objective:
+    def objective(self, x: torch.Tensor, label: torch.Tensor | None = None) -> Objective:
+        label = self.check_label(label, len(x))
         y = dequantize(x, self.config.n_bits, torch.rand(x.shape, device=x.device))
-        bpd = bits_per_dim(self.log_prob(y), self.config.num_dims, self.config.n_bits)
+        bpd = bits_per_dim(self.log_prob(y, label), self.config.num_dims, self.config.n_bits)
         loss = bpd.mean()
         return Objective(loss, {"bpd": loss.item()})
 
     @torch.no_grad()
-    def evaluate(self, x: torch.Tensor, iw_samples: int = 1) -> dict[str, torch.Tensor]:
+    def evaluate(
+        self, x: torch.Tensor, iw_samples: int = 1, label: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """bpd: with one draw of uniform dequantisation noise, the variational
         bound papers report; nll: -log P(x) in nats from it; with iw_samples
         K > 1 also bpd_iw: the importance-weighted bound
@@ -110,17 +155,37 @@ class MultiScaleFlow(GenerativeModel):
         tighter as K grows. These bound -log P(x) >= 0 of the discrete image,
         so a draw's estimate below 0 is raised to 0. bpd_density_at_centers:
         the density at bin centres, deterministic, NOT a bound (negative for
-        images simpler than the data, e.g. all black)."""
+        images simpler than the data, e.g. all black).
+
+        A conditional flow's are those of P(x | label), and also bpd_marginal:
+        the bound of P(x) = sum_y P(x|y) p(y) from the same draw, and accuracy:
+        1 where the generative classifier argmax_y p(x|y) p(y) (densities at
+        the bin centres, as `genrun classify`) names the label, else 0."""
+        label = self.check_label(label, len(x))
         n_bits, dims = self.config.n_bits, self.config.num_dims
-        draws = [
-            self.log_prob(dequantize(x, n_bits, torch.rand(x.shape, device=x.device)))
-            for _ in range(iw_samples)
+        ys = [
+            dequantize(x, n_bits, torch.rand(x.shape, device=x.device)) for _ in range(iw_samples)
         ]
-        log_center = self.log_prob(dequantize(x, n_bits))
+        center = dequantize(x, n_bits)
+        metrics = {}
+        if label is None:
+            draws = [self.log_prob(y) for y in ys]
+            log_center = self.log_prob(center)
+        else:
+            log_prior = self.log_class_prior()
+            by_class = self.class_log_probs(ys[0])
+            draws = [by_class.gather(1, label[:, None])[:, 0]]
+            draws += [self.log_prob(y, label) for y in ys[1:]]
+            marginal = torch.logsumexp(by_class + log_prior, 1)
+            metrics["bpd_marginal"] = bits_per_dim(marginal, dims, n_bits).clamp(min=0)
+            at_centers = self.class_log_probs(center)
+            log_center = at_centers.gather(1, label[:, None])[:, 0]
+            metrics["accuracy"] = ((at_centers + log_prior).argmax(1) == label).float()
         metrics = {
             "bpd": bits_per_dim(draws[0], dims, n_bits).clamp(min=0),
             "bpd_density_at_centers": bits_per_dim(log_center, dims, n_bits),
             "nll": (discretization_nats(dims, n_bits) - draws[0]).clamp(min=0),
+            **metrics,
         }
         if iw_samples > 1:
             log_mean = torch.logsumexp(torch.stack(draws), 0) - math.log(iw_samples)
@@ -132,7 +197,10 @@ class MultiScaleFlow(GenerativeModel):
         return [torch.randn(n, *shape, device=device) for shape in self.config.latent_shapes()]
 
     @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0) -> torch.Tensor:
+    def sample(
+        self, n: int, temperature: float = 1.0, label: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        label = self.check_label(label, n)
         device = next(self.parameters()).device
-        y = self.reverse(self.noise(n, device), temperature)
+        y = self.reverse(self.noise(n, device), temperature, label)
         return quantize(y, self.config.n_bits)

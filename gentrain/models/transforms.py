@@ -94,3 +94,49 @@ def per_item(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     """A log-det that is the same for every item (ActNorm's, a 1x1
     convolution's) as the contract's (N,) tensor."""
     return value.expand(inputs.shape[0])
+
+
+class ClassStandardize(Transform):
+    """The class-conditional part of a flow's prior, as an affine layer on one
+    level's latent u: eps = (u - mean_y) exp(-logs_y), with a learned mean and
+    log-scale per class and position (zero at the start: the unconditional
+    prior). The context is the class label, int64 (N,) (or class weights
+    (N, K), a mix of classes). With the level's own
+    prior before it, u ~ N(mean_y, exp(2 logs_y)) in the standardised space:
+    the per-class mean and log-scale of Kingma & Dhariwal 2018 (section 3,
+    openai/glow's `ycond`), for the top latent and every factored-out one.
+
+    It sits outside the flow so that log p(x|y) for every class costs one flow
+    pass and one of these per class (the generative classifier, p(x))."""
+
+    def __init__(self, num_classes: int, shape: Sequence[int]) -> None:
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(num_classes, *shape))
+        self.logs = nn.Parameter(torch.zeros(num_classes, *shape))
+
+    def _of(self, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(mean, logs) of each item's class; for class weights (N, K) instead
+        of labels, their mix (a soft label: between two classes it
+        interpolates in the conditional prior)."""
+        if context.is_floating_point():
+            mix = [(context @ p.flatten(1)).view(-1, *p.shape[1:]) for p in (self.mean, self.logs)]
+            return mix[0], mix[1]
+        return self.mean[context], self.logs[context]
+
+    def forward(
+        self, inputs: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logs = self._of(context)
+        return (inputs - mean) * torch.exp(-logs), -logs.flatten(1).sum(1)
+
+    def inverse(
+        self, inputs: torch.Tensor, context: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, logs = self._of(context)
+        return mean + torch.exp(logs) * inputs, logs.flatten(1).sum(1)
+
+    def every_class(self, inputs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` for every class at once: u (N, ...) -> (eps (N, K, ...),
+        logabsdet (K,)), eps[:, k] and logabsdet[k] being forward's for label k."""
+        eps = (inputs[:, None] - self.mean[None]) * torch.exp(-self.logs[None])
+        return eps, -self.logs.flatten(1).sum(1)

@@ -19,9 +19,9 @@ from genrun.errors import UserError
 from genrun.readers import ImageSet
 
 from ..models.base import GenerativeModel
-from . import codes, interpolation, sampling
+from . import classes, codes, interpolation, sampling
 from .canvas import save_figure
-from .inputs import PlotInputs, has_code, is_flow, samples, samples_levels
+from .inputs import PlotInputs, conditional, has_code, latent_path, samples, samples_levels
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,8 @@ KINDS: dict[str, PlotKind] = {
     "manifold": PlotKind(codes.manifold, has_code, "a 2-D latent code", 20),
     "interpolation": PlotKind(
         interpolation.interpolation,
-        lambda m: has_code(m) or is_flow(m),
-        "a latent code or a flow",
+        latent_path,
+        "a latent code or a flow (without classes)",
         6,
     ),
     "temperature": PlotKind(
@@ -53,6 +53,12 @@ KINDS: dict[str, PlotKind] = {
     ),
     "hvae-levels": PlotKind(
         sampling.hvae_levels, samples_levels, "latent groups to hold fixed", 36
+    ),
+    "class-temperature": PlotKind(
+        classes.class_temperature, conditional, "a class-conditional model", 6
+    ),
+    "class-interpolation": PlotKind(
+        classes.class_interpolation, conditional, "a class-conditional model", 10
     ),
 }
 PLOT_KINDS = tuple(KINDS)

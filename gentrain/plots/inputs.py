@@ -43,8 +43,10 @@ def codes_of(model: GenerativeModel, x: torch.Tensor, batch: int = 500) -> np.nd
 
 
 def has_code(model: GenerativeModel) -> bool:
-    """Autoencoders and VAEs: codes of images and images of codes."""
-    return hasattr(model, "encode_mean") and hasattr(model, "decode_mean")
+    """Autoencoders and VAEs: codes of images and images of codes (of no
+    class: a conditional VAE's codes depend on the label)."""
+    coded = hasattr(model, "encode_mean") and hasattr(model, "decode_mean")
+    return coded and not getattr(model, "num_classes", 0)
 
 
 def is_flow(model: GenerativeModel) -> bool:
@@ -52,12 +54,29 @@ def is_flow(model: GenerativeModel) -> bool:
     return callable(getattr(model, "reverse", None)) and hasattr(model.config, "n_bits")
 
 
+def latent_path(model: GenerativeModel) -> bool:
+    """Images to latents and back with no class: codes, or an unconditional flow."""
+    return has_code(model) or (is_flow(model) and not getattr(model, "num_classes", 0))
+
+
+def conditional(model: GenerativeModel) -> bool:
+    """Class-conditional models (trained with --conditional)."""
+    return getattr(model, "num_classes", 0) > 0
+
+
+def class_names(model: GenerativeModel) -> list[str]:
+    """The classes as the data named them, or their indices."""
+    names = model.config.class_names
+    return list(names) if names else [str(i) for i in range(model.num_classes)]
+
+
 def samples(model: GenerativeModel) -> bool:
     """Models that draw samples with a temperature; asked by drawing one (a
     plain autoencoder refuses), on a forked RNG so the caller's draws stay put."""
+    label = 0 if getattr(model, "num_classes", 0) else None
     try:
         with torch.random.fork_rng(devices=[]):
-            model.sample(1, 1.0)
+            model.sample(1, 1.0, **({} if label is None else {"label": label}))
     except (UserError, NotImplementedError):
         return False
     return True

@@ -16,12 +16,15 @@ LEVELS = ((0, "all levels sampled"), (1, "fixed $z_1$"), (2, "fixed $z_1$ and $z
 
 
 def temperature_sweep(inputs: PlotInputs):
-    """One row of n samples per temperature, all rows from the same noise."""
+    """One row of n samples per temperature, all rows from the same noise (a
+    conditional model's of the classes 0, 1, ... in turn)."""
     (label, model), n = inputs.models[0], inputs.n
+    k = getattr(model, "num_classes", 0)
+    classes = {"label": torch.arange(n) % k} if k else {}
     fig, axes = new_figure(8.0, 8.0, len(TEMPERATURES), 1)
     for ax, temperature in zip(axes[:, 0], TEMPERATURES, strict=True):
         torch.manual_seed(inputs.seed)
-        show_images(ax, model.sample(n, temperature).cpu().numpy(), n)
+        show_images(ax, model.sample(n, temperature, **classes).cpu().numpy(), n)
         ax.set_ylabel(f"T = {temperature}")
     fig.suptitle(f"{label}: samples at temperature T (the same noise in every row)")
     return fig

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig, option
+from ..config import ModelConfig, conditional_option, option
 
 COUPLINGS = ("affine", "additive")
 
@@ -26,9 +26,13 @@ class GlowConfig(ModelConfig):
         "Pixel depth of the modelled density (default: the data's; 8, digits 5).",
         from_data="bits",
     )
+    conditional: bool = conditional_option()
+    class_counts: tuple[int, ...] = ()  # training images per class (from the data)
+    class_names: tuple[str, ...] = ()  # by label index, where the data names them
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)
+        self.check_classes()
         if self.coupling not in COUPLINGS:
             raise UserError(
                 f"unknown coupling '{self.coupling}'; use one of: {', '.join(COUPLINGS)}"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig, option
+from ..config import ModelConfig, conditional_option, option
 
 NORMS = ("actnorm", "batchnorm")
 
@@ -24,9 +24,13 @@ class RealNVPConfig(ModelConfig):
         "Pixel depth of the modelled density (default: the data's; 8, digits 5).",
         from_data="bits",
     )
+    conditional: bool = conditional_option()
+    class_counts: tuple[int, ...] = ()  # training images per class (from the data)
+    class_names: tuple[str, ...] = ()  # by label index, where the data names them
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)
+        self.check_classes()
         if self.norm not in NORMS:
             raise UserError(f"unknown norm '{self.norm}'; use one of: {', '.join(NORMS)}")
         if not 1 <= self.n_bits <= 8:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig, option
+from ..config import ModelConfig, conditional_option, option
 from .likelihoods import LIKELIHOODS
 from .posterior_flows import parse_posterior_flow
 
@@ -50,9 +50,13 @@ class VAEConfig(ModelConfig):
     posterior_flow: str = option(
         "", "planar:K or radial:K flow layers on q(z|x) (Rezende & Mohamed 2015)."
     )
+    conditional: bool = conditional_option()
+    class_counts: tuple[int, ...] = ()  # training images per class (from the data)
+    class_names: tuple[str, ...] = ()  # by label index, where the data names them
 
     def __post_init__(self) -> None:
         self.data_shape = tuple(int(v) for v in self.data_shape)
+        self.check_classes()
         if len(self.data_shape) != 3 or min(self.data_shape) < 1:
             raise UserError(f"data_shape must be (C, H, W), all positive; got {self.data_shape}")
         _check_choice("arch", self.arch, ARCHS)
