@@ -1,29 +1,40 @@
-"""Throughput side by side in one process: PyTorch eager, PyTorch eager on
-the frozen exported graph, torch.compile and genrun (ONNX Runtime) on the same
-models and batch sizes.
+"""Throughput on the CPU, genrun against the peers a user would pick, side by
+side in one process, in interleaved rounds.
 
-    python benchmarks/throughput.py [--seconds 3] [--modes default,max-autotune-no-cudagraphs]
-    python benchmarks/throughput.py --tiny   # a smoke run: small models, no file written
+    python benchmarks/throughput.py                      # writes results/throughput-cpu.md
+    python benchmarks/throughput.py --glow-ckpt runs/glow/checkpoint.pt --vae-ckpt ...
+    python benchmarks/throughput.py --tiny               # smoke run, no file written
 
-Models: the issue's reference Glow (L=2, K=8, 128 hidden, 1x28x28) and the
-pytorch/examples MLP VAE (784-400-20); one training step on the shared MNIST
-initialises them (speed does not depend on training). "eager" runs gentrain's
-model (LU factors recombined per call, ActNorm separate); "frozen" runs the
-module that was exported (genexport.graphs.build_graph(model, role).module: W
-and W^-1 baked, ActNorm folded), so frozen vs genrun isolates the runtime.
-torch.compile is given its best chance, as a peer should be: it compiles the
-frozen module (no LU recombination, no ActNorm data-dependent branch, so no
-graph break and no recompile), with dynamic=False (one compile per batch
-size), in each of --modes; the row reports the fastest mode and names it.
-Every cell is timed by genrun.bench.time_calls (genrun bench's own loop:
-warm-up, then repeated calls for about --seconds; medians of per-call time).
-Also the machine's float32 matrix-multiply peak (torch.mm 2048^3) for scale.
-Writes benchmarks/results/throughput-cpu.md.
+Columns (each a samples/s, median over the rounds; a peer that is not
+installed is a column saying so):
+- genrun fp32: the ONNX engine on ONNX Runtime (what `genrun` runs).
+- genrun bf16: `genexport onnx --precision bf16` on OpenVINO, or why the
+  export refused (its user-terms parity, genexport/precision.py).
+- torch eager: gentrain's model as trained.
+- torch.compile: the frozen module that was exported (no LU recombination, no
+  ActNorm branch), dynamic=False, the fastest of --modes.
+- torch.compile bf16: the same under torch.autocast("cpu", bfloat16).
+- OpenVINO fp32 / bf16: the genrun fp32 ONNX file compiled with
+  INFERENCE_PRECISION_HINT f32 / bf16 (OpenVINO's default on AMX CPUs is bf16).
+The bf16 columns also get their parity in the user's terms against genrun
+fp32 on the same seeded inputs: for generate/decode the share of uint8
+pixels within one level at T = 0.7 and 1.0 (the export's bound: >= 99.9%),
+for density the largest bits/dim difference (bound 0.01).
+
+Timing: every column of a row is called in turn, `--rounds` times, each turn
+about --seconds / --rounds of calls (genrun.bench.time_calls: warm-up, then
+the median call), so a load that comes and goes hits every column alike;
+the ratios are per round, then the median. Models: the gentrain-default Glow
+(L=2, K=8, 64 hidden) and the pytorch/examples MLP VAE (784-400-20), trained
+--steps steps on MNIST unless checkpoints are given. Also the machine's CPU
+flags and its float32 (numpy, torch) and bfloat16 (OpenVINO) matmul peaks.
+A full run takes about 15-25 minutes on an idle 2-core machine.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import platform
 import statistics
@@ -32,13 +43,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genexport.export import export_checkpoint
 from genexport.graphs import build_graph
 from genrun import load
+from genrun.backends.openvino import REPORTED_FLAGS, bf16_support, cpu_flags
 from genrun.bench import random_inputs, time_calls
-from genrun.flops import count_flops
+from genrun.engine import default_threads
+from genrun.errors import UserError
+from genrun.flops import count_flops, matmul_peak_gflops
 from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
@@ -52,88 +67,251 @@ CASES = [
     ("vae", "decode", 1),
     ("vae", "decode", 1024),
 ]
-
-
 COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+COLUMNS = (
+    "genrun fp32",
+    "genrun bf16",
+    "torch eager",
+    "torch.compile",
+    "torch.compile bf16",
+    "OpenVINO fp32",
+    "OpenVINO bf16",
+)
+PARITY_SAMPLES = 256
 
 
-def median_seconds(call: Callable[[], object], seconds: float) -> float:
-    return statistics.median(time_calls(call, seconds))
+def openvino_version() -> str | None:
+    try:
+        import openvino
+    except ImportError:
+        return None
+    return openvino.__version__.split("-")[0]
 
 
-def best_compiled(module, inputs, seconds: float, modes) -> tuple[float, str, float]:
-    """(median seconds per call, mode, compile seconds) of the fastest
-    torch.compile mode of `module` at these inputs' shapes (dynamic=False)."""
-    best = None
-    for mode in modes:
-        torch._dynamo.reset()  # no cache shared between modes
-        label = mode
-        try:
-            compiled = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
-            started = time.perf_counter()
-            compiled(*inputs)
-        except Exception:  # a graph break: compile it as torch.compile would by default
-            torch._dynamo.reset()
-            compiled, label = torch.compile(module, mode=mode, dynamic=False), f"{mode}, breaks"
-            started = time.perf_counter()
-            compiled(*inputs)
-        compile_s = time.perf_counter() - started
-        per_call = median_seconds(lambda compiled=compiled: compiled(*inputs), seconds)
-        if best is None or per_call < best[0]:
-            best = (per_call, label, compile_s)
-    return best
-
-
-def matmul_peak_gflops(seconds: float) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    return 2 * 2048**3 / median_seconds(lambda: torch.mm(a, b), seconds) / 1e9
-
-
-def trained_engines(workdir: Path, data, tiny: bool, device: str = "cpu") -> dict[str, tuple]:
-    """family -> (model, {role: engine path}) after 100 training steps each (a
-    model fresh from its init can sample values so large that parity fails)."""
+def trained(workdir: Path, data, args) -> dict[str, Path]:
+    """family -> checkpoint: given, or trained --steps steps here."""
+    given = {"glow": args.glow_ckpt, "vae": args.vae_ckpt}
     out = {}
-    torch.manual_seed(0)  # a fixed init: some draws sample overflowing images at T near 1
-    models = {
-        "glow": Glow(
-            GlowConfig(data.shape, levels=2, depth=2 if tiny else 8, hidden=16 if tiny else 128)
-        ),
-        "vae": VAE(VAEConfig(data.shape, arch="mlp", hidden=32 if tiny else 400, latent_dim=20)),
-    }
-    for family, model in models.items():
-        steps = 4 if tiny else 100
-        warmup = 1 if tiny else 20
-        config = TrainConfig(steps=steps, batch_size=64, lr=2e-3, warmup=warmup, device=device)
-        Trainer(model, data, config, workdir / family).fit()
-        checkpoint = workdir / family / "checkpoint.pt"
-        engines = export_checkpoint(checkpoint, out=workdir, name=family)
-        trained = model_from_checkpoint(load_checkpoint(checkpoint))
-        out[family] = (trained, {e.graph.role: e.path for e in engines})
+    for family, model in (
+        ("glow", lambda: Glow(GlowConfig(data.shape, hidden=16 if args.tiny else 64))),
+        ("vae", lambda: VAE(VAEConfig(data.shape, arch="mlp", hidden=400, latent_dim=20))),
+    ):
+        if given[family]:
+            out[family] = Path(given[family])
+            continue
+        torch.manual_seed(0)
+        steps = 4 if args.tiny else args.steps
+        config = TrainConfig(steps=steps, batch_size=64, lr=2e-3, warmup=min(20, steps))
+        Trainer(model(), data, config, workdir / family).fit()
+        out[family] = workdir / family / "checkpoint.pt"
     return out
 
 
-def measure(model, role: str, path: Path, batch: int, args) -> tuple[float, ...]:
-    """(eager, frozen, compiled, compile mode, compile seconds, genrun):
-    samples/s of one graph."""
+def engines(checkpoint: Path, workdir: Path, family: str, data: str | None) -> dict:
+    """(role, precision) -> engine path, or the reason a bf16 export refused."""
+    paths: dict = {}
+    for engine in export_checkpoint(checkpoint, workdir, name=family, data=data):
+        paths[engine.graph.role, "fp32"] = engine.path
+    for role in {role for role, _ in paths}:
+        try:
+            (engine,) = export_checkpoint(
+                checkpoint, workdir, role, precision="bf16", name=family, data=data
+            )
+            paths[role, "bf16"] = engine.path
+        except UserError as err:
+            paths[role, "bf16"] = str(err)
+        print(f"{family} {role} bf16: {paths[role, 'bf16']}", flush=True)
+    return paths
+
+
+def compiled_best(module, inputs, modes, seconds: float) -> tuple[Callable, str]:
+    """The fastest torch.compile mode of `module` at these shapes (dynamic=False)."""
+    best = None
+    for mode in modes:
+        torch._dynamo.reset()
+        try:
+            compiled = torch.compile(module, mode=mode, dynamic=False, fullgraph=True)
+            compiled(*inputs)
+            label = mode
+        except Exception:  # a graph break: as torch.compile would run it by default
+            torch._dynamo.reset()
+            compiled, label = torch.compile(module, mode=mode, dynamic=False), f"{mode}, breaks"
+            compiled(*inputs)
+        per_call = statistics.median(time_calls(lambda c=compiled: c(*inputs), seconds))
+        if best is None or per_call < best[0]:
+            best = (per_call, compiled, label)
+    return best[1], best[2]
+
+
+class Autocast(torch.nn.Module):
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.module = module
+
+    def forward(self, *args):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.module(*args)
+
+
+def openvino_call(path: Path, hint: str, feeds: dict) -> Callable:
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(
+        str(path),
+        "CPU",
+        {
+            "INFERENCE_PRECISION_HINT": hint,
+            "INFERENCE_NUM_THREADS": default_threads(),
+            "PERFORMANCE_HINT": "LATENCY",
+        },
+    )
+    request = compiled.create_infer_request()
+    ports = {name: port for port in compiled.inputs for name in port.get_names()}
+    fed = {ports[name]: value for name, value in feeds.items() if name in ports}
+
+    def call():
+        results = request.infer(fed)
+        return {name: results[port] for port in compiled.outputs for name in port.get_names()}
+
+    return call
+
+
+def columns(model, role: str, paths: dict, batch: int, args) -> tuple[dict, dict, dict]:
+    """(column -> call or why not, column -> note, bf16 column -> parity call)."""
     graph = build_graph(model, role)
     inputs = graph.sample_inputs(batch, torch.Generator().manual_seed(0))
-    eager = graph.reference.eval()
-    frozen = graph.module.eval()  # the very graph genrun runs, in PyTorch
-    engine = load(path, provider="cpu")
-    feeds = random_inputs(engine, batch)
+    fp32 = load(paths[role, "fp32"], provider="cpu")
+    feeds = random_inputs(fp32, batch)
+    calls: dict = {"genrun fp32": lambda: fp32.run(**feeds)}
+    notes: dict = {}
+    bf16 = paths.get((role, "bf16"))
+    if isinstance(bf16, Path):
+        reduced = load(bf16)
+        calls["genrun bf16"] = lambda: reduced.run(**feeds)
+        plan = reduced.manifest.precision_plan
+        notes["genrun bf16"] = f"{plan.reduced_flop_share:.0%} of FLOPs in bf16"
+    else:
+        calls["genrun bf16"] = "refused: " + _short(bf16 or "not exported")
+    eager, frozen = graph.reference.eval(), graph.module.eval()
+    calls["torch eager"] = lambda: eager(*inputs)
+    fast, mode = compiled_best(frozen, inputs, args.modes, args.seconds / args.rounds)
+    calls["torch.compile"], notes["torch.compile"] = (lambda: fast(*inputs)), mode
+    low, low_mode = compiled_best(Autocast(frozen), inputs, args.modes, args.seconds / args.rounds)
+    calls["torch.compile bf16"], notes["torch.compile bf16"] = (lambda: low(*inputs)), low_mode
+    version = openvino_version()
+    for hint, column in (("f32", "OpenVINO fp32"), ("bf16", "OpenVINO bf16")):
+        calls[column] = (
+            openvino_call(paths[role, "fp32"], hint, feeds) if version else "not installed"
+        )
+    return calls, notes, {"torch.compile bf16": low, "OpenVINO bf16": calls["OpenVINO bf16"]}
+
+
+def _short(reason: str) -> str:
+    return reason.split(":")[0] if "parity cannot be met" not in reason else "parity"
+
+
+def measure(calls: dict, args) -> dict[str, tuple[float, float]]:
+    """column -> (median seconds per call, median of genrun fp32 time / its time)."""
+    timed = {name: call for name, call in calls.items() if callable(call)}
+    seconds: dict[str, list[float]] = {name: [] for name in timed}
     with torch.inference_mode():
-        t_eager = median_seconds(lambda: eager(*inputs), args.seconds)
-        t_frozen = median_seconds(lambda: frozen(*inputs), args.seconds)
-        t_compiled, mode, compile_s = best_compiled(frozen, inputs, args.seconds, args.modes)
-    t_ort = median_seconds(lambda: engine.run(**feeds), args.seconds)
-    return (
-        batch / t_eager,
-        batch / t_frozen,
-        batch / t_compiled,
-        mode,
-        compile_s,
-        batch / t_ort,
+        for _ in range(args.rounds):
+            for name, call in timed.items():
+                seconds[name].append(
+                    statistics.median(time_calls(call, args.seconds / args.rounds))
+                )
+    base = seconds["genrun fp32"]
+    return {
+        name: (
+            statistics.median(times),
+            statistics.median(b / t for b, t in zip(base, times, strict=True)),
+        )
+        for name, times in seconds.items()
+    }
+
+
+def parity(model, role: str, paths: dict, peers: dict) -> dict[str, str]:
+    """bf16 column -> its user-terms figure against genrun fp32."""
+    graph = build_graph(model, role)
+    fp32 = load(paths[role, "fp32"], provider="cpu")
+    runs: dict[str, Callable] = {}
+    if isinstance(paths.get((role, "bf16")), Path):
+        reduced = load(paths[role, "bf16"])
+        runs["genrun bf16"] = lambda feeds, inputs: reduced.run(**feeds)
+    low = peers["torch.compile bf16"]
+    runs["torch.compile bf16"] = lambda feeds, inputs: _named(graph, low(*inputs))
+    if callable(peers["OpenVINO bf16"]):
+        path = paths[role, "fp32"]
+        runs["OpenVINO bf16"] = lambda feeds, inputs: openvino_call(path, "bf16", feeds)()
+    figures = {}
+    for name, run in runs.items():
+        worst = []
+        for t in (0.7, 1.0) if role != "density" else (None,):
+            feeds, inputs = _parity_inputs(graph, fp32, t)
+            want = fp32.run(**feeds)
+            with torch.inference_mode():
+                got = run(feeds, inputs)
+            if role == "density":
+                error = np.abs(np.asarray(got["bits_per_dim"], np.float64) - want["bits_per_dim"])
+                worst.append(f"max bits/dim difference {np.nanmax(error):.3g}")
+            else:
+                off = np.abs(np.asarray(got["pixels"]).astype(int) - want["pixels"].astype(int))
+                worst.append(f"T={t:g}: {100 * (off <= 1).mean():.2f}% (max {off.max()})")
+        figures[name] = "; ".join(worst)
+    return figures
+
+
+def _named(graph, outputs) -> dict[str, np.ndarray]:
+    leaves = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    flat = []
+    for leaf in leaves:
+        flat += list(leaf) if isinstance(leaf, (tuple, list)) else [leaf]
+    return {
+        spec.name: t.float().numpy() if t.is_floating_point() else t.numpy()
+        for spec, t in zip(graph.outputs, flat, strict=False)
+    }
+
+
+def _parity_inputs(graph, engine, t: float | None) -> tuple[dict, tuple]:
+    """The same seeded inputs for the engine (numpy feeds) and torch (tensors)."""
+    inputs = graph.sample_inputs(PARITY_SAMPLES, torch.Generator().manual_seed(7))
+    leaves = [leaf for group in inputs for leaf in (group if isinstance(group, list) else [group])]
+    specs = graph.inputs
+    if t is not None:
+        for i, spec in enumerate(specs):
+            if spec.name == "temperature":
+                leaves[i] = torch.full_like(leaves[i], t)
+            elif spec.name == "z":
+                leaves[i] = leaves[i] * t
+    feeds = {spec.name: leaf.numpy() for spec, leaf in zip(specs, leaves, strict=True)}
+    rebuilt, k = [], 0
+    for group in inputs:
+        if isinstance(group, list):
+            rebuilt.append(leaves[k : k + len(group)])
+            k += len(group)
+        else:
+            rebuilt.append(leaves[k])
+            k += 1
+    return {n: v for n, v in feeds.items() if n in {s.name for s in engine.inputs}}, tuple(rebuilt)
+
+
+def peaks(threads: int, seconds: float) -> dict[str, float]:
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    torch_fp32 = 2 * 2048**3 / statistics.median(time_calls(lambda: torch.mm(a, b), seconds)) / 1e9
+    al, bl = a.bfloat16(), b.bfloat16()
+    torch_bf16 = (
+        2 * 2048**3 / statistics.median(time_calls(lambda: torch.mm(al, bl), seconds)) / 1e9
     )
+    found = {
+        "numpy float32": matmul_peak_gflops(threads),
+        "torch float32": torch_fp32,
+        "torch bfloat16": torch_bf16,
+    }
+    if openvino_version() and bf16_support() is None:
+        from genrun.backends.openvino import bf16_matmul_peak_gflops
+
+        found["OpenVINO bfloat16"] = bf16_matmul_peak_gflops(threads)
+    return found
 
 
 def main() -> None:
@@ -141,63 +319,39 @@ def main() -> None:
     parser.add_argument(
         "--data", default=f"mnist:{Path(__file__).resolve().parents[1] / 'tests/data/mnist-mini'}"
     )
-    parser.add_argument("--seconds", type=float, default=3.0)
-    parser.add_argument(
-        "--modes",
-        default=",".join(COMPILE_MODES),
-        help="torch.compile modes tried per row (the fastest is reported)",
-    )
-    parser.add_argument(
-        "--tiny", action="store_true", help="smoke run: small models, batch <= 4, no file"
-    )
+    parser.add_argument("--seconds", type=float, default=6.0, help="timed seconds per cell")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=100, help="training steps (no checkpoints)")
+    parser.add_argument("--glow-ckpt")
+    parser.add_argument("--vae-ckpt")
+    parser.add_argument("--modes", default=",".join(COMPILE_MODES))
+    parser.add_argument("--tiny", action="store_true", help="smoke run: small models, no file")
     args = parser.parse_args()
     args.modes = [mode.strip() for mode in args.modes.split(",") if mode.strip()]
+    if args.tiny:
+        args.seconds, args.rounds = 0.4, 2
+    started = time.perf_counter()
     data = load_data(args.data)
-    peak = matmul_peak_gflops(args.seconds)
+    threads = default_threads()
+    found_peaks = peaks(threads, 2.0)
     rows = []
-    cases = [(f, r, min(b, 4)) for f, r, b in CASES] if args.tiny else CASES
     with tempfile.TemporaryDirectory() as tmp:
-        engines = trained_engines(Path(tmp), data, args.tiny)
-        for family, role, batch in cases:
-            model, paths = engines[family]
-            flops = count_flops(paths[role])
-            rows.append(
-                (f"{family} {role}", batch, flops, *measure(model, role, paths[role], batch, args))
-            )
-            print(rows[-1], flush=True)
-    lines = [
-        "# Throughput on CPU: PyTorch eager vs torch.compile vs genrun (ONNX Runtime)",
-        "",
-        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__} ({torch.get_num_threads()} threads); float32 torch.mm "
-        f"2048^3 peak {peak:.0f} GFLOP/s. Medians of per-call time over about "
-        f"{args.seconds:g} s per cell after warm-up (genrun.bench.time_calls); samples/s = "
-        "batch / median. torch.compile: the frozen module, dynamic=False, the fastest of "
-        f"modes {', '.join(args.modes)} (named per row).",
-        "",
-        "| graph | batch | eager samples/s | frozen eager samples/s "
-        "| torch.compile samples/s (mode; compile s) | genrun samples/s | genrun GFLOP/s "
-        "(% peak) | genrun / frozen | genrun / compile |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, batch, flops, eager, frozen, compiled, mode, compile_s, ort in rows:
-        gflops = flops * ort / 1e9  # genrun.flops: 2 x MACs of Conv/ConvTranspose/MatMul/Gemm
-        lines.append(
-            f"| {name} | {batch} | {eager:,.0f} | {frozen:,.0f} | {compiled:,.0f} "
-            f"({mode}; {compile_s:.0f}) | {ort:,.0f} | {gflops:.0f} ({100 * gflops / peak:.0f}%) "
-            f"| {ort / frozen:.2f}x | {ort / compiled:.2f}x |"
-        )
-    lines += [
-        "",
-        "Targets (issue 4): genrun at batch 256 >= 80% of the matmul peak and >= 1.5x "
-        "torch.compile; at batch 1 >= 3x torch.compile. GFLOP/s from the graph's "
-        "counted FLOPs (genrun.flops).",
-    ]
-    text = "\n".join(lines) + "\n"
+        workdir = Path(tmp)
+        checkpoints = trained(workdir, data, args)
+        paths = {f: engines(c, workdir, f, args.data) for f, c in checkpoints.items()}
+        for family, role, batch in CASES:
+            batch = min(batch, 4) if args.tiny else batch
+            model = model_from_checkpoint(load_checkpoint(checkpoints[family]))
+            calls, notes, peers = columns(model, role, paths[family], batch, args)
+            timed = measure(calls, args)
+            figures = parity(model, role, paths[family], peers) if batch > 1 else {}
+            flops = count_flops(paths[family][role, "fp32"])
+            rows.append((family, role, batch, flops, calls, notes, timed, figures))
+            print(family, role, batch, {k: f"{batch / v[0]:.0f}/s" for k, v in timed.items()})
+    text = report(rows, found_peaks, threads, args, time.perf_counter() - started)
     print(text)
     if args.tiny:
         return
-    RESULTS.mkdir(exist_ok=True)
     results = RESULTS / "throughput-cpu.md"
     # The Profile section (benchmarks/ort_profile.py, written by hand) outlives reruns.
     old = results.read_text() if results.exists() else ""
@@ -205,5 +359,79 @@ def main() -> None:
     results.write_text(text + kept)
 
 
+def report(rows, found_peaks, threads, args, wall) -> str:
+    flags = cpu_flags()
+    shown = ", ".join(f"{f} {'yes' if f in flags else 'no'}" for f in REPORTED_FLAGS)
+    load_now = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    lines = [
+        "# Throughput on CPU: genrun (fp32, bf16) against the peers",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores "
+        f"({threads} threads for every runtime), load average {load_now:.1f} at the end. CPU "
+        f"flags: {shown}. Matrix-multiply peaks, 2048^3: "
+        + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in found_peaks.items())
+        + f". torch {torch.__version__}, OpenVINO {openvino_version() or 'not installed'}. "
+        f"`python benchmarks/throughput.py` ({wall / 60:.0f} min): {args.rounds} interleaved "
+        f"rounds, {args.seconds / args.rounds:g} s of calls per cell per round, medians.",
+        "",
+        "samples/s (and genrun fp32's time / the column's, median of the per-round ratios):",
+        "",
+        "| graph | batch | " + " | ".join(COLUMNS) + " |",
+        "|---|---|" + "---|" * len(COLUMNS),
+    ]
+    for family, role, batch, _, calls, notes, timed, _ in rows:
+        cells = []
+        for column in COLUMNS:
+            if column not in timed:
+                cells.append(str(calls.get(column, "-")))
+                continue
+            seconds, ratio = timed[column]
+            note = f"; {notes[column]}" if column in notes else ""
+            cells.append(f"{batch / seconds:,.0f} ({ratio:.2f}x{note})")
+        lines.append(f"| {family} {role} | {batch} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "GFLOP/s of genrun (counted FLOPs, genrun.flops) and its share of the matching peak:",
+        "",
+        "| graph | batch | MFLOP/sample | genrun fp32 GFLOP/s (% numpy fp32 peak) "
+        "| genrun bf16 GFLOP/s (% OpenVINO bf16 peak) |",
+        "|---|---|---|---|---|",
+    ]
+    fp32_peak = found_peaks["numpy float32"]
+    bf16_peak = found_peaks.get("OpenVINO bfloat16")
+    for family, role, batch, flops, _, _, timed, _ in rows:
+        cells = []
+        for column, peak in (("genrun fp32", fp32_peak), ("genrun bf16", bf16_peak)):
+            if column not in timed:
+                cells.append("-")
+                continue
+            gflops = flops * batch / timed[column][0] / 1e9
+            share = f" ({100 * gflops / peak:.0f}%)" if peak else ""
+            cells.append(f"{gflops:.0f}{share}")
+        lines.append(
+            f"| {family} {role} | {batch} | {flops / 1e6:.2f} | " + " | ".join(cells) + " |"
+        )
+    lines += [
+        "",
+        f"Parity of the bf16 columns against genrun fp32 ({PARITY_SAMPLES} seeded samples; "
+        "pixels within one uint8 level, the export's bound being >= 99.9% at T = 0.7 and 1.0; "
+        "density: largest bits/dim difference, bound 0.01):",
+        "",
+        "| graph | batch | " + " | ".join(c for c in COLUMNS if "bf16" in c) + " |",
+        "|---|---|---|---|---|",
+    ]
+    for family, role, batch, _, calls, _, _, figures in rows:
+        if not figures:
+            continue
+        cells = [
+            figures.get(c, str(calls.get(c)) if not callable(calls.get(c)) else "-")
+            for c in COLUMNS
+            if "bf16" in c
+        ]
+        lines.append(f"| {family} {role} | {batch} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 if __name__ == "__main__":
-    main()
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -47,7 +47,12 @@ def onnx_command(
     ] = None,
     opset: Annotated[int, typer.Option(help=f"ONNX opset, one of {OPSETS}.")] = OPSETS[0],
     precision: Annotated[
-        str, typer.Option(help="fp32, or fp16 (float16 inside, float32 inputs and outputs).")
+        str,
+        typer.Option(
+            help="fp32; fp16 (float16 inside, float32 inputs and outputs; GPUs); or bf16 "
+            "(bfloat16 convolutions and matrix products where measured parity allows, the rest "
+            "float32; OpenVINO on CPUs with AMX or AVX512-BF16, pip install 'vaeflow[openvino]')."
+        ),
     ] = "fp32",
     name: Annotated[
         str | None,

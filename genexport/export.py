@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
 
+from genrun.engine import default_threads
 from genrun.errors import UserError
 from genrun.manifest import (
     CONDITIONAL_VERSION,
@@ -32,9 +34,11 @@ from genrun.manifest import (
     ExportInfo,
     Manifest,
     Parity,
+    PrecisionPlan,
     TrainingScores,
 )
 from genrun.manifest_io import graph_sha256, read_from_onnx, write_to_onnx
+from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
 
@@ -51,10 +55,11 @@ from .graphs import (
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
+from .precision import BF16, reduce_to_bf16, verify_bf16
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "bf16")
 
 
 @dataclass
@@ -72,6 +77,7 @@ class ExportedGraph:
     path: Path
     training_scores: TrainingScores | None = None  # density, elbo: in the manifest
     training_scores_note: str = ""  # why a scoring role's manifest has none
+    plan: PrecisionPlan | None = None  # bf16: which layers compute in bfloat16
 
     @property
     def nodes(self) -> int:
@@ -139,16 +145,21 @@ def export_checkpoint(
     out = out or checkpoint.parent
     name = name or default_name(checkpoint)
     suffix = "" if precision == "fp32" else f".{precision}"
+    chosen = parse_roles(model.family, roles)
+    images = bf16_images(payload, data) if precision == BF16 and DENSITY in chosen else None
     engines = [
-        _export_role(model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx")
-        for role in parse_roles(model.family, roles)
+        _export_role(
+            model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx", images=images
+        )
+        for role in chosen
     ]
     by_role = {engine.graph.role: engine for engine in engines}
     if marginal:
         build = marginal_builder(model)
         path = out / f"{name}.{MARGINAL}{suffix}.onnx"
         engines.append(_export_role(model, MARGINAL, opset, precision, path, build))
-    if {GENERATE, DENSITY} <= by_role.keys():
+    # bf16 graphs run on OpenVINO only: each is judged in the user's terms instead.
+    if {GENERATE, DENSITY} <= by_role.keys() and precision != BF16:
         generate, density = by_role[GENERATE], by_role[DENSITY]
         trip = round_trip(
             density.graph,
@@ -180,6 +191,17 @@ def export_checkpoint(
     return engines
 
 
+def bf16_images(payload: dict, data: str | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(training, test) uint8 images for a bf16 density graph's checks, or
+    None when the data cannot be read (the check then refuses, saying so)."""
+    train, spec, _ = training_data(payload, data)
+    if train is None:
+        return None
+    size = payload.get("train_config", {}).get("size")
+    split = load_data(spec, size=size, seed=payload.get("train_config", {}).get("seed", 0))
+    return split.train.images, split.test.images
+
+
 def _export_role(
     model: GenerativeModel,
     role: str,
@@ -187,6 +209,7 @@ def _export_role(
     precision: str,
     path: Path,
     build: Callable[[bool], Graph] | None = None,
+    images: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> ExportedGraph:
     """One graph exported and checked; `build(fold)` makes it (default: the
     family's builder of `role`)."""
@@ -205,8 +228,15 @@ def _export_role(
         exported = to_float16(exported)
         check_standard(exported)
         checks.append(parity(graph, session(exported), "fp16", reference=float32))
+    plan = None
+    if precision == BF16 and not checks[0].failures():  # only a faithful fp32 graph is reduced
+        reduced = reduce_to_bf16(graph, exported, images, default_threads())
+        exported, plan = reduced.model, reduced.plan
+        checks.append(reduced.parity)
     seconds = time.perf_counter() - started
-    return ExportedGraph(graph, exported, precision, exporter, nodes_folding, checks, seconds, path)
+    return ExportedGraph(
+        graph, exported, precision, exporter, nodes_folding, checks, seconds, path, plan=plan
+    )
 
 
 def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
@@ -254,10 +284,12 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             nodes=engine.nodes,
             nodes_unfolded=engine.nodes_folding[0] if engine.nodes_folding else None,
             nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
-            versions=library_versions(engine.exporter),
+            versions=library_versions(engine.exporter)
+            | ({"openvino": _version("openvino")} if engine.plan else {}),
         ),
         classes=classes(model),
         version=CONDITIONAL_VERSION if model.num_classes else MANIFEST_VERSION,
+        precision_plan=engine.plan,
     )
 
 
@@ -265,14 +297,20 @@ def verify_engine(engine: Path, checkpoint: Path) -> tuple[Manifest, Parity]:
     """Re-run an engine's parity check against the checkpoint it came from;
     a miss is a UserError naming every value over its bound."""
     recorded = read_from_onnx(engine)
-    _, model = load_trained(checkpoint)
+    payload, model = load_trained(checkpoint)
     if sha256(checkpoint) != recorded.checkpoint.sha256:
         raise UserError(
             f"{engine} was exported from another checkpoint (sha256 "
             f"{recorded.checkpoint.sha256[:12]}..., {recorded.checkpoint.file}); pass that "
             "checkpoint with --ckpt"
         )
-    result = parity(build_graph(model, recorded.role), session(engine), recorded.precision)
+    graph = build_graph(model, recorded.role)
+    if recorded.precision == BF16:  # the user-terms figures again, against a fresh fp32 graph
+        fp32, _ = to_onnx(graph, OPSETS[0])
+        images = bf16_images(payload, None) if recorded.role == DENSITY else None
+        result = verify_bf16(graph, fp32, engine, images, default_threads())
+    else:
+        result = parity(graph, session(engine), recorded.precision)
     if result.failures():
         raise UserError(f"{engine} fails its parity check: {'; '.join(result.failures())}")
     return recorded, result

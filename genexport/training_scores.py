@@ -15,6 +15,7 @@ import numpy as np
 import onnx
 
 from genrun.backends.onnxruntime import OnnxRuntimeRunner
+from genrun.backends.openvino import load_openvino
 from genrun.engine import Engine as RuntimeEngine
 from genrun.engine import default_threads
 from genrun.errors import UserError
@@ -55,7 +56,12 @@ def measure(
     (`manifest` is written into it first, as the runtime reads it); an engine
     with a label input scores them given their labels."""
     write_to_onnx(model, manifest)
-    engine = RuntimeEngine(OnnxRuntimeRunner(session(model), path, "cpu"), path, default_threads())
+    threads = default_threads()
+    if manifest.precision == "bf16":  # bfloat16 layers run on OpenVINO (ONNX Runtime has none)
+        runner = load_openvino(model.SerializeToString(), threads, path=path)
+    else:
+        runner = OnnxRuntimeRunner(session(model), path, "cpu")
+    engine = RuntimeEngine(runner, path, threads)
     scorer = Scorer(engine)
     k = scorer.default_iw_samples
     count = min(len(train.images), MAX_IMAGES, max(1, MAX_ROWS // k))

@@ -390,18 +390,35 @@ def bench_command(
         flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
     except ValueError as err:  # shapes onnx cannot infer
         flops, cost = None, f"FLOPs not counted ({err})"
-    # The share of peak compares like with like only on the CPU.
-    peak = matmul_peak_gflops(loaded.threads) if loaded.provider == "cpu" else None
+    # The share of peak compares like with like only on the CPU, and with the
+    # matmul of the engine's precision (bf16 engines: OpenVINO's bf16 MatMul).
+    reduced = loaded.manifest is not None and loaded.manifest.precision == "bf16"
+    peak_name = "OpenVINO bfloat16" if reduced else "numpy float32"
+    if loaded.provider != "cpu":
+        peak = None
+    elif reduced:
+        from .backends.openvino import bf16_matmul_peak_gflops
+
+        peak = bf16_matmul_peak_gflops(loaded.threads)
+    else:
+        peak = matmul_peak_gflops(loaded.threads)
     manifest = loaded.manifest
     what = (
         f"{loaded.path.name} (no vaeflow manifest)"
         if manifest is None
         else f"{manifest.family} {manifest.role} ({manifest.precision})"
     )
-    typer.echo(f"{what} on {loaded.provider}, {loaded.threads} threads")
+    runtime = " (openvino)" if loaded.backend == "openvino" else ""
+    typer.echo(f"{what} on {loaded.provider}{runtime}, {loaded.threads} threads")
+    plan = None if loaded.manifest is None else loaded.manifest.precision_plan
+    if plan is not None:
+        typer.echo(
+            f"precision bf16: {len(plan.reduced_layers)} layers in bfloat16 "
+            f"({plan.reduced_flop_share:.0%} of the FLOPs), {len(plan.float32_layers)} kept float32"
+        )
     typer.echo(
         cost
-        + ("" if peak is None else f"; numpy float32 matmul peak {peak:.1f} GFLOP/s, same threads")
+        + ("" if peak is None else f"; {peak_name} matmul peak {peak:.1f} GFLOP/s, same threads")
     )
     typer.echo(
         f"{'batch':>6} {'calls':>6} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "

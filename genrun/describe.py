@@ -60,6 +60,8 @@ def parity_text(check: Parity) -> str:
         for key, error in check.max_abs_error.items()
     )
     subject = f"{check.precision} graph vs {check.reference}"
+    if check.precision == "bf16":  # figures in the user's terms (genexport.precision)
+        return f"{subject} in the user's terms: {errors}"
     return f"{subject} at batch {batches}: max abs error {errors}"
 
 
@@ -113,7 +115,21 @@ def manifest_lines(manifest: Manifest) -> list[str]:
         f"  versions {', '.join(f'{k} {v}' for k, v in export.versions.items())}",
         *(labelled("parity", parity_text(check)) for check in manifest.parity),
         *([labelled("training", stats.summary())] if (stats := manifest.training_scores) else []),
+        *(
+            [labelled("bf16 plan", _precision_plan(plan))]
+            if (plan := manifest.precision_plan)
+            else []
+        ),
     ]
+
+
+def _precision_plan(plan) -> str:
+    return (
+        f"{len(plan.reduced_layers)} layers in bfloat16 ({plan.reduced_flop_share:.0%} of the "
+        f"FLOPs), {len(plan.float32_layers)} kept float32"
+        + (f" ({', '.join(plan.float32_layers[:4])}...)" if plan.float32_layers else "")
+        + f"; runs on {plan.runtime}"
+    )
 
 
 def _shape(shape: list[int | str]) -> str:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS
+from .backends import backend_of
 from .backends.base import LoadOptions, Runner
 from .backends.onnxruntime import (
     PROVIDERS,
@@ -59,6 +59,11 @@ class Engine:
         self.inputs, self.outputs = runner.inputs, runner.outputs
         # A plan's build facts (genrun.backends.sidecar.PlanInfo); None for ONNX.
         self.plan: Any = getattr(runner, "info", None)
+
+    @property
+    def backend(self) -> str:
+        """The backends/ module that runs it: 'onnxruntime', 'tensorrt' or 'openvino'."""
+        return type(self.runner).__module__.rsplit(".", 1)[-1]
 
     @property
     def settings(self) -> dict[str, str]:
@@ -185,7 +190,7 @@ def load(
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
-    backend = import_module(f"genrun.backends.{BACKENDS.get(path.suffix, 'onnxruntime')}")
+    backend = import_module(f"genrun.backends.{backend_of(path)}")
     options = LoadOptions(provider, threads, spin, cuda_graphs)
     return Engine(backend.load(path, options), path, threads)
 

@@ -25,7 +25,16 @@ def count_flops(path: str | Path) -> int:
     ValueError naming the node whose shapes shape inference could not fix."""
     import onnx
 
-    model = onnx.load(str(path))
+    return sum(node_flops(onnx.load(str(path))).values())
+
+
+def node_flops(model) -> dict[str, int]:
+    """FLOPs of one sample through each counted node of an onnx.ModelProto
+    (by node name, or "OpType#index" for an unnamed or repeated name; the
+    model is not changed)."""
+    import onnx
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     for value in model.graph.input:  # the dynamic leading axis is the batch: 1
         dims = value.type.tensor_type.shape.dim
         if dims and not dims[0].HasField("dim_value"):
@@ -37,10 +46,11 @@ def count_flops(path: str | Path) -> int:
         for value in [*graph.input, *graph.value_info, *graph.output]
     }
     shapes.update({init.name: list(init.dims) for init in graph.initializer})
-    flops = 0
-    for node in graph.node:
+    flops: dict[str, int] = {}
+    for i, node in enumerate(graph.node):
         if node.op_type in COUNTED_OPS:
-            flops += 2 * _macs(node, shapes)
+            key = node.name if node.name and node.name not in flops else f"{node.op_type}#{i}"
+            flops[key] = 2 * _macs(node, shapes)
     return flops
 
 

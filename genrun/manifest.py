@@ -24,7 +24,9 @@ role            the graph's job: glow and realnvp "generate" | "density";
                 prior, so it is not a sampler).
 precision       "fp32", or "fp16" (float16 inside, float32 at the inputs and
                 outputs; per-image sums such as log-dets and log-likelihoods
-                are reduced and accumulated in float32).
+                are reduced and accumulated in float32), or "bf16" (the layers
+                of precision_plan take bfloat16 inputs and weights, the rest is
+                float32; runs on OpenVINO, genrun/backends/openvino.py).
 inputs, outputs list of TensorSpec, in graph order:
   name          the ONNX input/output name.
   dtype         numpy dtype name: "float32", "uint8" or "int64" (labels).
@@ -108,6 +110,15 @@ graph_sha256    hex sha256 of the ONNX file's bytes outside its metadata (the
                 graph, weights, opsets: `genrun.manifest_io.graph_sha256`),
                 or null (versions 1 and 2). genrun's ONNX loader refuses a
                 file whose graph no longer matches (since version 3).
+precision_plan  PrecisionPlan or null (bf16 engines):
+  runtime       what runs the engine ("openvino").
+  reduced_layers / float32_layers  regions (named by their first node) that
+                compute in bf16 / stay float32 because alone in bf16 they
+                moved a user-terms figure past its bound.
+  reduced_flop_share  share of the counted FLOPs in bf16.
+  layer_effects per region, its worst figure alone in bf16 / that bound.
+                The parity entry of precision "bf16" holds the user-terms
+                figures against the float32 graph (genexport.precision).
 """
 
 from __future__ import annotations
@@ -253,6 +264,21 @@ class TrainingScores:
 
 
 @dataclass
+class PrecisionPlan:
+    """Which layers of a reduced-precision engine compute in it (bf16: the
+    regions of convolutions and matrix products, with the ReLUs between them,
+    that take bfloat16 inputs and weights), decided by measuring each one's
+    effect on the user-terms parity (genexport.precision)."""
+
+    runtime: str  # what runs the engine: "openvino"
+    reduced_layers: list[str]  # first node of each region computing in bf16
+    float32_layers: list[str]  # regions kept in float32: over a bound in bf16
+    reduced_flop_share: float  # share of the counted FLOPs that run in bf16
+    # Per region, its effect alone in bf16: the worst figure / its bound.
+    layer_effects: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
 class ClassSpec:
     """One class of a conditional engine."""
 
@@ -290,6 +316,7 @@ class Manifest:
     graph_sha256: str | None = None
     classes: list[ClassSpec] | None = None  # a conditional engine's (version 4)
     provenance: Provenance | None = None  # a shipped engine's (version 4)
+    precision_plan: PrecisionPlan | None = None  # bf16 engines: which layers, and why
 
     def input(self, name: str) -> TensorSpec:
         return next(spec for spec in self.inputs if spec.name == name)

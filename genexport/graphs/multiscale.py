@@ -42,6 +42,7 @@ from gentrain.models.quantization import bits_per_dim, dequantize, discretizatio
 from gentrain.models.transforms import Transform
 
 from .base import BATCH, Graph, class_cycle
+from .fused_coupling import fuse_couplings
 
 TEMPERATURE_EFFECT = (
     "every noise_i is multiplied by the sample's temperature before the reverse flow: "
@@ -117,7 +118,8 @@ def freeze_flow(model: MultiScaleFlow, fold: bool = True) -> MultiScaleFlow:
             norm, conv, coupling = step.layers
             linear = [Baked1x1.fold(norm, conv)] if fold else [norm, Baked1x1.from_conv(conv)]
             step.layers = nn.ModuleList([*linear, coupling])
-    return frozen
+    # Couplings and priors in fewer, cheaper nodes (fused_coupling.py).
+    return fuse_couplings(frozen) if fold else frozen
 
 
 # -- the roles -------------------------------------------------------------------

@@ -14,6 +14,8 @@ context manager whose `run(feeds) -> {name: array}` is all
                   memory, pinned host memory, streams and CUDA graphs
   cuda_memory.py  the cuda-python (cuda.bindings) pieces tensorrt.py uses
   sidecar.py      NAME.ROLE.plan.json: the manifest and build facts of a plan
+  openvino.py     .onnx files of precision bf16 (genexport --precision bf16):
+                  OpenVINO on x86 CPUs with AMX or AVX512-BF16 (extra "openvino")
   nvidia.py       what is missing when a GPU path cannot run (driver, CUDA,
                   cuDNN, TensorRT libraries), read with ctypes
 
@@ -24,6 +26,21 @@ that installs it.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 # The one dispatch table: an engine file's suffix -> the module of this
 # package that loads it (anything else is tried as ONNX).
 BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
+
+
+def backend_of(path: Path) -> str:
+    """The module of this package that loads `path`: by its suffix, except
+    that an ONNX file whose manifest says bf16 runs on OpenVINO (openvino.py;
+    ONNX Runtime's CPU provider has no bfloat16 convolution)."""
+    name = BACKENDS.get(path.suffix, "onnxruntime")
+    if name == "onnxruntime":
+        from .openvino import is_bf16_engine
+
+        if is_bf16_engine(path):
+            return "openvino"
+    return name
