@@ -100,6 +100,14 @@ def _train_tiny(family: str, data, out: Path) -> None:
     if family == "glow":
         model = Glow(GlowConfig(data.shape, levels=2, depth=2, hidden=16))
         config = TrainConfig(optimizer="adamax", lr=2e-3, clip=50.0, device="cpu", **TINY_RUN)
+    elif family == "conditional-glow":
+        counts = data.class_counts()
+        model = Glow(
+            GlowConfig(
+                data.shape, levels=2, depth=1, hidden=8, conditional=True, class_counts=counts
+            )
+        )
+        config = TrainConfig(device="cpu", **TINY_RUN)
     else:
         model = VAE(VAEConfig(data.shape, latent_dim=4, hidden=32))
         config = TrainConfig(device="cpu", **TINY_RUN)
@@ -118,6 +126,30 @@ def vae_checkpoint(digits, tmp_path_factory) -> Path:
     """A tiny VAE (latent 4, hidden 32) trained 4 steps on the digits."""
     run = _made_once(tmp_path_factory, "vae", lambda out: _train_tiny("vae", digits, out))
     return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def conditional_glow_checkpoint(digits, tmp_path_factory) -> Path:
+    """A tiny class-conditional Glow (levels 2, depth 1, hidden 8; the digits'
+    10 classes) trained 4 steps on the digits."""
+    family = "conditional-glow"
+    run = _made_once(tmp_path_factory, family, lambda out: _train_tiny(family, digits, out))
+    return run / "checkpoint.pt"
+
+
+@pytest.fixture(scope="session")
+def conditional_glow_exported(conditional_glow_checkpoint, tmp_path_factory) -> dict[str, Path]:
+    """role -> engine of the tiny conditional Glow: `c.generate.onnx` and
+    `c.density.onnx` (label input) and `c.marginal.onnx` (`genexport onnx
+    --marginal`: no label). Read-only, like glow_exported."""
+
+    def export(out: Path) -> None:
+        from genexport.export import export_checkpoint
+
+        export_checkpoint(conditional_glow_checkpoint, out, name="c", marginal=True)
+
+    out = _made_once(tmp_path_factory, "conditional-glow-engines", export)
+    return {role: out / f"c.{role}.onnx" for role in ("generate", "density", "marginal")}
 
 
 @pytest.fixture(scope="session")

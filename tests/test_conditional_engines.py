@@ -15,7 +15,7 @@ import pytest
 import torch
 from cli_helpers import InProcessCli
 
-from genexport.export import export_checkpoint
+from genexport.graphs import build_graph
 from genrun.cli import main
 from genrun.engine import load
 from genrun.manifest import CONDITIONAL_VERSION, MANIFEST_VERSION, METADATA_KEY
@@ -23,46 +23,36 @@ from genrun.manifest_io import read_from_onnx
 from genrun.sampler import Sampler
 from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
-from gentrain.models import Glow, GlowConfig
 from gentrain.models.quantization import dequantize
-from gentrain.train import TrainConfig, Trainer
 
 GENRUN = InProcessCli(main, "genrun")
-TINY = dict(steps=6, batch_size=32, warmup=1, eval_every=6, ckpt_every=6, log_every=6)
 
 
 @pytest.fixture(scope="module")
-def conditional(digits, tmp_path_factory):
-    """A tiny conditional Glow trained 6 steps on the digits, and its
-    generate, density (label input) and marginal engines."""
-    out = tmp_path_factory.mktemp("cond")
-    torch.manual_seed(0)
-    config = GlowConfig(
-        digits.shape, levels=2, depth=1, hidden=8, conditional=True,
-        class_counts=digits.class_counts(),
-    )  # fmt: skip
-    Trainer(Glow(config), digits, TrainConfig(device="cpu", **TINY), out).fit()
-    engines = export_checkpoint(out / "checkpoint.pt", out, name="c", marginal=True)
-    return out / "checkpoint.pt", {e.path.name.split(".")[1]: e for e in engines}
+def conditional(conditional_glow_checkpoint, conditional_glow_exported):
+    """conftest's tiny conditional Glow and its generate, density (label
+    input) and marginal engines: (checkpoint, role -> engine)."""
+    return conditional_glow_checkpoint, conditional_glow_exported
 
 
 def test_every_class_passes_parity_and_the_manifest_lists_the_classes(conditional) -> None:
-    _, engines = conditional
+    checkpoint, engines = conditional
     assert set(engines) == {"generate", "density", "marginal"}
-    for engine in engines.values():
-        assert not engine.failures()
-        manifest = read_from_onnx(engine.path)
+    for path in engines.values():
+        manifest = read_from_onnx(path)
+        assert manifest.parity and not any(check.failures() for check in manifest.parity)
         assert manifest.version == CONDITIONAL_VERSION and manifest.conditional
         assert [c.index for c in manifest.classes] == list(range(10))
         assert all(c.name is None for c in manifest.classes)  # the digits' labels are indices
         prior = sum(math.exp(c.log_prior) for c in manifest.classes)
         assert prior == pytest.approx(1.0)
     # The batch of 64 of every parity check held each of the 10 classes.
-    generate = engines["generate"].graph
+    model = model_from_checkpoint(load_checkpoint(checkpoint))
+    generate = build_graph(model, "generate")
     labels = generate.sample_inputs(64, torch.Generator().manual_seed(64))[-1]
     assert set(labels.tolist()) == set(range(10))
-    assert "round_trip.images" in engines["density"].parity[-1].max_abs_error
-    names = {s.name for s in read_from_onnx(engines["marginal"].path).inputs}
+    assert "round_trip.images" in read_from_onnx(engines["density"]).parity[-1].max_abs_error
+    names = {s.name for s in read_from_onnx(engines["marginal"]).inputs}
     assert names == {"images", "offset"}  # the marginal takes no label
 
 
@@ -77,7 +67,7 @@ def test_unconditional_manifests_stay_as_they_were_without_classes(glow_exported
 
 def test_a_label_gives_the_same_samples_at_every_batch_size(conditional) -> None:
     _, engines = conditional
-    sampler = Sampler(load(engines["generate"].path, threads=1))
+    sampler = Sampler(load(engines["generate"], threads=1))
     one = sampler.sample(20, seed=3, batch_size=1, label=4)
     for batch_size in (7, 64):
         assert np.array_equal(sampler.sample(20, seed=3, batch_size=batch_size, label=4), one)
@@ -97,7 +87,7 @@ def test_the_marginal_is_the_logsumexp_of_the_classes_and_matches_pytorch(
 ) -> None:
     checkpoint, engines = conditional
     images, labels = digits.test.images[:40], digits.test.labels[:40]
-    marginal = load(engines["marginal"].path, threads=1)
+    marginal = load(engines["marginal"], threads=1)
     out = marginal.run(images=images)
     log_prior = np.array([c.log_prior for c in marginal.manifest.classes])
     by_class = out["class_log_likelihood"].astype(np.float64)
@@ -112,7 +102,7 @@ def test_the_marginal_is_the_logsumexp_of_the_classes_and_matches_pytorch(
     np.testing.assert_allclose(by_class, reference - nats, atol=5e-3)
 
     # log P(x|y): the density engine (label input) and the marginal's column agree.
-    density = Scorer(load(engines["density"].path, threads=1))
+    density = Scorer(load(engines["density"], threads=1))
     column = Scorer(marginal)
     a = density.bits_per_dim(images, seed=1, labels=labels)
     b = column.bits_per_dim(images, seed=1, labels=labels)
@@ -125,8 +115,8 @@ def test_the_marginal_is_the_logsumexp_of_the_classes_and_matches_pytorch(
 
 def test_cli_samples_scores_and_classifies_by_class(conditional, tmp_path) -> None:
     _, engines = conditional
-    generate, density = engines["generate"].path, engines["density"].path
-    marginal = engines["marginal"].path
+    generate, density = engines["generate"], engines["density"]
+    marginal = engines["marginal"]
     code, text, err = GENRUN.run(
         "sample", "--engine", generate, "--label", "all", "--n", "4", "--out", tmp_path / "g.npz"
     )
@@ -184,14 +174,14 @@ def test_tensorrt_plans_take_the_label_too(conditional, digits, tmp_path, monkey
     plans = {}
     for graph in ("generate", "marginal"):
         built = export_plans(
-            engines[graph].path, tmp_path, options=PlanOptions(opt_batch=8, max_batch=32)
+            engines[graph], tmp_path, options=PlanOptions(opt_batch=8, max_batch=32)
         )
         plans[graph] = built[0].path
         assert not built[0].parity.failures()
     plan_samples = Sampler(load(plans["generate"])).sample(12, seed=2, label=6, batch_size=5)
-    onnx_samples = Sampler(load(engines["generate"].path)).sample(12, seed=2, label=6)
+    onnx_samples = Sampler(load(engines["generate"])).sample(12, seed=2, label=6)
     assert np.array_equal(plan_samples, onnx_samples)
     images = digits.test.images[:40]
     plan_classes = Scorer(load(plans["marginal"])).classify(images).argmax(1)
-    onnx_classes = Scorer(load(engines["marginal"].path)).classify(images).argmax(1)
+    onnx_classes = Scorer(load(engines["marginal"])).classify(images).argmax(1)
     assert np.array_equal(plan_classes, onnx_classes)

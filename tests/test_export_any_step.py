@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 
+from genexport import training_scores
 from genexport.export import export_checkpoint
 from genexport.verify import CONDITIONING_FACTOR, diverged_rule
 from genrun.compare import one_sided
@@ -84,15 +85,22 @@ def test_glow_exports_at_every_stage_of_training(glow_run, stage, tmp_path) -> N
 
 
 @pytest.mark.slow
-def test_an_early_hvae_exports_its_elbo_with_finite_log_weights(mnist, tmp_path) -> None:
+def test_an_early_hvae_exports_its_elbo_with_finite_log_weights(
+    mnist, tmp_path, monkeypatch
+) -> None:
+    # The manifest's training statistics take 200 images x K=100 (20,000 rows),
+    # 2/3 of this export; 10 images here (test_scorer checks those figures).
+    monkeypatch.setattr(training_scores, "MAX_ROWS", 1000)
     torch.manual_seed(0)
     config = HVAEConfig(mnist.shape, groups=2, latent_channels=2, hidden=16)
     saved = _train_along(
         HVAE(config), mnist, {"early": 60}, tmp_path, batch_size=32, lr=2e-3, clip=100.0
     )
     (engine,) = export_checkpoint(saved["early"], tmp_path, roles="elbo")
-    record = read_from_onnx(engine.path).parity[0]
+    manifest = read_from_onnx(engine.path)
+    record = manifest.parity[0]
     assert record.misses == [] and record.max_abs_error["log_weight"] < 0.05
+    assert manifest.training_scores.images == 10 and np.isfinite(manifest.training_scores.bpd_mean)
 
 
 def test_a_one_sided_infinity_is_a_miss_that_names_its_input() -> None:

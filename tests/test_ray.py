@@ -99,24 +99,12 @@ def test_ray_refuses_bad_input_in_one_line(local_ray, engines, tmp_path) -> None
     cli.assert_one_line_error(result, f"image file {missing} does not exist")
 
 
-def test_ray_samples_and_scores_of_a_label_equal_one_process(local_ray, digits, tmp_path) -> None:
-    """A conditional Glow: --label gives the same samples on Ray as in one
-    process, per-sample labels too; labelled scores equal."""
-    import torch
-
-    from genexport.export import export_checkpoint
-    from gentrain.models import Glow, GlowConfig
-    from gentrain.train import TrainConfig, Trainer
-
-    torch.manual_seed(0)
-    config = GlowConfig(
-        digits.shape, levels=2, depth=1, hidden=8, conditional=True,
-        class_counts=digits.class_counts(),
-    )  # fmt: skip
-    tiny = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)
-    Trainer(Glow(config), digits, TrainConfig(device="cpu", **tiny), tmp_path).fit()
-    exported = export_checkpoint(tmp_path / "checkpoint.pt", tmp_path, "generate,density")
-    generate, density = (e.path for e in exported)
+def test_ray_samples_and_scores_of_a_label_equal_one_process(
+    local_ray, conditional_glow_exported, digits, tmp_path
+) -> None:
+    """A conditional Glow (conftest's): --label gives the same samples on Ray
+    as in one process, per-sample labels too; labelled scores equal."""
+    generate, density = conditional_glow_exported["generate"], conditional_glow_exported["density"]
     for label in (3, np.arange(300) % 7):
         options = dict(temperature=0.8, seed=5, batch_size=64, label=label)
         one = Sampler(load(generate, threads=1)).sample(300, **options)
