@@ -10,7 +10,7 @@ out=${OUT:-runs/demo}
 .venv/bin/gentrain fit glow --out "$out" --overwrite
 .venv/bin/gentrain eval "$out/checkpoint.pt"
 .venv/bin/gentrain sample "$out/checkpoint.pt" --n 64 --temperature 0.7 --out "$out/samples-t0.7.png"
-.venv/bin/genexport onnx "$out/checkpoint.pt"
+.venv/bin/genexport onnx "$out/checkpoint.pt" --name demo  # demo.ROLE.onnx whatever OUT is
 # Serve them without PyTorch: sample a grid, score the test digits, time the engine.
 .venv/bin/genrun sample --engine "$out/demo.generate.onnx" --n 64 --temperature 0.7 --out "$out/genrun-samples.png"
 .venv/bin/genrun likelihood --engine "$out/demo.density.onnx" --data digits --out "$out/scores.csv"

@@ -48,7 +48,7 @@ import numpy as np
 from genrun.engine import ort_session
 
 HEADER = b"FAKEPLAN\n"
-ORT_DTYPES = {"tensor(float)": 0, "tensor(float16)": 1, "tensor(uint8)": 5, "tensor(int64)": 9}
+ORT_DTYPES = {"tensor(float)": 0, "tensor(float16)": 1, "tensor(uint8)": 5, "tensor(int64)": 8}
 OTHER_GPU = b"OTHERGPU"  # a timing cache that starts so was "timed on another GPU"
 
 
@@ -262,7 +262,7 @@ class DataType(enum.IntEnum):
     FLOAT = 0
     HALF = 1
     UINT8 = 5
-    INT64 = 9
+    INT64 = 8
 
 
 class NetworkDefinitionCreationFlag(enum.IntEnum):
