@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from throughput import COMPILE_MODES, trained_engines
+from throughput import COMPILE_MODES
 from torch.utils import _pytree as pytree
 
 from genexport.export import export_checkpoint
@@ -58,6 +58,8 @@ from genrun.errors import UserError
 from genrun.flops import count_flops
 from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
+from gentrain.models import VAE, Glow, GlowConfig, VAEConfig
+from gentrain.train import TrainConfig, Trainer
 
 RESULTS = Path(__file__).parent / "results"
 GRAPHS = [("glow", "generate"), ("glow", "density"), ("vae", "decode")]
@@ -112,6 +114,29 @@ def engine_row(path: Path | None, provider: str, batch: int, args, **options) ->
     with engine:  # frees the session or the plan's device memory before the next row
         feeds = random_inputs(engine, batch)
         return timed_row(lambda: engine.run(**feeds), batch, args.seconds)
+
+
+def trained_engines(workdir: Path, data, tiny: bool, device: str = "cpu") -> dict[str, tuple]:
+    """family -> (model, {role: engine path}) after 100 training steps each (a
+    model fresh from its init can sample values so large that parity fails)."""
+    out = {}
+    torch.manual_seed(0)  # a fixed init: some draws sample overflowing images at T near 1
+    models = {
+        "glow": Glow(
+            GlowConfig(data.shape, levels=2, depth=2 if tiny else 8, hidden=16 if tiny else 128)
+        ),
+        "vae": VAE(VAEConfig(data.shape, arch="mlp", hidden=32 if tiny else 400, latent_dim=20)),
+    }
+    for family, model in models.items():
+        steps = 4 if tiny else 100
+        warmup = 1 if tiny else 20
+        config = TrainConfig(steps=steps, batch_size=64, lr=2e-3, warmup=warmup, device=device)
+        Trainer(model, data, config, workdir / family).fit()
+        checkpoint = workdir / family / "checkpoint.pt"
+        engines = export_checkpoint(checkpoint, out=workdir, name=family)
+        trained = model_from_checkpoint(load_checkpoint(checkpoint))
+        out[family] = (trained, {e.graph.role: e.path for e in engines})
+    return out
 
 
 def build_plans(paths: dict[str, Path], precision: str, workdir: Path, max_batch: int):

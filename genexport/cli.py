@@ -11,6 +11,7 @@ genexport triton runs/demo/checkpoint.pt --out model_repository
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -73,24 +74,45 @@ def onnx_command(
             "of every class (genrun classify)."
         ),
     ] = False,
+    count_unfolded: Annotated[
+        bool,
+        typer.Option(
+            help="Glow: also export each graph without folding ActNorm into the 1x1 "
+            "convolutions, only to report its node count (the manifest's nodes_unfolded); "
+            "doubles the export time."
+        ),
+    ] = False,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
     at batch sizes 1, 7 and 64 before anything is written (a conditional
     model's for labels of every class)."""
     engines = export_checkpoint(
-        checkpoint, out, graphs, opset, precision, name, data, marginal=marginal
+        checkpoint,
+        out,
+        graphs,
+        opset,
+        precision,
+        name,
+        data,
+        marginal=marginal,
+        count_unfolded=count_unfolded,
     )
+    header = ["engine", "size", "nodes", "export"]
     rows = [
-        (
+        [
             str(engine.path),
             file_size(len(engine.model.SerializeToString())),
             engine.nodes,
-            "{} -> {}".format(*engine.nodes_folding) if engine.nodes_folding else "-",
             f"{engine.seconds:.1f} s",
-        )
+        ]
         for engine in engines
     ]
-    _table(("engine", "size", "nodes", "fp32 nodes before -> after folding", "export"), rows)
+    if count_unfolded:
+        header.insert(3, "fp32 nodes before -> after folding")
+        for row, engine in zip(rows, engines, strict=True):
+            folding = engine.nodes_unfolded, engine.nodes_folded
+            row.insert(3, "{} -> {}".format(*folding) if engine.nodes_unfolded else "-")
+    _table(header, rows)
     for engine in engines:
         for check in engine.parity:
             typer.echo(f"{engine.path.name}: {parity_text(check)}")
@@ -227,7 +249,7 @@ def info_command(
         typer.echo(line)
 
 
-def _table(header: tuple[str, ...], rows: list[tuple]) -> None:
+def _table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
     cells = [header, *[tuple(str(c) for c in row) for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     for row in cells:

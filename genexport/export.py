@@ -71,7 +71,10 @@ class ExportedGraph:
     model: onnx.ModelProto
     precision: str
     exporter: str
-    nodes_folding: tuple[int, int] | None  # glow, float32: (unfolded, folded)
+    # Glow's float32 graph: nodes after folding ActNorm into the 1x1 convolutions,
+    # and before (only where asked: that count costs a second export).
+    nodes_folded: int | None
+    nodes_unfolded: int | None
     parity: list[Parity]
     seconds: float
     path: Path
@@ -130,13 +133,17 @@ def export_checkpoint(
     name: str | None = None,
     data: str | None = None,
     marginal: bool = False,
+    count_unfolded: bool = False,
 ) -> list[ExportedGraph]:
     """Export, verify and write the engines of a checkpoint; returns them.
     Density and elbo engines also carry the training split's bits/dim
     statistics (from `data`, default the checkpoint's data spec) when that
     data can be read. With `marginal` a conditional flow also gets its
     marginal density engine, NAME.marginal.onnx (log P(x), and log P(x|y) for
-    every class)."""
+    every class). With `count_unfolded` a Glow's graphs are also exported
+    unfolded (ActNorm apart from the 1x1 convolutions, couplings unfused),
+    only to record that graph's node count in the manifest (nodes_unfolded):
+    it doubles the export time, so it is asked for, not done by default."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -149,7 +156,13 @@ def export_checkpoint(
     images = bf16_images(payload, data) if precision == BF16 and DENSITY in chosen else None
     engines = [
         _export_role(
-            model, role, opset, precision, out / f"{name}.{role}{suffix}.onnx", images=images
+            model,
+            role,
+            opset,
+            precision,
+            out / f"{name}.{role}{suffix}.onnx",
+            images=images,
+            count_unfolded=count_unfolded,
         )
         for role in chosen
     ]
@@ -157,7 +170,11 @@ def export_checkpoint(
     if marginal:
         build = marginal_builder(model)
         path = out / f"{name}.{MARGINAL}{suffix}.onnx"
-        engines.append(_export_role(model, MARGINAL, opset, precision, path, build))
+        engines.append(
+            _export_role(
+                model, MARGINAL, opset, precision, path, build, count_unfolded=count_unfolded
+            )
+        )
     # bf16 graphs run on OpenVINO only: each is judged in the user's terms instead.
     if {GENERATE, DENSITY} <= by_role.keys() and precision != BF16:
         generate, density = by_role[GENERATE], by_role[DENSITY]
@@ -210,18 +227,20 @@ def _export_role(
     path: Path,
     build: Callable[[bool], Graph] | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
+    count_unfolded: bool = False,
 ) -> ExportedGraph:
     """One graph exported and checked; `build(fold)` makes it (default: the
-    family's builder of `role`)."""
+    family's builder of `role`). `count_unfolded`: see export_checkpoint."""
     started = time.perf_counter()
     build = build or (lambda fold: build_graph(model, role, fold))
     graph = build(True)
     exported, exporter = to_onnx(graph, opset)
     check_standard(exported)
-    nodes_folding = None
+    nodes_folded = nodes_unfolded = None
     if folds_actnorm(model.family):
-        unfolded, _ = to_onnx(build(False), opset)
-        nodes_folding = (len(unfolded.graph.node), len(exported.graph.node))
+        nodes_folded = len(exported.graph.node)
+        if count_unfolded:  # a second full export, for its node count alone
+            nodes_unfolded = len(to_onnx(build(False), opset)[0].graph.node)
     float32 = session(exported)
     checks = [parity(graph, float32, "fp32")]
     if precision == "fp16":
@@ -235,7 +254,16 @@ def _export_role(
         checks.append(reduced.parity)
     seconds = time.perf_counter() - started
     return ExportedGraph(
-        graph, exported, precision, exporter, nodes_folding, checks, seconds, path, plan=plan
+        graph,
+        exported,
+        precision,
+        exporter,
+        nodes_folded,
+        nodes_unfolded,
+        checks,
+        seconds,
+        path,
+        plan=plan,
     )
 
 
@@ -282,8 +310,8 @@ def manifest(model: GenerativeModel, engine: ExportedGraph, info: CheckpointInfo
             exporter=engine.exporter,
             opset=opset_of(engine.model),
             nodes=engine.nodes,
-            nodes_unfolded=engine.nodes_folding[0] if engine.nodes_folding else None,
-            nodes_folded=engine.nodes_folding[1] if engine.nodes_folding else None,
+            nodes_unfolded=engine.nodes_unfolded,
+            nodes_folded=engine.nodes_folded,
             versions=library_versions(engine.exporter)
             | ({"openvino": _version("openvino")} if engine.plan else {}),
         ),

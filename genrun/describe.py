@@ -70,11 +70,13 @@ def manifest_lines(manifest: Manifest) -> list[str]:
     provenance, export and parity."""
     ckpt, export, pixels = manifest.checkpoint, manifest.export, manifest.pixels
     nodes = f"{export.nodes} nodes"
-    if export.nodes_unfolded:
+    if export.nodes_unfolded:  # counted only where the export was asked to
         nodes += (
             f" (float32: {export.nodes_unfolded} before, {export.nodes_folded} after "
             "folding ActNorm into the 1x1 convolutions)"
         )
+    elif export.nodes_folded and export.nodes_folded != export.nodes:
+        nodes += f" (float32: {export.nodes_folded}, ActNorm folded into the 1x1 convolutions)"
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in ckpt.metrics.items()) or "none recorded"
     lines = [
         labelled(

@@ -78,10 +78,13 @@ parity          list of Parity, one per comparison made before the file was
   tolerance     the bound each value had to meet (same keys).
 export          ExportInfo: exporter ("torch.onnx dynamo" or "torch.onnx
                 torchscript"), opset, nodes (in this file's graph), and for
-                glow the float32 graph's node counts before and after folding
-                ActNorm into the 1x1 convolutions (nodes_unfolded,
-                nodes_folded; null for vae), and library versions {torch,
-                onnx, onnxruntime, vaeflow, ...}.
+                glow the float32 graph's node count after folding ActNorm into
+                the 1x1 convolutions (nodes_folded; null for other families)
+                and before (nodes_unfolded: optional, null unless the export
+                was asked for it with `genexport onnx --count-unfolded`, which
+                costs a second export; Glow manifests written before that
+                option always carry it), and library versions {torch, onnx,
+                onnxruntime, vaeflow, ...}.
 classes         list of ClassSpec, or absent/null (version 4, conditional engines
                 only: trained with --conditional). Each class's index (its label), its
                 name where the data named it (a folder's sub-folder, an npz's

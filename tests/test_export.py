@@ -58,7 +58,8 @@ def test_cli_prints_files_sizes_node_counts_and_parity(glow_engines) -> None:
     for path in paths.values():
         assert str(path) in stdout
         assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
-    assert "->" in stdout and "round_trip.images" in stdout
+    assert "round_trip.images" in stdout
+    assert "before -> after folding" not in stdout  # counted only when asked (next test)
     assert "all parity checks passed" in stdout
 
 
@@ -76,8 +77,22 @@ def test_glow_parity_at_every_batch_size_is_recorded(glow_engines, role) -> None
         # Relative to the latents' largest magnitude, never looser than absolute 1e-4.
         assert 1e-4 <= check.tolerance[name] < 1e-2
         assert check.max_abs_error[name] <= check.tolerance[name]
-    assert manifest.export.nodes_folded < manifest.export.nodes_unfolded
     assert manifest.export.nodes == manifest.export.nodes_folded
+    assert manifest.export.nodes_unfolded is None  # a second export, only when asked
+
+
+def test_count_unfolded_reports_the_nodes_folding_saves(glow_checkpoint, tmp_path) -> None:
+    """--count-unfolded exports the graph unfolded too, for its node count alone."""
+    code, stdout, err = genexport(
+        "onnx", glow_checkpoint, "--out", tmp_path, "--graphs", "generate", "--count-unfolded"
+    )
+    assert code == 0, err
+    export = read_from_onnx(tmp_path / "glow.generate.onnx").export
+    assert export.nodes == export.nodes_folded < export.nodes_unfolded
+    assert f"{export.nodes_unfolded} -> {export.nodes_folded}" in stdout
+    code, out, _ = genexport("info", tmp_path / "glow.generate.onnx")
+    assert code == 0
+    assert f"{export.nodes_unfolded} before, {export.nodes_folded} after folding" in out
 
 
 def test_density_engine_matches_gentrain_eval_on_real_images(

@@ -6,8 +6,8 @@ graph), images cross as uint8. The family registry is gentrain's `FAMILIES`:
 a model class lists its `roles` and names its `graphs` module, which has one
 builder `ROLE_graph(model, fold) -> Graph` per role, `pixel_mapping(model)`
 and optionally `FOLDS_ACTNORM = True` (the exporter then also reports the
-graph's nodes before folding). Adding a family or a role needs no edit here
-(see CONTRIBUTING.md).
+graph's nodes after folding, and before it with --count-unfolded). Adding a
+family or a role needs no edit here (see CONTRIBUTING.md).
 """
 
 from __future__ import annotations

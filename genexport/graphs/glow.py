@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from .multiscale import density_graph, generate_graph, marginal_graph, pixel_mapping
 
-# The exporter reports the float32 graph's nodes before and after folding.
+# The exporter reports the float32 graph's nodes after folding (and before, if asked).
 FOLDS_ACTNORM = True
 
 __all__ = ["FOLDS_ACTNORM", "density_graph", "generate_graph", "marginal_graph", "pixel_mapping"]
