@@ -339,7 +339,9 @@ class Manifest:
 
 def to_json(manifest: Manifest) -> str:
     values = asdict(manifest)
-    for key in ("classes", "provenance"):  # absent, a manifest stays version 3's
+    # Absent, a manifest stays version 3's (precision_plan: bf16 engines only,
+    # which no reader without the OpenVINO backend can run anyway).
+    for key in ("classes", "provenance", "precision_plan"):
         if values[key] is None:
             del values[key]
     return json.dumps(values, indent=1, sort_keys=True)

@@ -237,3 +237,25 @@ def test_fit_eval_and_sample_by_class_on_the_digits(tmp_path) -> None:
         CLI.run("sample", out / "checkpoint.pt", "--label", "ten", "--out", tmp_path / "x.png"),
         "unknown class 'ten'",
     )
+
+
+def test_class_weight_adds_the_classifiers_bits_to_the_loss() -> None:
+    """--class-weight w: loss = bpd + w * (-log2 p(label|x)), p(y|x) the
+    model's own generative classifier, on the same dequantisation draw."""
+    model = _flow(depth=2, hidden=8, class_weight=0.5).train()
+    x = torch.randint(0, 256, (6, 1, 8, 8), dtype=torch.uint8)
+    label = torch.tensor([0, 1, 2, 0, 1, 2])
+    torch.manual_seed(4)
+    objective = model.objective(x, label)
+    torch.manual_seed(4)
+    y = (x.float() + torch.rand(x.shape)) / 256 - 0.5
+    log_prior = torch.log(torch.tensor(COUNTS, dtype=torch.float64) / sum(COUNTS)).float()
+    posterior = torch.log_softmax(model.class_log_probs(y) + log_prior, 1)
+    bits_y = -posterior[torch.arange(6), label].mean() / math.log(2)
+    assert objective.metrics["bits_y"] == pytest.approx(bits_y.item(), rel=1e-5)
+    expected = objective.metrics["bpd"] + 0.5 * objective.metrics["bits_y"]
+    assert objective.loss.item() == pytest.approx(expected, rel=1e-6)
+    objective.loss.backward()
+    assert model.class_priors[0].mean.grad.abs().sum() > 0
+    with pytest.raises(UserError, match="for --conditional models"):
+        GlowConfig((1, 8, 8), class_weight=1.0)

@@ -35,6 +35,7 @@ FIELD_RANGES: dict[str, tuple[float, float]] = {
     "kl_warmup": (0, 10**9),
     "sigma": (1e-6, 1e6),
     "class_counts": (1, 10**9),
+    "class_weight": (0, 1e6),
 }
 # A class-conditional model holds parameters per class: bound their number
 # (and their names' length) before anything is built.
@@ -57,6 +58,16 @@ def conditional_option() -> Any:
         False,
         "Model p(x|y) for the data's class labels y (mnist, digits, folder: with one "
         "sub-folder per class, npz with labels).",
+    )
+
+
+def class_weight_option() -> Any:
+    """The flows' `--class-weight`: how much a conditional flow's training
+    also maximises its own classifier's log p(y|x) (see MultiScaleFlow.objective)."""
+    return option(
+        0.0,
+        "Conditional flows: weight of the generative classifier's -log2 p(y|x) (bits per "
+        "image) added to the bits/dim loss (openai/glow's weight_y; 0: p(x|y) alone).",
     )
 
 
@@ -84,8 +95,10 @@ class ModelConfig:
         self.class_names = tuple(str(n) for n in self.class_names)
         count = len(self.class_counts)
         if not self.conditional:
-            if count or self.class_names:
-                raise UserError("class_counts and class_names are for --conditional models")
+            if count or self.class_names or getattr(self, "class_weight", 0):
+                raise UserError(
+                    "class_counts, class_names and --class-weight are for --conditional models"
+                )
             return
         if not 2 <= count <= MAX_CLASSES:
             raise UserError(

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from genrun.errors import UserError
 
-from ..config import ModelConfig, conditional_option, option
+from ..config import ModelConfig, class_weight_option, conditional_option, option
 
 NORMS = ("actnorm", "batchnorm")
 
@@ -25,6 +25,7 @@ class RealNVPConfig(ModelConfig):
         from_data="bits",
     )
     conditional: bool = conditional_option()
+    class_weight: float = class_weight_option()
     class_counts: tuple[int, ...] = ()  # training images per class (from the data)
     class_names: tuple[str, ...] = ()  # by label index, where the data names them
 
