@@ -146,7 +146,7 @@ class OpenVinoRunner(Runner):
     def _run(self, feeds: Feeds) -> Feeds:
         batch = len(next(iter(feeds.values())))
         filled = {
-            name: np.full([batch, *spec.shape[1:]], spec.default, spec.dtype)
+            name: np.full([batch, *map(int, spec.shape[1:])], spec.default, spec.dtype)
             for name, spec in self._defaults.items()
             if name not in feeds
         }
@@ -190,7 +190,8 @@ def load_openvino(source: Path | bytes, threads: int, path: Path | None = None) 
     """Loader: an OpenVinoRunner of a bf16 engine (a file, or its bytes with
     `path` naming it), refusing in one line where OpenVINO is missing or the
     CPU lacks bfloat16 instructions."""
-    path = Path(source) if path is None else path
+    if path is None:  # bytes come with the path that names them
+        path = source if isinstance(source, Path) else Path("<bf16 engine>")
     why_not = bf16_support()
     if why_not:
         raise UserError(
