@@ -16,7 +16,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # A meta-path finder that makes the named top-level modules uninstallable, as
-# in a `pip install vaeflow` without extras (sys.modules[name] = None would
+# in a `pip install 'vaeflow[cpu]'` (the runtime) without other extras (sys.modules[name] = None would
 # also hide them, but a finder catches submodules and late imports alike).
 _BLOCK = textwrap.dedent(
     """
@@ -77,6 +77,9 @@ def test_genrun_cli_runs_without_the_training_stack(glow_exported, digits, tmp_p
 @pytest.mark.parametrize(
     ("prog", "blocked", "extra"),
     [
+        # The base install names no ONNX Runtime build (onnxruntime and
+        # onnxruntime-gpu share one import name): [cpu] or [gpu-cu13] brings one.
+        ("genrun", "onnxruntime", "cpu"),
         ("gentrain", "torch", "train"),
         ("genexport", "onnx", "export"),
         ("genexport", "torch", "export"),  # [export] brings [train]'s torch too
