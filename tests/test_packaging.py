@@ -16,8 +16,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # A meta-path finder that makes the named top-level modules uninstallable, as
-# in a `pip install 'vaeflow[cpu]'` (the runtime) without other extras (sys.modules[name] = None would
-# also hide them, but a finder catches submodules and late imports alike).
+# in a `pip install 'vaeflow[cpu]'` (the runtime) without other extras
+# (sys.modules[name] = None would also hide them, but a finder catches
+# submodules and late imports alike).
 _BLOCK = textwrap.dedent(
     """
     import importlib.abc, sys
