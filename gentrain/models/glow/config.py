@@ -32,8 +32,8 @@ class GlowConfig(ModelConfig):
     # class-conditional prior alone); a new --conditional fit turns it on.
     class_couplings: bool = option(
         False,
-        "Conditional Glow: the label also enters every coupling network (a learned bias per "
-        "class on its first hidden layer), not only the prior (default: on with --conditional).",
+        "Conditional Glow: the label also enters every coupling network (learned biases per "
+        "class on its hidden layers), not only the prior (default: on with --conditional).",
         conditional_default=True,
     )
     class_counts: tuple[int, ...] = ()  # training images per class (from the data)

@@ -117,9 +117,9 @@ class CouplingNet(nn.Module):
     ActNorm -> ReLU -> ZeroConv3x3. ActNorm replaces batch norm (Glow).
 
     With `num_classes` K > 0 (a conditional Glow's class couplings) the label
-    also enters: a learned bias per class and hidden channel is added to the
-    first hidden layer (after its ActNorm, zero at the start), so every
-    coupling's shift and scale depend on the class, not only the prior."""
+    also enters: a learned bias per class and hidden channel is added to each
+    hidden layer (after its ActNorm, before the ReLU; zero at the start), so
+    every coupling's shift and scale depend on the class, not only the prior."""
 
     def __init__(self, in_channels: int, out_channels: int, hidden: int, num_classes: int = 0):
         super().__init__()
@@ -130,17 +130,21 @@ class CouplingNet(nn.Module):
         self.out = ZeroConv2d(hidden, out_channels)
         nn.init.normal_(self.conv1.weight, std=0.05)
         nn.init.normal_(self.conv2.weight, std=0.05)
-        self.class_bias = nn.Parameter(torch.zeros(num_classes, hidden)) if num_classes else None
+        # (2, K, hidden): the first and the second hidden layer's biases per class.
+        self.class_bias = nn.Parameter(torch.zeros(2, num_classes, hidden)) if num_classes else None
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(self.conv1(x))[0]  # ActNorm's log-det is not needed here
-        if self.class_bias is not None:
-            if label is None:
-                raise ValueError("a coupling with class couplings needs the class label")
-            h = h + class_rows(self.class_bias, label)[:, :, None, None]
-        h = F.relu(h)
-        h = F.relu(self.norm2(self.conv2(h))[0])
-        return self.out(h)
+        h = F.relu(self._class_bias(h, 0, label))
+        h = self.norm2(self.conv2(h))[0]
+        return self.out(F.relu(self._class_bias(h, 1, label)))
+
+    def _class_bias(self, h: torch.Tensor, layer: int, label: torch.Tensor | None) -> torch.Tensor:
+        if self.class_bias is None:
+            return h
+        if label is None:
+            raise ValueError("a coupling with class couplings needs the class label")
+        return h + class_rows(self.class_bias[layer], label)[:, :, None, None]
 
 
 # The least scale s an affine coupling can take (docs/training-safety.md). Without
