@@ -1,5 +1,6 @@
-"""Glow's class couplings (`--class-couplings`, on by default for a new
---conditional fit): the label enters every coupling network. The flow stays
+"""Glow's class couplings and class ActNorm (`--class-couplings`,
+`--class-actnorm`, on by default for a new --conditional fit): the label
+enters every coupling network and every flow step's ActNorm. The flow stays
 invertible with an exact log-det for every label, the per-class densities
 are those of one label at a time, configs and checkpoints from before the
 option load as the prior-only model they were, and the engines (label input,
@@ -31,7 +32,7 @@ def _coupled(shape=(1, 8, 8), hidden: int = 8) -> Glow:
     torch.manual_seed(0)
     config = GlowConfig(
         shape, levels=2, depth=2, hidden=hidden, n_bits=5, conditional=True,
-        class_counts=CLASSES, class_couplings=True,
+        class_counts=CLASSES, class_couplings=True, class_actnorm=True,
     )  # fmt: skip
     model = Glow(config)
     model.train()
@@ -39,7 +40,7 @@ def _coupled(shape=(1, 8, 8), hidden: int = 8) -> Glow:
     model.objective(images, torch.arange(6) % 3)
     with torch.no_grad():
         for name, weight in model.named_parameters():
-            if ".out." in name or "class_bias" in name or "class_priors" in name:
+            if ".out." in name or "class_" in name:
                 weight.normal_(0, 0.2)
     return model.eval()
 
@@ -86,22 +87,27 @@ def test_every_class_at_once_is_each_class_alone() -> None:
 
 def test_a_config_without_the_field_loads_as_the_prior_only_model() -> None:
     stored = _coupled().config.to_dict()
-    stored.pop("class_couplings")  # as a checkpoint from before the option
+    stored.pop("class_couplings")  # as a checkpoint from before the options
+    stored.pop("class_actnorm")
     old = build_model("glow", stored)
-    assert not old.config.class_couplings
-    assert not any("class_bias" in name for name, _ in old.named_parameters())
+    assert not old.config.class_couplings and not old.config.class_actnorm
+    assert not any("class_" in name for name, _ in old.levels.named_parameters())
     with torch.no_grad():
         y = torch.rand(2, 1, 8, 8) - 0.5
         old.class_log_probs(y)  # one pass through the levels, no label needed there
     with pytest.raises(UserError, match="--conditional"):
         GlowConfig((1, 8, 8), class_couplings=True)
+    with pytest.raises(UserError, match="--conditional"):
+        GlowConfig((1, 8, 8), class_actnorm=True)
 
 
 def test_a_new_conditional_fit_couples_unless_told_not_to(digits) -> None:
-    assert new_model("glow", {"conditional": True}, digits, 0).config.class_couplings
-    off = new_model("glow", {"conditional": True, "class_couplings": False}, digits, 0)
-    assert not off.config.class_couplings
-    assert not new_model("glow", {}, digits, 0).config.class_couplings
+    on = new_model("glow", {"conditional": True}, digits, 0).config
+    assert on.class_couplings and on.class_actnorm
+    off = new_model("glow", {"conditional": True, "class_couplings": False}, digits, 0).config
+    assert not off.class_couplings and off.class_actnorm
+    plain = new_model("glow", {}, digits, 0).config
+    assert not plain.class_couplings and not plain.class_actnorm
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +121,7 @@ def coupled_engines(digits, tmp_path_factory):
     torch.manual_seed(0)
     config = GlowConfig(
         digits.shape, levels=2, depth=1, hidden=8, conditional=True,
-        class_counts=digits.class_counts(), class_couplings=True,
+        class_counts=digits.class_counts(), class_couplings=True, class_actnorm=True,
     )  # fmt: skip
     model = Glow(config)
     steps = dict(steps=4, batch_size=32, warmup=1, eval_every=4, ckpt_every=4, log_every=4)

@@ -36,7 +36,7 @@ from genrun.manifest import (
     noise_name,
 )
 from gentrain.models import GenerativeModel
-from gentrain.models.glow.layers import ActNorm, FlowStep, InvConv1x1
+from gentrain.models.glow.layers import ActNorm, ClassActNorm, FlowStep, InvConv1x1
 from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 from gentrain.models.transforms import Transform
@@ -116,7 +116,9 @@ def freeze_flow(model: MultiScaleFlow, fold: bool = True) -> MultiScaleFlow:
     for step in frozen.modules():
         if isinstance(step, FlowStep):
             norm, conv, coupling = step.layers
-            linear = [Baked1x1.fold(norm, conv)] if fold else [norm, Baked1x1.from_conv(conv)]
+            # A class ActNorm's scale depends on the label: it stays a layer of its own.
+            together = fold and not isinstance(norm, ClassActNorm)
+            linear = [Baked1x1.fold(norm, conv)] if together else [norm, Baked1x1.from_conv(conv)]
             step.layers = nn.ModuleList([*linear, coupling])
     # Couplings and priors in fewer, cheaper nodes (fused_coupling.py).
     return fuse_couplings(frozen) if fold else frozen

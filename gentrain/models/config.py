@@ -111,10 +111,11 @@ class ModelConfig:
                 or self.class_names
                 or getattr(self, "class_weight", 0)
                 or getattr(self, "class_couplings", False)
+                or getattr(self, "class_actnorm", False)
             ):
                 raise UserError(
-                    "class_counts, class_names, --class-weight and --class-couplings are for "
-                    "--conditional models"
+                    "class_counts, class_names, --class-weight, --class-couplings and "
+                    "--class-actnorm are for --conditional models"
                 )
             return
         if not 2 <= count <= MAX_CLASSES:

@@ -57,7 +57,11 @@ class MultiScaleFlow(GenerativeModel):
     @property
     def levels_take_label(self) -> bool:
         """Whether the levels themselves depend on the class (not only the priors)."""
-        return bool(self.num_classes and getattr(self.config, "class_couplings", False))
+        config = self.config
+        inside = getattr(config, "class_couplings", False) or getattr(
+            config, "class_actnorm", False
+        )
+        return bool(self.num_classes and inside)
 
     def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
         """`self.levels` from `make(channels, (height, width), top)`: each level

@@ -36,6 +36,12 @@ class GlowConfig(ModelConfig):
         "class on its hidden layers), not only the prior (default: on with --conditional).",
         conditional_default=True,
     )
+    class_actnorm: bool = option(
+        False,
+        "Conditional Glow: each flow step's ActNorm also takes a learned shift and log-scale "
+        "per class and channel (default: on with --conditional).",
+        conditional_default=True,
+    )
     class_counts: tuple[int, ...] = ()  # training images per class (from the data)
     class_names: tuple[str, ...] = ()  # by label index, where the data names them
 

@@ -52,6 +52,36 @@ class ActNorm(Transform):
         return y * torch.exp(-self.logs) - self.bias, -self._logabsdet(y)
 
 
+class ClassActNorm(ActNorm):
+    """ActNorm whose shift and log-scale also depend on the class (a
+    conditional Glow's `class_actnorm`): y = (x + bias + bias_y) exp(logs +
+    logs_y), with a learned (bias_y, logs_y) per class and channel, zero at
+    the start; the data-dependent initialisation is the shared part's. The
+    context is the label int64 (N,) or class weights (N, K)."""
+
+    def __init__(self, channels: int, num_classes: int) -> None:
+        super().__init__(channels)
+        self.class_bias = nn.Parameter(torch.zeros(num_classes, channels))
+        self.class_logs = nn.Parameter(torch.zeros(num_classes, channels))
+
+    def _of(self, x: torch.Tensor, label: torch.Tensor | None):
+        if label is None:
+            raise ValueError("a class ActNorm needs the class label")
+        bias = self.bias + class_rows(self.class_bias, label)[:, :, None, None]
+        logs = self.logs + class_rows(self.class_logs, label)[:, :, None, None]
+        return bias, logs, x.shape[2] * x.shape[3] * logs.flatten(1).sum(1)
+
+    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self.initialized and self.training:
+            self.initialize(x)
+        bias, logs, logabsdet = self._of(x, context)
+        return (x + bias) * torch.exp(logs), logabsdet
+
+    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
+        bias, logs, logabsdet = self._of(y, context)
+        return y * torch.exp(-logs) - bias, -logabsdet
+
+
 class InvConv1x1(Transform):
     """Invertible 1x1 convolution: y[:, :, i, j] = W x[:, :, i, j].
 
@@ -228,10 +258,12 @@ class FlowStep(CompositeTransform):
         lu: bool = True,
         additive: bool = False,
         num_classes: int = 0,
+        class_actnorm: bool = False,
     ):
+        norm = ClassActNorm(channels, num_classes) if class_actnorm else ActNorm(channels)
         super().__init__(
             [
-                ActNorm(channels),
+                norm,
                 InvConv1x1(channels, lu),
                 AffineCoupling(channels, hidden, additive, num_classes),
             ]

@@ -32,8 +32,10 @@ class GlowLevel(FlowLevel):
         size = (size[0] // 2, size[1] // 2)
         self.squeeze = Squeeze()
         classes = config.num_classes if config.class_couplings else 0
+        class_actnorm = bool(config.num_classes and config.class_actnorm)
+        additive = config.coupling == "additive"
         self.steps = nn.ModuleList(
-            FlowStep(channels, config.hidden, config.lu, config.coupling == "additive", classes)
+            FlowStep(channels, config.hidden, config.lu, additive, classes, class_actnorm)
             for _ in range(config.depth)
         )
         self.top = top
