@@ -50,18 +50,16 @@ class MultiScaleFlow(GenerativeModel):
     label (the prior-only form), log p(y|c) differs between classes only
     there, so log p(y|c) for every c costs one pass through the levels; a
     flow whose levels take the label too (`levels_take_label`: Glow's class
-    couplings) passes each image once per class (`class_log_probs`)."""
+    couplings and class ActNorm) passes each image once per class
+    (`class_log_probs`)."""
 
     headline_metric = "bpd"
 
     @property
     def levels_take_label(self) -> bool:
         """Whether the levels themselves depend on the class (not only the priors)."""
-        config = self.config
-        inside = getattr(config, "class_couplings", False) or getattr(
-            config, "class_actnorm", False
-        )
-        return bool(self.num_classes and inside)
+        inside = ("class_couplings", "class_actnorm")  # Glow's; absent elsewhere
+        return bool(self.num_classes) and any(getattr(self.config, f, False) for f in inside)
 
     def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
         """`self.levels` from `make(channels, (height, width), top)`: each level

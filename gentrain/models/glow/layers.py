@@ -64,7 +64,10 @@ class ClassActNorm(ActNorm):
         self.class_bias = nn.Parameter(torch.zeros(num_classes, channels))
         self.class_logs = nn.Parameter(torch.zeros(num_classes, channels))
 
-    def _of(self, x: torch.Tensor, label: torch.Tensor | None):
+    def _of(
+        self, x: torch.Tensor, label: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shift, log-scale) of each item's class and the log-det (N,)."""
         if label is None:
             raise ValueError("a class ActNorm needs the class label")
         bias = self.bias + class_rows(self.class_bias, label)[:, :, None, None]
@@ -248,8 +251,9 @@ class AffineCoupling(Transform):
 
 
 class FlowStep(CompositeTransform):
-    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling (`self.layers`);
-    the context (a class label) reaches the coupling, the others ignore it."""
+    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling (`self.layers`).
+    The context (a class label) reaches every layer; the class ActNorm and a
+    coupling with `num_classes` use it, the others ignore it."""
 
     def __init__(
         self,
