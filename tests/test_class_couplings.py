@@ -1,6 +1,6 @@
-"""Glow's class couplings and class ActNorm (`--class-couplings`,
-`--class-actnorm`, on by default for a new --conditional fit): the label
-enters every coupling network and every flow step's ActNorm. The flow stays
+"""Glow's class couplings (`--class-couplings`, on by default for a new
+--conditional fit) and class ActNorm (`--class-actnorm`, asked for): the
+label enters every coupling network and every flow step's ActNorm. The flow stays
 invertible with an exact log-det for every label, the per-class densities
 are those of one label at a time, configs and checkpoints from before the
 option load as the prior-only model they were, and the engines (label input,
@@ -103,9 +103,11 @@ def test_a_config_without_the_field_loads_as_the_prior_only_model() -> None:
 
 def test_a_new_conditional_fit_couples_unless_told_not_to(digits) -> None:
     on = new_model("glow", {"conditional": True}, digits, 0).config
-    assert on.class_couplings and on.class_actnorm
+    assert on.class_couplings and not on.class_actnorm  # class ActNorm is asked for
     off = new_model("glow", {"conditional": True, "class_couplings": False}, digits, 0).config
-    assert not off.class_couplings and off.class_actnorm
+    assert not off.class_couplings
+    both = {"conditional": True, "class_actnorm": True}
+    assert new_model("glow", both, digits, 0).config.class_actnorm
     plain = new_model("glow", {}, digits, 0).config
     assert not plain.class_couplings and not plain.class_actnorm
 
