@@ -1,6 +1,8 @@
 """The manifest inside engine files: an ONNX model's `metadata_props` entry
 `vaeflow.manifest` (genrun/manifest.py is the schema; this module is where
-it is read from and written into a file).
+it becomes JSON and back, `to_json`/`from_json`, where it is read from and
+written into a file, and `check_graph`, where it is held to the graph it
+describes).
 
 Reading needs neither `onnx` nor an ONNX Runtime session: `read_metadata`
 walks the top level of the ModelProto (protobuf wire format) and reads only
@@ -9,18 +11,29 @@ Runtime loader learns what an engine is before it opens a session (the
 TensorRT provider's profile needs the input shapes), genexport reads
 manifests the same way, and a file that is not protobuf at all is refused
 before any runtime parses it. A plan's manifest travels in its sidecar JSON
-(genrun/backends/sidecar.py), parsed by the same `from_json`."""
+(genrun/backends/sidecar.py), parsed by the same `from_values`."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import UserError
-from .manifest import METADATA_KEY, Manifest, from_json, to_json
+from .manifest import (
+    BATCH,
+    MANIFEST_VERSION,
+    METADATA_KEY,
+    READABLE_VERSIONS,
+    Manifest,
+    TensorSpec,
+    check_values,
+)
+from .typed_json import parse
 
 # ModelProto's field numbers (onnx.proto): metadata_props, and the
 # StringStringEntryProto's key and value.
@@ -31,6 +44,47 @@ MAX_ENTRY_BYTES = 64 << 20  # a metadata entry larger than this is not ours
 
 class _Malformed(Exception):
     """Not protobuf as ONNX writes it: what was found where."""
+
+
+def to_values(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as a JSON object's values."""
+    values = asdict(manifest)
+    # Absent, a manifest stays version 3's (precision_plan: bf16 engines only,
+    # which no reader without the OpenVINO backend can run anyway).
+    for key in ("classes", "provenance", "precision_plan"):
+        if values[key] is None:
+            del values[key]
+    return values
+
+
+def to_json(manifest: Manifest) -> str:
+    return json.dumps(to_values(manifest), indent=1, sort_keys=True)
+
+
+def from_json(text: str, source: str = "the manifest") -> Manifest:
+    """Parse and validate; invalid JSON, an unknown version or a malformed
+    value is a UserError."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source} is not valid JSON ({err}); re-export the engine") from None
+    return from_values(values, source)
+
+
+def from_values(values: Any, source: str = "the manifest") -> Manifest:
+    """A manifest from parsed JSON (an ONNX file's entry, a plan's sidecar)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source} is not a vaeflow engine manifest; re-export the engine")
+    version = values.get("version")
+    if version not in READABLE_VERSIONS:
+        raise UserError(
+            f"{source} has engine manifest version {version!r}, this vaeflow reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine with this "
+            "vaeflow's `genexport onnx` or use the vaeflow release that wrote it"
+        )
+    expected = ", ".join(f.name for f in fields(Manifest))
+    fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
+    return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=check_values)
 
 
 def read_from_onnx(path: str | Path) -> Manifest:
@@ -107,6 +161,50 @@ def check_graph_sha256(path: Path, manifest: Manifest) -> None:
             f"exported {manifest.graph_sha256[:12]}...): it changed after export; "
             "re-export it with `genexport onnx` or copy the original again"
         )
+
+
+def check_graph(
+    manifest: Manifest,
+    graph_inputs: list[TensorSpec],
+    graph_outputs: list[TensorSpec],
+    source: str | Path,
+) -> None:
+    """A manifest must describe the graph it sits in: every tensor the graph
+    names has the manifest's dtype and rank, and the same size on each axis
+    the graph fixes (dims the graph leaves symbolic, "?" or "N", accept any).
+    Engines call this with the specs ONNX Runtime reports, at load."""
+    for group, graph_specs, declared in (
+        ("input", graph_inputs, manifest.inputs),
+        ("output", graph_outputs, manifest.outputs),
+    ):
+        by_name = {spec.name: spec for spec in declared}
+        for actual in graph_specs:
+            spec = by_name.get(actual.name)
+            if spec is None:
+                if group == "output":
+                    continue  # an extra output is never fed or read
+                raise UserError(
+                    f"{source}: graph input '{actual.name}' is not in its manifest; "
+                    "re-export the engine"
+                )
+            if group == "output" and not actual.shape:
+                continue  # ONNX Runtime knows no shape for this output: nothing to compare
+            fixed = [a if isinstance(a, int) else None for a in actual.shape]
+            fits = (
+                actual.dtype == spec.dtype
+                and len(actual.shape) == len(spec.shape)
+                and all(
+                    # A graph that fixes the batch axis cannot take N rows.
+                    (a is None or group == "output") if want == BATCH else a in (None, want)
+                    for a, want in zip(fixed, spec.shape, strict=True)
+                )
+            )
+            if not fits:
+                raise UserError(
+                    f"{source}: the manifest says {group} '{spec.name}' is {spec.dtype} "
+                    f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
+                    "engine with `genexport onnx`"
+                )
 
 
 def _top_level_fields(handle: BinaryIO) -> Iterator[tuple[int, int, int, int]]:

@@ -27,7 +27,7 @@ from test_nonfinite import sqrt_generator
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import from_json, to_json
+from genrun.manifest_io import from_json, to_json
 from genrun.readers import load_data, read_idx, read_image_files
 
 FUZZ = settings(

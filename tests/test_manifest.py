@@ -23,10 +23,8 @@ from genrun.manifest import (
     Parity,
     PixelMapping,
     TensorSpec,
-    from_json,
-    to_json,
 )
-from genrun.manifest_io import read_from_onnx, write_to_onnx
+from genrun.manifest_io import from_json, read_from_onnx, to_json, write_to_onnx
 
 
 def _manifest() -> Manifest:

@@ -49,8 +49,8 @@ from pathlib import Path
 import onnxruntime
 
 from ..errors import UserError
-from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
-from ..manifest_io import check_graph_sha256, manifest_in
+from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
+from ..manifest_io import check_graph, check_graph_sha256, from_json, manifest_in
 from . import nvidia
 from .base import Feeds, LoadOptions, Runner, log
 

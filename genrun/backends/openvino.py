@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..manifest import METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
+from ..manifest import METADATA_KEY, Manifest, TensorSpec
+from ..manifest_io import check_graph, check_graph_sha256, from_json, manifest_in
 from .base import Feeds, LoadOptions, Runner
 
 # /proc/cpuinfo flags that mean native bfloat16 arithmetic (AVX512-BF16 dot
@@ -68,8 +69,6 @@ def bf16_support(flags: set[str] | None = None) -> str | None:
 def is_bf16_engine(path: Path) -> bool:
     """Whether an .onnx file carries a vaeflow manifest of precision bf16 (read
     without a runtime: none can open the file before knowing)."""
-    from ..manifest_io import manifest_in
-
     try:
         manifest = manifest_in(path)
     except UserError:  # not protobuf as ONNX writes it: ONNX Runtime's loader says so
@@ -162,8 +161,6 @@ class OpenVinoRunner(Runner):
 
 def load(path: Path, options: LoadOptions | None = None) -> OpenVinoRunner:
     """The runner of a bf16 `.onnx` engine on the CPU (genrun.load's entry)."""
-    from ..manifest_io import check_graph_sha256, manifest_in
-
     options = options or LoadOptions()
     if options.provider not in ("auto", "cpu"):
         raise UserError(f"{path.name} is a bf16 engine, which runs on the CPU; use --provider cpu")

@@ -46,7 +46,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..manifest import METADATA_KEY, Manifest, from_json, to_json
+from ..manifest import METADATA_KEY, Manifest
+from ..manifest_io import from_values, to_values
 from ..typed_json import Malformed, parse
 
 PLAN_VERSION = 1
@@ -77,7 +78,7 @@ def sidecar_path(plan: Path) -> Path:
 
 def to_text(manifest: Manifest, info: PlanInfo) -> str:
     return json.dumps(
-        {METADATA_KEY: json.loads(to_json(manifest)), PLAN_KEY: asdict(info)},
+        {METADATA_KEY: to_values(manifest), PLAN_KEY: asdict(info)},
         indent=1,
         sort_keys=True,
     )
@@ -100,7 +101,7 @@ def read_sidecar(plan: Path, check_sha256: bool = True) -> tuple[Manifest, PlanI
             f"{path} is not a vaeflow plan sidecar (keys {METADATA_KEY!r} and {PLAN_KEY!r}); "
             "rebuild the plan with `genexport tensorrt`"
         )
-    manifest = from_json(json.dumps(values[METADATA_KEY]), source=str(path))
+    manifest = from_values(values[METADATA_KEY], source=str(path))
     info = _plan_info(values[PLAN_KEY], path)
     if check_sha256 and sha256(plan) != info.plan_sha256:
         raise UserError(
