@@ -131,7 +131,7 @@ def sample_command(
     a class with --label where the engine is conditional."""
     engine = resolve(engine, GENERATE)
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
-    classes = classes_for(sampler.engine.manifest, label)
+    classes = None if label is None else classes_for(sampler.engine.manifest, label)
     # Checks the arguments and the output before anything is sampled or written.
     if classes is not None and len(classes) > 1:  # --label all: N per class, a row each
         batches = sampler.batches_by_class(
@@ -140,7 +140,7 @@ def sample_command(
     else:
         one = None if classes is None else classes[0]
         batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite, label=one)
-    total, rows = len(batches), len(classes or [None])
+    total, rows = batches.n, len(classes or [None])
     row_shape = tuple(sampler.engine.manifest.data_shape)
     nrow = n if rows > 1 else None
     output = SampleOutput(out, total, row_shape, counted_at_end=nonfinite == "drop", nrow=nrow)

@@ -8,28 +8,20 @@ stack trace). `load` picks the backend by the file's suffix
 A foreign ONNX file (no vaeflow manifest) still loads when its inputs are
 unambiguous, each a float or uint8 tensor with one dynamic leading (batch)
 axis: `run`, `genrun info` and `genrun bench` work from the graph's own
-input specs; sampling and scoring need the manifest and say so.
-
-This module is where ONNX Runtime sessions are made, for genexport too:
-`ort_session` (genrun.backends.onnxruntime.create_session)."""
+input specs; sampling and scoring need the manifest and say so."""
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends import backend_of
+from .backends import BACKENDS
 from .backends.base import LoadOptions, Runner
-from .backends.onnxruntime import (
-    PROVIDERS,
-    available_providers,
-    default_threads,
-    session_options,
-)
-from .backends.onnxruntime import create_session as ort_session
+from .backends.onnxruntime import PROVIDERS, available_providers, session_options
 from .errors import UserError
 from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
 
@@ -40,7 +32,6 @@ __all__ = [
     "available_providers",
     "default_threads",
     "load",
-    "ort_session",
     "session_options",
 ]
 
@@ -190,9 +181,18 @@ def load(
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
-    backend = import_module(f"genrun.backends.{backend_of(path)}")
+    backend = import_module(f"genrun.backends.{BACKENDS.get(path.suffix, 'onnxruntime')}")
     options = LoadOptions(provider, threads, spin, cuda_graphs)
     return Engine(backend.load(path, options), path, threads)
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers
+    and taskset shrink; os.cpu_count() does not see that)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
 
 
 def _describe(spec: TensorSpec) -> str:

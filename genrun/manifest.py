@@ -2,9 +2,9 @@
 stored inside the file, so that a single `.onnx` file is a complete engine.
 
 This module is the contract between `genexport` (writes it) and `genrun`
-(reads it): a schema, with no file I/O and nothing of genrun imported but
-typed_json's Malformed (tests/test_import_cycles.py holds it to that). JSON
-text, files and the check against a graph are genrun/manifest_io.py's job.
+(reads it): a schema, with no file I/O and nothing of genrun imported
+(tests/test_import_cycles.py holds it to that). JSON text, files, the checks
+of what is read and the check against a graph are genrun/manifest_io.py's job.
 
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
@@ -126,11 +126,8 @@ precision_plan  PrecisionPlan or null (bf16 engines):
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from typing import Any
-
-from .typed_json import Malformed
 
 MANIFEST_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3, 4)  # version 2: no graph_sha256; version 1: no training_scores either
@@ -332,42 +329,3 @@ class Manifest:
         if not self.classes or any(c.name is None for c in self.classes):
             return None
         return [str(c.name) for c in self.classes]
-
-
-DTYPES = ("float32", "float16", "uint8", "int64")
-
-
-def check_values(manifest: Manifest) -> None:
-    """What types alone do not say: sizes are positive, the batch axis is "N",
-    dtypes are ones the runtime feeds (a Malformed naming the field; the
-    reader, genrun.manifest_io.from_values, calls this after the types)."""
-
-    def sizes(where: str, shape: list, batch: bool = False) -> None:
-        for i, size in enumerate(shape):
-            ok = size == BATCH if isinstance(size, str) else size >= 1
-            if not ok or (isinstance(size, str) and not batch):
-                raise Malformed(f"{where}[{i}] = {size!r} is not a size >= 1")
-
-    for group in ("inputs", "outputs"):
-        for spec in getattr(manifest, group):
-            where = f"{group}[{spec.name}]"
-            if spec.dtype not in DTYPES:
-                raise Malformed(f"{where}.dtype = {spec.dtype!r:.30} is not one of {DTYPES}")
-            sizes(f"{where}.shape", spec.shape, batch=True)
-    if len(manifest.data_shape) != 3:
-        raise Malformed(f"data_shape = {manifest.data_shape} is not [C, H, W]")
-    sizes("data_shape", manifest.data_shape)
-    for i, shape in enumerate(manifest.latent_shapes):
-        if not shape:
-            raise Malformed(f"latent_shapes[{i}] is empty")
-        sizes(f"latent_shapes[{i}]", shape)
-    digest = manifest.graph_sha256
-    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
-        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
-    if manifest.classes is not None:
-        indices = [c.index for c in manifest.classes]
-        names = [c.name for c in manifest.classes if c.name is not None]
-        if len(indices) < 2 or indices != list(range(len(indices))):
-            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
-        if len(set(names)) != len(names):
-            raise Malformed("classes has a name twice")

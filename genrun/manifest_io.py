@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 from collections.abc import Iterator
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -31,9 +32,8 @@ from .manifest import (
     READABLE_VERSIONS,
     Manifest,
     TensorSpec,
-    check_values,
 )
-from .typed_json import parse
+from .typed_json import Malformed, parse
 
 # ModelProto's field numbers (onnx.proto): metadata_props, and the
 # StringStringEntryProto's key and value.
@@ -84,7 +84,51 @@ def from_values(values: Any, source: str = "the manifest") -> Manifest:
         )
     expected = ", ".join(f.name for f in fields(Manifest))
     fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
-    return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=check_values)
+    malformed = f"{source} holds a malformed manifest"
+    manifest = parse(Manifest, values, malformed, fix)
+    try:
+        _check_values(manifest)
+    except Malformed as err:
+        raise UserError(f"{malformed}: {err}; {fix}") from None
+    return manifest
+
+
+DTYPES = ("float32", "float16", "uint8", "int64")
+
+
+def _check_values(manifest: Manifest) -> None:
+    """What types alone do not say: sizes are positive, the batch axis is "N",
+    dtypes are ones the runtime feeds (a Malformed naming the field)."""
+
+    def sizes(where: str, shape: list, batch: bool = False) -> None:
+        for i, size in enumerate(shape):
+            ok = size == BATCH if isinstance(size, str) else size >= 1
+            if not ok or (isinstance(size, str) and not batch):
+                raise Malformed(f"{where}[{i}] = {size!r} is not a size >= 1")
+
+    for group in ("inputs", "outputs"):
+        for spec in getattr(manifest, group):
+            where = f"{group}[{spec.name}]"
+            if spec.dtype not in DTYPES:
+                raise Malformed(f"{where}.dtype = {spec.dtype!r:.30} is not one of {DTYPES}")
+            sizes(f"{where}.shape", spec.shape, batch=True)
+    if len(manifest.data_shape) != 3:
+        raise Malformed(f"data_shape = {manifest.data_shape} is not [C, H, W]")
+    sizes("data_shape", manifest.data_shape)
+    for i, shape in enumerate(manifest.latent_shapes):
+        if not shape:
+            raise Malformed(f"latent_shapes[{i}] is empty")
+        sizes(f"latent_shapes[{i}]", shape)
+    digest = manifest.graph_sha256
+    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
+        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
+    if manifest.classes is not None:
+        indices = [c.index for c in manifest.classes]
+        names = [c.name for c in manifest.classes if c.name is not None]
+        if len(indices) < 2 or indices != list(range(len(indices))):
+            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
+        if len(set(names)) != len(names):
+            raise Malformed("classes has a name twice")
 
 
 def read_from_onnx(path: str | Path) -> Manifest:
@@ -100,21 +144,31 @@ def read_from_onnx(path: str | Path) -> Manifest:
     return manifest
 
 
-def manifest_in(path: Path) -> Manifest | None:
+class NotOnnx(UserError):
+    """A file that is not protobuf as ONNX writes it (genrun's ONNX loader
+    lets ONNX Runtime's own refusal speak first)."""
+
+
+def manifest_in(path: Path, verify_graph: bool = False) -> Manifest | None:
     """The manifest of an ONNX file, or None for a graph without one; a file
-    that is not protobuf as ONNX writes it is a UserError."""
+    that is not protobuf as ONNX writes it is a NotOnnx. `verify_graph`: also
+    refuse a file whose graph is not the one the manifest records (changed
+    since export; manifests before version 3 record none)."""
     if not path.is_file():
         raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
     try:
         with open(path, "rb") as handle:
             props = read_metadata(handle)
     except (_Malformed, OSError) as err:
-        raise UserError(
+        raise NotOnnx(
             f"{path} is not an ONNX model ({err}); pass an engine written by `genexport onnx`"
         ) from None
     if METADATA_KEY not in props:
         return None
-    return from_json(props[METADATA_KEY], source=str(path))
+    manifest = from_json(props[METADATA_KEY], source=str(path))
+    if verify_graph:
+        _check_graph_sha256(path, manifest)
+    return manifest
 
 
 def read_metadata(handle: BinaryIO) -> dict[str, str]:
@@ -145,7 +199,7 @@ def graph_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def check_graph_sha256(path: Path, manifest: Manifest) -> None:
+def _check_graph_sha256(path: Path, manifest: Manifest) -> None:
     """A UserError unless the file's graph is the one genexport recorded in
     `manifest` (manifests from before version 3 record none: nothing to check)."""
     if manifest.graph_sha256 is None:

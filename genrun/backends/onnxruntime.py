@@ -50,8 +50,8 @@ import onnxruntime
 
 from ..errors import UserError
 from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
-from ..manifest_io import check_graph, check_graph_sha256, from_json, manifest_in
-from . import nvidia
+from ..manifest_io import NotOnnx, check_graph, from_json, manifest_in
+from . import nvidia, openvino
 from .base import Feeds, LoadOptions, Runner, log
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
@@ -109,15 +109,6 @@ def check_one_onnxruntime() -> None:
         )
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers
-    and taskset shrink; os.cpu_count() does not see that)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def session_options(threads: int | None = None, spin: bool = True) -> onnxruntime.SessionOptions:
     """genrun's ONNX Runtime settings. Measured on Glow generate (L=2, K=8,
     128 hidden) at batch 1 and 256, side by side in one process
@@ -158,9 +149,11 @@ def create_session(
         )
 
 
-def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
+def load(path: Path, options: LoadOptions | None = None) -> Runner:
     """The runner of an `.onnx` file on `options.provider` (see the module
-    doc); a file ONNX Runtime cannot parse is a UserError naming it."""
+    doc); a file ONNX Runtime cannot parse is a UserError naming it. The
+    manifest is read once, here, before any session (a graph changed since
+    export is refused by manifest_in); a bf16 engine goes on to OpenVINO."""
     options = options or LoadOptions()
     if options.cuda_graphs:
         raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
@@ -168,13 +161,11 @@ def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
     # refusal below names it, or, if ONNX Runtime opens it anyway, this one.
     unreadable = None
     try:
-        manifest = manifest_in(path)
-    except UserError as err:
-        if not path.is_file():
-            raise
+        manifest = manifest_in(path, verify_graph=True)
+    except NotOnnx as err:
         manifest, unreadable = None, err
-    if manifest is not None:  # changed since export (weights overwritten): refuse it
-        check_graph_sha256(path, manifest)
+    if manifest is not None and manifest.precision == openvino.PRECISION:
+        return openvino.load(path, options, manifest)
     provider = resolve_provider(options.provider)
     chosen = [provider, *[p for p in PROVIDERS if p != provider and _is_slower(p, provider)]]
     chosen = [p for p in chosen if p in available_providers()]
