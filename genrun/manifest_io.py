@@ -199,6 +199,16 @@ def graph_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
+def file_sha256(path: Path) -> str:
+    """hex sha256 of a whole file (the checkpoint a manifest records, a plan
+    and its ONNX graph a sidecar records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def _check_graph_sha256(path: Path, manifest: Manifest) -> None:
     """A UserError unless the file's graph is the one genexport recorded in
     `manifest` (manifests from before version 3 record none: nothing to check)."""

@@ -284,7 +284,7 @@ def test_bench_options(engine_file, batch, seconds) -> None:
             seconds = "0.01"  # keep it quick: the budget itself is not under test here
     except ValueError:
         pass
-    with mock.patch("genrun.cli.matmul_peak_gflops", return_value=100.0):  # 2 s each: not here
+    with mock.patch("genrun.bench.matmul_peak_gflops", return_value=100.0):  # 2 s each: not here
         code, _, err = CLI.run(
             "bench", "--engine", engine_file, f"--batch={batch}", f"--seconds={seconds}"
         )
