@@ -49,8 +49,8 @@ from pathlib import Path
 import onnxruntime
 
 from ..errors import UserError
-from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
-from ..manifest_io import NotOnnx, check_graph, from_json, manifest_in
+from ..manifest import BATCH, Manifest, TensorSpec
+from ..manifest_io import NotOnnx, check_graph, manifest_in
 from . import nvidia, openvino
 from .base import Feeds, LoadOptions, Runner, log
 
@@ -339,9 +339,8 @@ class OnnxRuntimeRunner(Runner):
     """Runs one session: `run(feeds)` -> every output by name. On a GPU
     provider the outputs are bound with IO binding (allocated on the device
     by ONNX Runtime, one copy to the host per call). `manifest` as read from
-    the file (None: read from the session's metadata, as for an in-memory
-    model); `specs` (inputs, outputs) instead for a graph being exported,
-    which has no manifest yet."""
+    the file (None: a foreign graph, run by its own specs); `specs` (inputs,
+    outputs) instead for a graph being exported, which has no manifest yet."""
 
     def __init__(
         self,
@@ -361,13 +360,6 @@ class OnnxRuntimeRunner(Runner):
         if specs is not None:
             self.manifest, (self.inputs, self.outputs) = None, specs
             return
-        if manifest is None:
-            try:
-                metadata = session.get_modelmeta().custom_metadata_map
-            except UnicodeDecodeError:
-                raise UserError(f"{path} has metadata that is not UTF-8; re-export it") from None
-            if METADATA_KEY in metadata:
-                manifest = from_json(metadata[METADATA_KEY], source=str(path))
         self.manifest = manifest
         if manifest is None:  # a foreign graph: its own specs
             self.inputs = graph_specs(session.get_inputs(), path)
