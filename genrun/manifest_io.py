@@ -1,8 +1,7 @@
 """The manifest inside engine files: an ONNX model's `metadata_props` entry
 `vaeflow.manifest` (genrun/manifest.py is the schema; this module is where
-it becomes JSON and back, `to_json`/`from_json`, where it is read from and
-written into a file, and `check_graph`, where it is held to the graph it
-describes).
+it becomes JSON and back, `to_json`/`from_json`, with the checks of what is
+read, and where it is read from and written into a file).
 
 Reading needs neither `onnx` nor an ONNX Runtime session: `read_metadata`
 walks the top level of the ModelProto (protobuf wire format) and reads only
@@ -31,7 +30,6 @@ from .manifest import (
     METADATA_KEY,
     READABLE_VERSIONS,
     Manifest,
-    TensorSpec,
 )
 from .typed_json import Malformed, parse
 
@@ -225,50 +223,6 @@ def _check_graph_sha256(path: Path, manifest: Manifest) -> None:
             f"exported {manifest.graph_sha256[:12]}...): it changed after export; "
             "re-export it with `genexport onnx` or copy the original again"
         )
-
-
-def check_graph(
-    manifest: Manifest,
-    graph_inputs: list[TensorSpec],
-    graph_outputs: list[TensorSpec],
-    source: str | Path,
-) -> None:
-    """A manifest must describe the graph it sits in: every tensor the graph
-    names has the manifest's dtype and rank, and the same size on each axis
-    the graph fixes (dims the graph leaves symbolic, "?" or "N", accept any).
-    Engines call this with the specs ONNX Runtime reports, at load."""
-    for group, graph_specs, declared in (
-        ("input", graph_inputs, manifest.inputs),
-        ("output", graph_outputs, manifest.outputs),
-    ):
-        by_name = {spec.name: spec for spec in declared}
-        for actual in graph_specs:
-            spec = by_name.get(actual.name)
-            if spec is None:
-                if group == "output":
-                    continue  # an extra output is never fed or read
-                raise UserError(
-                    f"{source}: graph input '{actual.name}' is not in its manifest; "
-                    "re-export the engine"
-                )
-            if group == "output" and not actual.shape:
-                continue  # ONNX Runtime knows no shape for this output: nothing to compare
-            fixed = [a if isinstance(a, int) else None for a in actual.shape]
-            fits = (
-                actual.dtype == spec.dtype
-                and len(actual.shape) == len(spec.shape)
-                and all(
-                    # A graph that fixes the batch axis cannot take N rows.
-                    (a is None or group == "output") if want == BATCH else a in (None, want)
-                    for a, want in zip(fixed, spec.shape, strict=True)
-                )
-            )
-            if not fits:
-                raise UserError(
-                    f"{source}: the manifest says {group} '{spec.name}' is {spec.dtype} "
-                    f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
-                    "engine with `genexport onnx`"
-                )
 
 
 def _top_level_fields(handle: BinaryIO) -> Iterator[tuple[int, int, int, int]]:

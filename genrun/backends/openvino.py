@@ -29,7 +29,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..manifest import METADATA_KEY, Manifest, TensorSpec
-from ..manifest_io import check_graph, from_json
+from ..manifest_io import from_json
 from .base import Feeds, LoadOptions, Runner
 
 # /proc/cpuinfo flags that mean native bfloat16 arithmetic (AVX512-BF16 dot
@@ -117,10 +117,10 @@ class OpenVinoRunner(Runner):
         )
         graph_inputs = [_spec(port, declared) for port in compiled.inputs]
         graph_outputs = [_spec(port, declared) for port in compiled.outputs]
+        self.graph = graph_inputs, graph_outputs  # held to the manifest by genrun.engine
         if manifest is None:
             self.inputs, self.outputs = graph_inputs, graph_outputs
         else:
-            check_graph(manifest, graph_inputs, graph_outputs, path)
             self.inputs, self.outputs = manifest.inputs, manifest.outputs
         # A graph input may carry several names (the exporter's and ours).
         self._input_port = {name: port for port in compiled.inputs for name in port.get_names()}
