@@ -25,12 +25,12 @@ from typing import Any
 from . import engine as engine_module
 from .describe import file_size
 from .errors import UserError
-from .manifest import Manifest
+from .manifest import DENSITY, GENERATE, Manifest
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 PREFIX = "builtin:"
 # The file a role is served from, in order of preference.
-FILES = {"generate": ("generate",), "density": ("marginal", "density")}
+FILES = {GENERATE: ("generate",), DENSITY: ("marginal", "density")}
 
 
 @dataclass
