@@ -29,9 +29,7 @@ from .labels import check_label_options, class_words, classes_for, image_labels
 from .manifest import DENSITY, GENERATE
 from .nonfinite import check_policy
 from .outputs import SampleOutput, check_writable, is_stdout, write_csv
-from .readers import (
-    DATA_SPECS_HELP,
-)
+from .readers import DATA_SPECS_HELP
 from .sampler import SampleBatches, Sampler
 from .score_inputs import images_to_score
 from .score_table import ScoreTable
