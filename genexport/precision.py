@@ -44,7 +44,18 @@ from onnx import TensorProto, helper, numpy_helper
 from genrun.backends.openvino import bf16_support, load_openvino
 from genrun.errors import UserError
 from genrun.flops import node_flops
-from genrun.manifest import BITS_PER_DIM, IMAGES, OFFSET, PIXELS, TEMPERATURE, Parity, PrecisionPlan
+from genrun.manifest import (
+    BITS_PER_DIM,
+    DECODE,
+    DENSITY,
+    GENERATE,
+    IMAGES,
+    OFFSET,
+    PIXELS,
+    TEMPERATURE,
+    Parity,
+    PrecisionPlan,
+)
 from genrun.ood import auroc, typicality
 
 from .graphs import Graph
@@ -56,8 +67,8 @@ RUNTIME = "openvino"
 CANDIDATE_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")  # where the FLOPs are
 PASS_THROUGH = ("Relu",)  # exact in bfloat16: joins the region of its input
 BF16_OPSET = 22  # the first opset whose Conv takes bfloat16
-PIXEL_ROLES = ("generate", "decode")
-DENSITY_ROLES = ("density",)
+PIXEL_ROLES = (GENERATE, DECODE)
+DENSITY_ROLES = (DENSITY,)
 SAMPLES = 1024
 TEMPERATURES = (0.7, 1.0)
 PIXEL_SHARE = 0.001  # at most this share of pixels more than one level off
