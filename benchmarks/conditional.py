@@ -160,7 +160,8 @@ def report(rows: list[dict]) -> str:
             "",
             f"- Data: {row['made'].data}.",
             f"- The generative classifier reads the marginal engine's log P(x|y) of every "
-            f"class at the bin centres (one flow pass per image): {row['test_images']} test "
+            f"class at the bin centres (the class couplings: one flow pass per image and "
+            f"class): {row['test_images']} test "
             f"images in {row['classify_s']:.1f} s through ONNX Runtime.",
             f"- Plain classifier: {SmallCNN.__doc__.split(':')[0].strip()}, Adam 1e-3, "
             f"{CNN_EPOCHS} epochs, batch 64, seed {SEED}: {row['cnn_s']:.0f} s.",

@@ -82,7 +82,7 @@ def config_options(config_class: type, family_defaults: dict[str, Any] | None = 
             annotation, default = annotation | None, None
             value = family_defaults[field.name]
             text += f" (default: {value:g})" if isinstance(value, float) else f" (default: {value})"
-        elif field.metadata.get("from_data"):
+        elif field.metadata.get("from_data") or "conditional_default" in field.metadata:
             annotation, default = annotation | None, None
         flags = [field.metadata["flag"]] if field.metadata.get("flag") else []
         parameters.append(

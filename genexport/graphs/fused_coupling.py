@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gentrain.models.glow.layers import ActNorm, AffineCoupling, GaussianStandardize, ZeroConv2d
-from gentrain.models.transforms import Transform
+from gentrain.models.transforms import Transform, class_rows
 
 
 def fuse_couplings(module: nn.Module) -> nn.Module:
@@ -94,23 +94,36 @@ class FusedCoupling(Transform):
             _constant(self, f"weight{i}", weight)
             _constant(self, f"bias{i}", bias)
         self.paddings = (net.conv1.padding, net.conv2.padding, net.out.conv.padding)
+        # Class couplings: each per-class bias lands after its layer's ActNorm,
+        # so it adds to the folded layer's output as it is.
+        bias = net.class_bias
+        self.register_buffer("class_bias", None if bias is None else bias.detach().float())
 
-    def _shift_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = F.relu(F.conv2d(x_a, self.weight0, self.bias0, padding=self.paddings[0]))
-        h = F.relu(F.conv2d(h, self.weight1, self.bias1, padding=self.paddings[1]))
+    def _shift_scale(
+        self, x_a: torch.Tensor, label: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = F.conv2d(x_a, self.weight0, self.bias0, padding=self.paddings[0])
+        h = F.relu(self._class_bias(h, 0, label))
+        h = F.conv2d(h, self.weight1, self.bias1, padding=self.paddings[1])
+        h = F.relu(self._class_bias(h, 1, label))
         h = F.conv2d(h, self.weight2, self.bias2, padding=self.paddings[2])
         shift, raw = h.chunk(2, dim=1)
         return shift, self.floor + (1.0 - self.floor) * torch.sigmoid(raw + 2.0)
 
+    def _class_bias(self, h: torch.Tensor, layer: int, label: torch.Tensor | None) -> torch.Tensor:
+        if self.class_bias is None:
+            return h
+        return h + class_rows(self.class_bias[layer], label)[:, :, None, None]
+
     def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, scale = self._shift_scale(x_a)
+        shift, scale = self._shift_scale(x_a, context)
         y_b = (x_b + shift) * scale
         return torch.cat([x_a, y_b], 1), torch.log(scale).flatten(1).sum(1)
 
     def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        shift, scale = self._shift_scale(y_a)
+        shift, scale = self._shift_scale(y_a, context)
         x_b = y_b / scale - shift
         return torch.cat([y_a, x_b], 1), -torch.log(scale).flatten(1).sum(1)
 

@@ -63,6 +63,9 @@ def new_model(family: str, options: dict, data: DataSplit, seed: int) -> Generat
     if config.get("conditional"):  # the classes come from the data's labels
         config.setdefault("class_counts", data.class_counts())
         config.setdefault("class_names", data.class_names or ())
+        for option in fields(model_class(family).config_class):
+            if "conditional_default" in option.metadata:  # e.g. Glow's class couplings
+                config.setdefault(option.name, option.metadata["conditional_default"])
     torch.manual_seed(seed)
     return build_model(family, {"data_shape": data.shape, **config})
 

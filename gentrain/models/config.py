@@ -43,11 +43,22 @@ MAX_CLASSES = 4096
 MAX_CLASS_NAME = 200
 
 
-def option(default: Any, help: str, flag: str | None = None, from_data: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    flag: str | None = None,
+    from_data: str | None = None,
+    conditional_default: Any = None,
+) -> Any:
     """A dataclass field that the CLI offers as an option with `help`.
     `from_data` names a `DataSplit` attribute that gives the default when the
-    option is not passed (the flows' n_bits: the data's own bit depth)."""
-    return field(default=default, metadata={"help": help, "flag": flag, "from_data": from_data})
+    option is not passed (the flows' n_bits: the data's own bit depth).
+    `conditional_default` (if not None) is a new --conditional run's default;
+    `default` stays what a stored config without the field means."""
+    metadata = {"help": help, "flag": flag, "from_data": from_data}
+    if conditional_default is not None:
+        metadata["conditional_default"] = conditional_default
+    return field(default=default, metadata=metadata)
 
 
 def conditional_option() -> Any:
@@ -95,9 +106,15 @@ class ModelConfig:
         self.class_names = tuple(str(n) for n in self.class_names)
         count = len(self.class_counts)
         if not self.conditional:
-            if count or self.class_names or getattr(self, "class_weight", 0):
+            if (
+                count
+                or self.class_names
+                or getattr(self, "class_weight", 0)
+                or getattr(self, "class_couplings", False)
+            ):
                 raise UserError(
-                    "class_counts, class_names and --class-weight are for --conditional models"
+                    "class_counts, class_names, --class-weight and --class-couplings are for "
+                    "--conditional models"
                 )
             return
         if not 2 <= count <= MAX_CLASSES:

@@ -46,11 +46,18 @@ def log_normal(eps: torch.Tensor, dims: int = 1) -> torch.Tensor:
 
 class MultiScaleFlow(GenerativeModel):
     """A conditional flow (`num_classes` K > 0) adds a `ClassStandardize`
-    per level after the levels (`class_priors`): log p(y|c) differs between
-    classes only there, so log p(y|c) for every c costs one pass through the
-    levels (`class_log_probs`)."""
+    per level after the levels (`class_priors`). Where the levels ignore the
+    label (the prior-only form), log p(y|c) differs between classes only
+    there, so log p(y|c) for every c costs one pass through the levels; a
+    flow whose levels take the label too (`levels_take_label`: Glow's class
+    couplings) passes each image once per class (`class_log_probs`)."""
 
     headline_metric = "bpd"
+
+    @property
+    def levels_take_label(self) -> bool:
+        """Whether the levels themselves depend on the class (not only the priors)."""
+        return bool(self.num_classes and getattr(self.config, "class_couplings", False))
 
     def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
         """`self.levels` from `make(channels, (height, width), top)`: each level
@@ -74,21 +81,25 @@ class MultiScaleFlow(GenerativeModel):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Continuous images y -> (standard-normal latents per level, log|det|);
         a conditional flow's given the class `label` (int64 (N,))."""
-        latents, logabsdet = self.levels_forward(y)
+        latents, logabsdet = self.levels_forward(y, label)
         if not self.num_classes:
             return latents, logabsdet
         steps = [layer(u, label) for layer, u in zip(self.class_priors, latents, strict=True)]
         eps = [step[0] for step in steps]
         return eps, logabsdet + torch.stack([step[1] for step in steps]).sum(0)
 
-    def levels_forward(self, y: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+    def levels_forward(
+        self, y: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """y -> (each level's latent, log|det|) through the levels: the model's
-        latents, or a conditional flow's before its class layers. Each level's
-        latent is factored out of its output, the rest goes on."""
+        latents, or a conditional flow's before its class layers (`label`
+        reaches the levels where they take it). Each level's latent is
+        factored out of its output, the rest goes on."""
         latents, total = [], None
         h = y
+        context = label if self.levels_take_label else None
         for level in self.levels:
-            x, logabsdet = level(h)
+            x, logabsdet = level(h, context)
             if level.top:
                 latents.append(x)
             else:
@@ -109,11 +120,12 @@ class MultiScaleFlow(GenerativeModel):
         if isinstance(temperature, torch.Tensor):
             temperature = temperature.view(-1, 1, 1, 1)
         h = None
+        context = label if self.levels_take_label else None
         for i in reversed(range(len(self.levels))):
             eps = latents[i] * temperature
             if self.num_classes:
                 eps, _ = self.class_priors[i].inverse(eps, label)
-            h, _ = self.levels[i].inverse(eps if h is None else torch.cat([eps, h], 1))
+            h, _ = self.levels[i].inverse(eps if h is None else torch.cat([eps, h], 1), context)
         return h
 
     def log_prob(self, y: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
@@ -123,7 +135,13 @@ class MultiScaleFlow(GenerativeModel):
 
     def class_log_probs(self, y: torch.Tensor) -> torch.Tensor:
         """A conditional flow's log p(y | c) for every class c: (N, K) nats,
-        from one pass through the levels."""
+        from one pass through the levels; where the levels take the label,
+        from one pass of N K rows (each image under every class)."""
+        if self.levels_take_label:
+            k = self.num_classes
+            rows = y[:, None].expand(-1, k, *y.shape[1:]).reshape(-1, *y.shape[1:])
+            labels = torch.arange(k, device=y.device)[None].expand(y.shape[0], k).reshape(-1)
+            return self.log_prob(rows, labels).view(-1, k)
         latents, logabsdet = self.levels_forward(y)
         total = logabsdet[:, None]
         for layer, u in zip(self.class_priors, latents, strict=True):

@@ -96,6 +96,14 @@ def per_item(value: torch.Tensor, inputs: torch.Tensor) -> torch.Tensor:
     return value.expand(inputs.shape[0])
 
 
+def class_rows(table: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    """Each item's row of a per-class table (K, ...): label int64 (N,) picks
+    one, class weights (N, K) mix them (a soft label, as ClassStandardize)."""
+    if label.is_floating_point():
+        return (label @ table.flatten(1)).view(-1, *table.shape[1:])
+    return table[label]
+
+
 class ClassStandardize(Transform):
     """The class-conditional part of a flow's prior, as an affine layer on one
     level's latent u: eps = (u - mean_y) exp(-logs_y), with a learned mean and
@@ -118,10 +126,7 @@ class ClassStandardize(Transform):
         """(mean, logs) of each item's class; for class weights (N, K) instead
         of labels, their mix (a soft label: between two classes it
         interpolates in the conditional prior)."""
-        if context.is_floating_point():
-            mix = [(context @ p.flatten(1)).view(-1, *p.shape[1:]) for p in (self.mean, self.logs)]
-            return mix[0], mix[1]
-        return self.mean[context], self.logs[context]
+        return class_rows(self.mean, context), class_rows(self.logs, context)
 
     def forward(
         self, inputs: torch.Tensor, context: torch.Tensor

@@ -28,6 +28,14 @@ class GlowConfig(ModelConfig):
     )
     conditional: bool = conditional_option()
     class_weight: float = class_weight_option()
+    # False where a config does not say (checkpoints from before it: the
+    # class-conditional prior alone); a new --conditional fit turns it on.
+    class_couplings: bool = option(
+        False,
+        "Conditional Glow: the label also enters every coupling network (learned biases per "
+        "class on its hidden layers), not only the prior (default: on with --conditional).",
+        conditional_default=True,
+    )
     class_counts: tuple[int, ...] = ()  # training images per class (from the data)
     class_names: tuple[str, ...] = ()  # by label index, where the data names them
 

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..stable import log_sigmoid
-from ..transforms import CompositeTransform, Transform, per_item
+from ..transforms import CompositeTransform, Transform, class_rows, per_item
 
 
 class ActNorm(Transform):
@@ -114,9 +114,14 @@ class ZeroConv2d(nn.Module):
 
 class CouplingNet(nn.Module):
     """The coupling's network NN(x_a): conv3x3 -> ActNorm -> ReLU -> conv1x1 ->
-    ActNorm -> ReLU -> ZeroConv3x3. ActNorm replaces batch norm (Glow)."""
+    ActNorm -> ReLU -> ZeroConv3x3. ActNorm replaces batch norm (Glow).
 
-    def __init__(self, in_channels: int, out_channels: int, hidden: int) -> None:
+    With `num_classes` K > 0 (a conditional Glow's class couplings) the label
+    also enters: a learned bias per class and hidden channel is added to each
+    hidden layer (after its ActNorm, before the ReLU; zero at the start), so
+    every coupling's shift and scale depend on the class, not only the prior."""
+
+    def __init__(self, in_channels: int, out_channels: int, hidden: int, num_classes: int = 0):
         super().__init__()
         self.conv1 = nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False)
         self.norm1 = ActNorm(hidden)
@@ -125,11 +130,21 @@ class CouplingNet(nn.Module):
         self.out = ZeroConv2d(hidden, out_channels)
         nn.init.normal_(self.conv1.weight, std=0.05)
         nn.init.normal_(self.conv2.weight, std=0.05)
+        # (2, K, hidden): the first and the second hidden layer's biases per class.
+        self.class_bias = nn.Parameter(torch.zeros(2, num_classes, hidden)) if num_classes else None
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.norm1(self.conv1(x))[0])  # ActNorm's log-det is not needed here
-        h = F.relu(self.norm2(self.conv2(h))[0])
-        return self.out(h)
+    def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
+        h = self.norm1(self.conv1(x))[0]  # ActNorm's log-det is not needed here
+        h = F.relu(self._class_bias(h, 0, label))
+        h = self.norm2(self.conv2(h))[0]
+        return self.out(F.relu(self._class_bias(h, 1, label)))
+
+    def _class_bias(self, h: torch.Tensor, layer: int, label: torch.Tensor | None) -> torch.Tensor:
+        if self.class_bias is None:
+            return h
+        if label is None:
+            raise ValueError("a coupling with class couplings needs the class label")
+        return h + class_rows(self.class_bias[layer], label)[:, :, None, None]
 
 
 # The least scale s an affine coupling can take (docs/training-safety.md). Without
@@ -149,12 +164,14 @@ class AffineCoupling(Transform):
     the data, and both directions use the same log s: exact inverses.
     `additive=True` drops s (NICE-style, volume preserving)."""
 
-    def __init__(self, channels: int, hidden: int, additive: bool = False) -> None:
+    def __init__(
+        self, channels: int, hidden: int, additive: bool = False, num_classes: int = 0
+    ) -> None:
         super().__init__()
         self.additive = additive
         self.split = channels // 2
         out = channels - self.split
-        self.net = CouplingNet(self.split, out if additive else 2 * out, hidden)
+        self.net = CouplingNet(self.split, out if additive else 2 * out, hidden, num_classes)
         if not additive:
             # A buffer, so checkpoints carry it: one trained without (f = 0) reloads as trained.
             self.register_buffer("scale_floor", torch.tensor(SCALE_FLOOR))
@@ -169,8 +186,10 @@ class AffineCoupling(Transform):
         self.upgrade_state_dict(state_dict, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
-    def _shift_log_scale(self, x_a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        h = self.net(x_a)
+    def _shift_log_scale(
+        self, x_a: torch.Tensor, label: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        h = self.net(x_a, label)
         if self.additive:
             return h, None
         # Interleaved channels (shift = even, raw scale = odd), as in openai/glow.
@@ -183,7 +202,7 @@ class AffineCoupling(Transform):
 
     def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]
-        shift, log_scale = self._shift_log_scale(x_a)
+        shift, log_scale = self._shift_log_scale(x_a, context)
         if log_scale is None:
             return torch.cat([x_a, x_b + shift], 1), x.new_zeros(x.shape[0])
         y_b = (x_b + shift) * torch.exp(log_scale)
@@ -191,7 +210,7 @@ class AffineCoupling(Transform):
 
     def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         y_a, y_b = y[:, : self.split], y[:, self.split :]
-        shift, log_scale = self._shift_log_scale(y_a)
+        shift, log_scale = self._shift_log_scale(y_a, context)
         if log_scale is None:
             return torch.cat([y_a, y_b - shift], 1), y.new_zeros(y.shape[0])
         x_b = y_b * torch.exp(-log_scale) - shift
@@ -199,14 +218,22 @@ class AffineCoupling(Transform):
 
 
 class FlowStep(CompositeTransform):
-    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling (`self.layers`)."""
+    """One Glow step: ActNorm -> invertible 1x1 conv -> coupling (`self.layers`);
+    the context (a class label) reaches the coupling, the others ignore it."""
 
-    def __init__(self, channels: int, hidden: int, lu: bool = True, additive: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        hidden: int,
+        lu: bool = True,
+        additive: bool = False,
+        num_classes: int = 0,
+    ):
         super().__init__(
             [
                 ActNorm(channels),
                 InvConv1x1(channels, lu),
-                AffineCoupling(channels, hidden, additive),
+                AffineCoupling(channels, hidden, additive, num_classes),
             ]
         )
 

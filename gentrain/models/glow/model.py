@@ -31,8 +31,9 @@ class GlowLevel(FlowLevel):
         channels = in_channels * 4
         size = (size[0] // 2, size[1] // 2)
         self.squeeze = Squeeze()
+        classes = config.num_classes if config.class_couplings else 0
         self.steps = nn.ModuleList(
-            FlowStep(channels, config.hidden, config.lu, config.coupling == "additive")
+            FlowStep(channels, config.hidden, config.lu, config.coupling == "additive", classes)
             for _ in range(config.depth)
         )
         self.top = top
