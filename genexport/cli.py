@@ -19,8 +19,7 @@ import typer
 
 from genrun.describe import describe, file_size, parity_text
 from genrun.errors import run_cli
-from genrun.manifest import to_json
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest_io import read_from_onnx, to_json
 
 from .export import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import exportable, roles

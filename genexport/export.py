@@ -7,7 +7,6 @@ their bounds are the files written, each atomically. A failure leaves no file.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import io
 import platform
@@ -37,7 +36,7 @@ from genrun.manifest import (
     PrecisionPlan,
     TrainingScores,
 )
-from genrun.manifest_io import graph_sha256, read_from_onnx, write_to_onnx
+from genrun.manifest_io import file_sha256, graph_sha256, read_from_onnx, write_to_onnx
 from genrun.readers import load_data
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import GenerativeModel
@@ -270,7 +269,7 @@ def _export_role(
 def checkpoint_info(checkpoint: Path, payload: dict) -> CheckpointInfo:
     return CheckpointInfo(
         file=checkpoint.name,
-        sha256=sha256(checkpoint),
+        sha256=file_sha256(checkpoint),
         step=int(payload.get("step", 0)),
         metrics={k: float(v) for k, v in payload.get("metrics", {}).items()},
         model_config=dict(payload["model_config"]),
@@ -326,7 +325,7 @@ def verify_engine(engine: Path, checkpoint: Path) -> tuple[Manifest, Parity]:
     a miss is a UserError naming every value over its bound."""
     recorded = read_from_onnx(engine)
     payload, model = load_trained(checkpoint)
-    if sha256(checkpoint) != recorded.checkpoint.sha256:
+    if file_sha256(checkpoint) != recorded.checkpoint.sha256:
         raise UserError(
             f"{engine} was exported from another checkpoint (sha256 "
             f"{recorded.checkpoint.sha256[:12]}..., {recorded.checkpoint.file}); pass that "
@@ -342,14 +341,6 @@ def verify_engine(engine: Path, checkpoint: Path) -> tuple[Manifest, Parity]:
     if result.failures():
         raise UserError(f"{engine} fails its parity check: {'; '.join(result.failures())}")
     return recorded, result
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def library_versions(exporter: str) -> dict[str, str]:

@@ -23,7 +23,7 @@ from onnx import numpy_helper
 from torch.utils import _pytree as pytree
 
 from genrun.atomic import write_all_atomic
-from genrun.engine import ort_session
+from genrun.backends.onnxruntime import create_session
 
 from .graphs import BATCH, Graph
 
@@ -118,7 +118,7 @@ def session(model: onnx.ModelProto | str | Path) -> onnxruntime.InferenceSession
     """A CPU onnxruntime session, quiet about overridable initializers (the
     graphs' optional inputs are exactly that)."""
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else Path(model)
-    return ort_session(source)  # genrun.engine: the one place sessions are made
+    return create_session(source)  # genrun.backends.onnxruntime: the one place sessions are made
 
 
 def write_atomically(files: dict[Path, bytes]) -> None:

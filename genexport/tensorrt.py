@@ -40,12 +40,12 @@ from typing import TYPE_CHECKING
 from genrun.backends import cuda_memory
 from genrun.backends import onnxruntime as onnxruntime_backend
 from genrun.backends.base import LoadOptions, Runner
-from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sha256, sidecar_path, to_text
+from genrun.backends.sidecar import HARDWARE_COMPAT, PlanInfo, sidecar_path, to_text
 from genrun.backends.tensorrt import PlanRunner, dims, import_tensorrt, logger
 from genrun.compare import Case, RoundTrip, compare, random_feeds
 from genrun.errors import UserError
 from genrun.manifest import DENSITY, GENERATE, IMAGES, LABEL, Manifest, Parity
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest_io import file_sha256, read_from_onnx
 
 from .onnx import write_atomically
 
@@ -184,7 +184,7 @@ def _build_all(
             precision=manifest.precision,
             plan_sha256=hashlib.sha256(plan).hexdigest(),
             onnx_file=onnx_path.name,
-            onnx_sha256=sha256(onnx_path),
+            onnx_sha256=file_sha256(onnx_path),
             workspace_gib=options.workspace_gib,
             tf32=False,
         )

@@ -53,14 +53,14 @@ def measure(
     model: onnx.ModelProto, manifest: Manifest, path: Path, train: ImageSet, spec: str
 ) -> TrainingScores:
     """TrainingScores of the first training images under the engine `model`
-    (`manifest` is written into it first, as the runtime reads it); an engine
-    with a label input scores them given their labels."""
+    with its `manifest` (also written into it); an engine with a label input
+    scores them given their labels."""
     write_to_onnx(model, manifest)
     threads = default_threads()
     if manifest.precision == "bf16":  # bfloat16 layers run on OpenVINO (ONNX Runtime has none)
-        runner = load_openvino(model.SerializeToString(), threads, path=path)
+        runner = load_openvino(model.SerializeToString(), threads, path=path, manifest=manifest)
     else:
-        runner = OnnxRuntimeRunner(session(model), path, "cpu")
+        runner = OnnxRuntimeRunner(session(model), path, "cpu", manifest)
     engine = RuntimeEngine(runner, path, threads)
     scorer = Scorer(engine)
     k = scorer.default_iw_samples

@@ -21,28 +21,20 @@ samples `genrun sample` makes for the same seed (docs/scaling.md).
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from genrun.backends.sidecar import read_sidecar
 from genrun.errors import UserError
-from genrun.manifest import (
-    BATCH,
-    METADATA_KEY,
-    Manifest,
-    TensorSpec,
-    from_json,
-    to_json,
-)
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest import BATCH, METADATA_KEY, TensorSpec
+from genrun.manifest_io import read_from_onnx, to_json
 
 # int64: a conditional engine's labels.
 TRITON_TYPES = {"uint8": "TYPE_UINT8", "float32": "TYPE_FP32", "int64": "TYPE_INT64"}
 KINDS = {"auto": "KIND_AUTO", "cpu": "KIND_CPU", "gpu": "KIND_GPU"}
-PLAN_KEY = "vaeflow.plan"  # the sidecar's build facts (genrun/backends/sidecar.py, h8)
 
 
 @dataclass
@@ -61,21 +53,6 @@ def model_name(engine: Path) -> str:
     return engine.name.rsplit(".", 1)[0].replace(".", "-")
 
 
-def read_plan_sidecar(plan: Path) -> tuple[Manifest, dict]:
-    """The manifest and build facts that `genexport tensorrt` writes beside a plan."""
-    sidecar = plan.with_name(plan.name + ".json")
-    try:
-        values = json.loads(sidecar.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise UserError(
-            f"{plan} needs its sidecar {sidecar.name} ({err}); build plans with "
-            "`genexport tensorrt`, which writes both"
-        ) from None
-    if not isinstance(values, dict) or not {METADATA_KEY, PLAN_KEY} <= values.keys():
-        raise UserError(f"{sidecar} is not a vaeflow plan sidecar; rebuild the plan")
-    return from_json(json.dumps(values[METADATA_KEY]), source=str(sidecar)), values[PLAN_KEY]
-
-
 def triton_model(
     engine: Path, max_batch_size: int = 256, instances: int = 1, kind: str = "auto",
     queue_delay_us: int = 100,
@@ -89,9 +66,9 @@ def triton_model(
         if value < 1:
             raise UserError(f"{option} must be at least 1, got {value}")
     if engine.suffix == ".plan":
-        manifest, info = read_plan_sidecar(engine)
+        manifest, info = read_sidecar(engine)  # checked whole, and to belong to the plan
         platform, file_name = "tensorrt_plan", "model.plan"
-        max_batch_size = int(info["profile"]["max"])  # the plan serves no larger batch
+        max_batch_size = info.profile["max"]  # the plan serves no larger batch
         kind = "gpu"
     elif engine.suffix == ".onnx":
         manifest = read_from_onnx(engine)

@@ -13,6 +13,7 @@ import numpy as np
 from .compare import random_feeds
 from .engine import Engine
 from .errors import UserError
+from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 
 WARMUP_CALLS = 3  # first calls allocate and pick kernels; never timed (fewer if slow)
 PROBE_BATCH = 16  # rows of the call whose memory growth sizes the larger batches
@@ -46,23 +47,28 @@ def bench(engine: Engine, batch_sizes: list[int], seconds: float = 2.0) -> list[
     return rows
 
 
-def time_calls(call: Callable[[], object], seconds: float) -> list[float]:
+def time_calls(
+    call: Callable[[], object], seconds: float, clock: Callable[[], float] = time.perf_counter
+) -> list[float]:
     """Seconds per call of `call()`: up to WARMUP_CALLS untimed, then timed
     calls until they add up to `seconds` (at least one). Both stop at the
     budget, so a call slower than `seconds` is made twice, not eight times.
     The one timing loop of genrun bench and the benchmarks
     (benchmarks/throughput*.py time every peer with it). A call that returns
-    before its work is done (a GPU stream) must synchronise itself."""
-    started = time.perf_counter()
+    before its work is done (a GPU stream) must synchronise itself. `clock`:
+    wall time by default; `time.process_time` (CPU time of every thread of
+    the process) measures a one-thread run on a shared machine as a quiet
+    core would run it, since time spent waiting for the core is not counted."""
+    started = clock()
     for _ in range(WARMUP_CALLS):
         call()
-        if time.perf_counter() - started > seconds:
+        if clock() - started > seconds:
             break
     latencies: list[float] = []
     while not latencies or sum(latencies) < seconds:
-        started = time.perf_counter()
+        started = clock()
         call()
-        latencies.append(time.perf_counter() - started)
+        latencies.append(clock() - started)
     return latencies
 
 
@@ -124,3 +130,62 @@ def random_inputs(engine: Engine, batch_size: int) -> dict[str, np.ndarray]:
     random pixels, standard-normal floats, temperature 0.7; inputs with a
     default are left to it (genrun.compare.random_feeds, seed 0)."""
     return random_feeds(engine.inputs, batch_size, seed=0)
+
+
+def bench_table(engine: Engine, rows: list[BenchRow]) -> list[str]:
+    """`genrun bench`'s report: what ran where, the FLOPs per sample and the
+    matmul peak of the engine's precision (on the CPU, the same threads),
+    then one line per batch size."""
+    try:
+        if engine.onnx_path is None:  # a plan whose source ONNX is not beside it
+            raise ValueError(f"{engine.plan.onnx_file} is not beside the plan")
+        flops: int | None = count_flops(engine.onnx_path)
+        cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
+    except ImportError:  # the base install has no `onnx` to read the graph with
+        flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
+    except ValueError as err:  # shapes onnx cannot infer
+        flops, cost = None, f"FLOPs not counted ({err})"
+    # The share of peak compares like with like only on the CPU, and with the
+    # matmul of the engine's precision (bf16 engines: OpenVINO's bf16 MatMul).
+    manifest = engine.manifest
+    reduced = manifest is not None and manifest.precision == "bf16"
+    peak_name = "OpenVINO bfloat16" if reduced else "numpy float32"
+    if engine.provider != "cpu":
+        peak = None
+    elif reduced:
+        from .backends.openvino import bf16_matmul_peak_gflops
+
+        peak = bf16_matmul_peak_gflops(engine.threads)
+    else:
+        peak = matmul_peak_gflops(engine.threads)
+    what = (
+        f"{engine.path.name} (no vaeflow manifest)"
+        if manifest is None
+        else f"{manifest.family} {manifest.role} ({manifest.precision})"
+    )
+    runtime = " (openvino)" if engine.backend == "openvino" else ""
+    lines = [f"{what} on {engine.provider}{runtime}, {engine.threads} threads"]
+    plan = None if manifest is None else manifest.precision_plan
+    if plan is not None:
+        lines.append(
+            f"precision bf16: {len(plan.reduced_layers)} layers in bfloat16 "
+            f"({plan.reduced_flop_share:.0%} of the FLOPs), {len(plan.float32_layers)} kept float32"
+        )
+    lines.append(
+        cost
+        + ("" if peak is None else f"; {peak_name} matmul peak {peak:.1f} GFLOP/s, same threads")
+    )
+    lines.append(
+        f"{'batch':>6} {'calls':>6} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
+        f"{'GFLOP/s':>8} {'% peak':>7}"
+    )
+    for row in rows:
+        ms = row.latency_ms
+        gflops = None if flops is None else flops * row.samples_per_s / 1e9
+        lines.append(
+            f"{row.batch_size:>6} {row.calls:>6} {row.samples_per_s:>10.1f} "
+            f"{ms['p50']:>9.3f} {ms['p90']:>9.3f} {ms['p99']:>9.3f} "
+            f"{'-' if gflops is None else f'{gflops:.2f}':>8} "
+            f"{'-' if gflops is None or peak is None else f'{100 * gflops / peak:.1f}':>7}"
+        )
+    return lines

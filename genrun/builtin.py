@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 from . import engine as engine_module
+from .describe import file_size
 from .errors import UserError
-from .manifest import Manifest
+from .manifest import DENSITY, GENERATE, Manifest
 
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 PREFIX = "builtin:"
 # The file a role is served from, in order of preference.
-FILES = {"generate": ("generate",), "density": ("marginal", "density")}
+FILES = {GENERATE: ("generate",), DENSITY: ("marginal", "density")}
 
 
 @dataclass
@@ -89,3 +90,29 @@ def engines() -> list[BuiltinEngine]:
         manifest = engine_module.load(path, "cpu", threads=1).manifest
         found.append(BuiltinEngine(name, graph, path, manifest))
     return found
+
+
+def builtin_table() -> list[str]:
+    """`genrun models`: each shipped model with its files and sizes, what it
+    was trained on and what it measures."""
+    shipped = engines()
+    if not shipped:
+        return ["no builtin engines in this installation"]
+    lines = []
+    for name in dict.fromkeys(e.name for e in shipped):
+        files = [e for e in shipped if e.name == name]
+        first = files[0].manifest
+        classes = f", {len(first.classes)} classes" if first.classes else ""
+        size = sum(e.size for e in files)
+        lines.append(
+            f"{PREFIX}{name}  {first.family}, images {first.data_shape}{classes}, "
+            f"{file_size(size)} in all"
+        )
+        lines += [f"  {e.path.name:<28} {file_size(e.size):>8}  {e.manifest.role}" for e in files]
+        made = first.provenance
+        if made is not None:
+            results = ", ".join(f"{k} {v:.4g}" for k, v in made.results.items())
+            lines.append(f"  measured  {results}")
+            lines.append(f"  data      {made.data}")
+            lines.append(f"  made by   {made.script} (commands in `genrun info`)")
+    return lines

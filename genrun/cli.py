@@ -19,21 +19,17 @@ from typing import Annotated
 import numpy as np
 import typer
 
-from .bench import bench
-from .builtin import engines as builtin_engines
-from .builtin import resolve
+from .bench import bench, bench_table
+from .builtin import builtin_table, resolve
 from .class_table import ClassTable
-from .describe import describe, file_size
+from .describe import describe
 from .engine import PROVIDERS, load
 from .errors import UserError, run_cli
-from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
 from .labels import check_label_options, class_words, classes_for, image_labels
 from .manifest import DENSITY, GENERATE
 from .nonfinite import check_policy
 from .outputs import SampleOutput, check_writable, is_stdout, write_csv
-from .readers import (
-    DATA_SPECS_HELP,
-)
+from .readers import DATA_SPECS_HELP
 from .sampler import SampleBatches, Sampler
 from .score_inputs import images_to_score
 from .score_table import ScoreTable
@@ -131,7 +127,7 @@ def sample_command(
     a class with --label where the engine is conditional."""
     engine = resolve(engine, GENERATE)
     sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
-    classes = classes_for(sampler.engine.manifest, label)
+    classes = None if label is None else classes_for(sampler.engine.manifest, label)
     # Checks the arguments and the output before anything is sampled or written.
     if classes is not None and len(classes) > 1:  # --label all: N per class, a row each
         batches = sampler.batches_by_class(
@@ -140,7 +136,7 @@ def sample_command(
     else:
         one = None if classes is None else classes[0]
         batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite, label=one)
-    total, rows = len(batches), len(classes or [None])
+    total, rows = batches.n, len(classes or [None])
     row_shape = tuple(sampler.engine.manifest.data_shape)
     nrow = n if rows > 1 else None
     output = SampleOutput(out, total, row_shape, counted_at_end=nonfinite == "drop", nrow=nrow)
@@ -339,27 +335,8 @@ def classify_command(
 def models_command() -> None:
     """The engines that ship with genrun (builtin:NAME): their files and sizes,
     what they were trained on and what they measure (genrun/builtin/README.md)."""
-    engines = builtin_engines()
-    if not engines:
-        typer.echo("no builtin engines in this installation")
-        return
-    for name in dict.fromkeys(e.name for e in engines):
-        files = [e for e in engines if e.name == name]
-        first = files[0].manifest
-        classes = f", {len(first.classes)} classes" if first.classes else ""
-        size = sum(e.size for e in files)
-        typer.echo(
-            f"builtin:{name}  {first.family}, images {first.data_shape}{classes}, "
-            f"{file_size(size)} in all"
-        )
-        for e in files:
-            typer.echo(f"  {e.path.name:<28} {file_size(e.size):>8}  {e.manifest.role}")
-        made = first.provenance
-        if made is not None:
-            results = ", ".join(f"{k} {v:.4g}" for k, v in made.results.items())
-            typer.echo(f"  measured  {results}")
-            typer.echo(f"  data      {made.data}")
-            typer.echo(f"  made by   {made.script} (commands in `genrun info`)")
+    for line in builtin_table():
+        typer.echo(line)
 
 
 @app.command("bench")
@@ -380,59 +357,8 @@ def bench_command(
         raise UserError(
             f"--batch {batch!r}: use comma-separated whole numbers, e.g. 1,16,256"
         ) from None
-    rows = bench(loaded, batch_sizes, seconds)
-    try:
-        if loaded.onnx_path is None:  # a plan whose source ONNX is not beside it
-            raise ValueError(f"{loaded.plan.onnx_file} is not beside the plan")
-        flops: int | None = count_flops(loaded.onnx_path)
-        cost = f"{flops / 1e6:.4g} MFLOP per sample (2 x MACs of {', '.join(COUNTED_OPS)})"
-    except ImportError:  # the base install has no `onnx` to read the graph with
-        flops, cost = None, "FLOPs not counted (needs onnx: pip install 'vaeflow[export]')"
-    except ValueError as err:  # shapes onnx cannot infer
-        flops, cost = None, f"FLOPs not counted ({err})"
-    # The share of peak compares like with like only on the CPU, and with the
-    # matmul of the engine's precision (bf16 engines: OpenVINO's bf16 MatMul).
-    reduced = loaded.manifest is not None and loaded.manifest.precision == "bf16"
-    peak_name = "OpenVINO bfloat16" if reduced else "numpy float32"
-    if loaded.provider != "cpu":
-        peak = None
-    elif reduced:
-        from .backends.openvino import bf16_matmul_peak_gflops
-
-        peak = bf16_matmul_peak_gflops(loaded.threads)
-    else:
-        peak = matmul_peak_gflops(loaded.threads)
-    manifest = loaded.manifest
-    what = (
-        f"{loaded.path.name} (no vaeflow manifest)"
-        if manifest is None
-        else f"{manifest.family} {manifest.role} ({manifest.precision})"
-    )
-    runtime = " (openvino)" if loaded.backend == "openvino" else ""
-    typer.echo(f"{what} on {loaded.provider}{runtime}, {loaded.threads} threads")
-    plan = None if loaded.manifest is None else loaded.manifest.precision_plan
-    if plan is not None:
-        typer.echo(
-            f"precision bf16: {len(plan.reduced_layers)} layers in bfloat16 "
-            f"({plan.reduced_flop_share:.0%} of the FLOPs), {len(plan.float32_layers)} kept float32"
-        )
-    typer.echo(
-        cost
-        + ("" if peak is None else f"; {peak_name} matmul peak {peak:.1f} GFLOP/s, same threads")
-    )
-    typer.echo(
-        f"{'batch':>6} {'calls':>6} {'samples/s':>10} {'p50 ms':>9} {'p90 ms':>9} {'p99 ms':>9} "
-        f"{'GFLOP/s':>8} {'% peak':>7}"
-    )
-    for row in rows:
-        ms = row.latency_ms
-        gflops = None if flops is None else flops * row.samples_per_s / 1e9
-        typer.echo(
-            f"{row.batch_size:>6} {row.calls:>6} {row.samples_per_s:>10.1f} "
-            f"{ms['p50']:>9.3f} {ms['p90']:>9.3f} {ms['p99']:>9.3f} "
-            f"{'-' if gflops is None else f'{gflops:.2f}':>8} "
-            f"{'-' if gflops is None or peak is None else f'{100 * gflops / peak:.1f}':>7}"
-        )
+    for line in bench_table(loaded, bench(loaded, batch_sizes, seconds)):
+        typer.echo(line)
 
 
 @app.command("info")

@@ -1,35 +1,28 @@
 """An engine: one exported file (`.onnx` in ONNX Runtime, `.plan` in TensorRT)
 with its manifest and a `run` that checks every input against the manifest
 before the runtime sees it (so a wrong shape is one clear line, not a runtime
-stack trace). `load` picks the backend by the file's suffix
+stack trace), having held the manifest to the graph the runtime reports at
+load (`check_graph`). `load` picks the backend by the file's suffix
 (genrun/backends/: a loader and a runner per runtime); everything above it
 (Sampler, Scorer, the CLI) sees only `Engine.run(**numpy inputs) -> outputs`.
 
 A foreign ONNX file (no vaeflow manifest) still loads when its inputs are
 unambiguous, each a float or uint8 tensor with one dynamic leading (batch)
 axis: `run`, `genrun info` and `genrun bench` work from the graph's own
-input specs; sampling and scoring need the manifest and say so.
-
-This module is where ONNX Runtime sessions are made, for genexport too:
-`ort_session` (genrun.backends.onnxruntime.create_session)."""
+input specs; sampling and scoring need the manifest and say so."""
 
 from __future__ import annotations
 
+import os
 from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .backends import backend_of
+from .backends import BACKENDS
 from .backends.base import LoadOptions, Runner
-from .backends.onnxruntime import (
-    PROVIDERS,
-    available_providers,
-    default_threads,
-    session_options,
-)
-from .backends.onnxruntime import create_session as ort_session
+from .backends.onnxruntime import PROVIDERS, available_providers, session_options
 from .errors import UserError
 from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
 
@@ -40,7 +33,6 @@ __all__ = [
     "available_providers",
     "default_threads",
     "load",
-    "ort_session",
     "session_options",
 ]
 
@@ -59,6 +51,12 @@ class Engine:
         self.inputs, self.outputs = runner.inputs, runner.outputs
         # A plan's build facts (genrun.backends.sidecar.PlanInfo); None for ONNX.
         self.plan: Any = getattr(runner, "info", None)
+        if self.manifest is not None and runner.graph is not None:
+            try:
+                check_graph(self.manifest, *runner.graph, path)
+            except UserError:
+                runner.close()
+                raise
 
     @property
     def backend(self) -> str:
@@ -190,9 +188,71 @@ def load(
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
-    backend = import_module(f"genrun.backends.{backend_of(path)}")
+    backend = import_module(f"genrun.backends.{BACKENDS.get(path.suffix, 'onnxruntime')}")
     options = LoadOptions(provider, threads, spin, cuda_graphs)
     return Engine(backend.load(path, options), path, threads)
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask, which containers
+    and taskset shrink; os.cpu_count() does not see that)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def check_graph(
+    manifest: Manifest,
+    graph_inputs: list[TensorSpec],
+    graph_outputs: list[TensorSpec],
+    source: str | Path,
+) -> None:
+    """A manifest must describe the graph it sits in: every tensor the graph
+    names has the manifest's dtype and rank, and the same size on each axis
+    the graph fixes (dims the graph leaves symbolic, "?" or "N", accept any),
+    and every input the manifest gives no default is one the graph takes
+    (ONNX Runtime does not list inputs that have one: initialisers). Checked
+    at load on the specs the runtime reports (`Runner.graph`)."""
+    for group, graph_specs, declared in (
+        ("input", graph_inputs, manifest.inputs),
+        ("output", graph_outputs, manifest.outputs),
+    ):
+        by_name = {spec.name: spec for spec in declared}
+        for actual in graph_specs:
+            spec = by_name.get(actual.name)
+            if spec is None:
+                if group == "output":
+                    continue  # an extra output is never fed or read
+                raise UserError(
+                    f"{source}: graph input '{actual.name}' is not in its manifest; "
+                    "re-export the engine"
+                )
+            if group == "output" and not actual.shape:
+                continue  # ONNX Runtime knows no shape for this output: nothing to compare
+            fixed = [a if isinstance(a, int) else None for a in actual.shape]
+            fits = (
+                actual.dtype == spec.dtype
+                and len(actual.shape) == len(spec.shape)
+                and all(
+                    # A graph that fixes the batch axis cannot take N rows.
+                    (a is None or group == "output") if want == BATCH else a in (None, want)
+                    for a, want in zip(fixed, spec.shape, strict=True)
+                )
+            )
+            if not fits:
+                raise UserError(
+                    f"{source}: the manifest says {group} '{spec.name}' is {spec.dtype} "
+                    f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
+                    "engine with `genexport onnx`"
+                )
+    graph_names = {spec.name for spec in graph_inputs}
+    missing = [s.name for s in manifest.inputs if s.default is None and s.name not in graph_names]
+    if missing:
+        raise UserError(
+            f"{source}: graph inputs {sorted(graph_names)} do not match its manifest's "
+            f"{[s.name for s in manifest.inputs]}; re-export the engine"
+        )
 
 
 def _describe(spec: TensorSpec) -> str:

@@ -2,9 +2,9 @@
 stored inside the file, so that a single `.onnx` file is a complete engine.
 
 This module is the contract between `genexport` (writes it) and `genrun`
-(reads it): a schema, with no file I/O and nothing of genrun imported but
-its UserError. Reading it from a file and writing it into one is
-genrun/manifest_io.py's job.
+(reads it): a schema, with no file I/O and nothing of genrun imported
+(tests/test_import_cycles.py holds it to that). JSON text, files, the checks
+of what is read and the check against a graph are genrun/manifest_io.py's job.
 
 Where it lives: the ONNX model's `metadata_props` entry `vaeflow.manifest`
 (`METADATA_KEY`), a JSON object of the `Manifest` below.
@@ -126,14 +126,8 @@ precision_plan  PrecisionPlan or null (bf16 engines):
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
-
-from .errors import UserError
-from .typed_json import Malformed, parse
 
 MANIFEST_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3, 4)  # version 2: no graph_sha256; version 1: no training_scores either
@@ -335,115 +329,3 @@ class Manifest:
         if not self.classes or any(c.name is None for c in self.classes):
             return None
         return [str(c.name) for c in self.classes]
-
-
-def to_json(manifest: Manifest) -> str:
-    values = asdict(manifest)
-    # Absent, a manifest stays version 3's (precision_plan: bf16 engines only,
-    # which no reader without the OpenVINO backend can run anyway).
-    for key in ("classes", "provenance", "precision_plan"):
-        if values[key] is None:
-            del values[key]
-    return json.dumps(values, indent=1, sort_keys=True)
-
-
-def from_json(text: str, source: str = "the manifest") -> Manifest:
-    """Parse and validate; an unknown version or a malformed value is a UserError."""
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise UserError(f"{source} is not valid JSON ({err}); re-export the engine") from None
-    if not isinstance(values, dict):
-        raise UserError(f"{source} is not a vaeflow engine manifest; re-export the engine")
-    version = values.get("version")
-    if version not in READABLE_VERSIONS:
-        raise UserError(
-            f"{source} has engine manifest version {version!r}, this vaeflow reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine with this "
-            "vaeflow's `genexport onnx` or use the vaeflow release that wrote it"
-        )
-    expected = ", ".join(f.name for f in fields(Manifest))
-    fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
-    return parse(Manifest, values, f"{source} holds a malformed manifest", fix, check=_check_values)
-
-
-DTYPES = ("float32", "float16", "uint8", "int64")
-
-
-def _check_values(manifest: Manifest) -> None:
-    """What types alone do not say: sizes are positive, the batch axis is "N",
-    dtypes are ones the runtime feeds."""
-
-    def sizes(where: str, shape: list, batch: bool = False) -> None:
-        for i, size in enumerate(shape):
-            ok = size == BATCH if isinstance(size, str) else size >= 1
-            if not ok or (isinstance(size, str) and not batch):
-                raise Malformed(f"{where}[{i}] = {size!r} is not a size >= 1")
-
-    for group in ("inputs", "outputs"):
-        for spec in getattr(manifest, group):
-            where = f"{group}[{spec.name}]"
-            if spec.dtype not in DTYPES:
-                raise Malformed(f"{where}.dtype = {spec.dtype!r:.30} is not one of {DTYPES}")
-            sizes(f"{where}.shape", spec.shape, batch=True)
-    if len(manifest.data_shape) != 3:
-        raise Malformed(f"data_shape = {manifest.data_shape} is not [C, H, W]")
-    sizes("data_shape", manifest.data_shape)
-    for i, shape in enumerate(manifest.latent_shapes):
-        if not shape:
-            raise Malformed(f"latent_shapes[{i}] is empty")
-        sizes(f"latent_shapes[{i}]", shape)
-    digest = manifest.graph_sha256
-    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
-        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
-    if manifest.classes is not None:
-        indices = [c.index for c in manifest.classes]
-        names = [c.name for c in manifest.classes if c.name is not None]
-        if len(indices) < 2 or indices != list(range(len(indices))):
-            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
-        if len(set(names)) != len(names):
-            raise Malformed("classes has a name twice")
-
-
-def check_graph(
-    manifest: Manifest,
-    graph_inputs: list[TensorSpec],
-    graph_outputs: list[TensorSpec],
-    source: str | Path,
-) -> None:
-    """A manifest must describe the graph it sits in: every tensor the graph
-    names has the manifest's dtype and rank, and the same size on each axis
-    the graph fixes (dims the graph leaves symbolic, "?" or "N", accept any).
-    Engines call this with the specs ONNX Runtime reports, at load."""
-    for group, graph_specs, declared in (
-        ("input", graph_inputs, manifest.inputs),
-        ("output", graph_outputs, manifest.outputs),
-    ):
-        by_name = {spec.name: spec for spec in declared}
-        for actual in graph_specs:
-            spec = by_name.get(actual.name)
-            if spec is None:
-                if group == "output":
-                    continue  # an extra output is never fed or read
-                raise UserError(
-                    f"{source}: graph input '{actual.name}' is not in its manifest; "
-                    "re-export the engine"
-                )
-            if group == "output" and not actual.shape:
-                continue  # ONNX Runtime knows no shape for this output: nothing to compare
-            fixed = [a if isinstance(a, int) else None for a in actual.shape]
-            fits = (
-                actual.dtype == spec.dtype
-                and len(actual.shape) == len(spec.shape)
-                and all(
-                    # A graph that fixes the batch axis cannot take N rows.
-                    (a is None or group == "output") if want == BATCH else a in (None, want)
-                    for a, want in zip(fixed, spec.shape, strict=True)
-                )
-            )
-            if not fits:
-                raise UserError(
-                    f"{source}: the manifest says {group} '{spec.name}' is {spec.dtype} "
-                    f"{spec.shape}, the graph has {actual.dtype} {actual.shape}; re-export the "
-                    "engine with `genexport onnx`"
-                )

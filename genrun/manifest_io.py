@@ -1,6 +1,7 @@
 """The manifest inside engine files: an ONNX model's `metadata_props` entry
 `vaeflow.manifest` (genrun/manifest.py is the schema; this module is where
-it is read from and written into a file).
+it becomes JSON and back, `to_json`/`from_json`, with the checks of what is
+read, and where it is read from and written into a file).
 
 Reading needs neither `onnx` nor an ONNX Runtime session: `read_metadata`
 walks the top level of the ModelProto (protobuf wire format) and reads only
@@ -9,18 +10,28 @@ Runtime loader learns what an engine is before it opens a session (the
 TensorRT provider's profile needs the input shapes), genexport reads
 manifests the same way, and a file that is not protobuf at all is refused
 before any runtime parses it. A plan's manifest travels in its sidecar JSON
-(genrun/backends/sidecar.py), parsed by the same `from_json`."""
+(genrun/backends/sidecar.py), parsed by the same `from_values`."""
 
 from __future__ import annotations
 
 import hashlib
 import io
+import json
+import re
 from collections.abc import Iterator
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from .errors import UserError
-from .manifest import METADATA_KEY, Manifest, from_json, to_json
+from .manifest import (
+    BATCH,
+    MANIFEST_VERSION,
+    METADATA_KEY,
+    READABLE_VERSIONS,
+    Manifest,
+)
+from .typed_json import Malformed, parse
 
 # ModelProto's field numbers (onnx.proto): metadata_props, and the
 # StringStringEntryProto's key and value.
@@ -31,6 +42,91 @@ MAX_ENTRY_BYTES = 64 << 20  # a metadata entry larger than this is not ours
 
 class _Malformed(Exception):
     """Not protobuf as ONNX writes it: what was found where."""
+
+
+def to_values(manifest: Manifest) -> dict[str, Any]:
+    """The manifest as a JSON object's values."""
+    values = asdict(manifest)
+    # Absent, a manifest stays version 3's (precision_plan: bf16 engines only,
+    # which no reader without the OpenVINO backend can run anyway).
+    for key in ("classes", "provenance", "precision_plan"):
+        if values[key] is None:
+            del values[key]
+    return values
+
+
+def to_json(manifest: Manifest) -> str:
+    return json.dumps(to_values(manifest), indent=1, sort_keys=True)
+
+
+def from_json(text: str, source: str = "the manifest") -> Manifest:
+    """Parse and validate; invalid JSON, an unknown version or a malformed
+    value is a UserError."""
+    try:
+        values = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise UserError(f"{source} is not valid JSON ({err}); re-export the engine") from None
+    return from_values(values, source)
+
+
+def from_values(values: Any, source: str = "the manifest") -> Manifest:
+    """A manifest from parsed JSON (an ONNX file's entry, a plan's sidecar)."""
+    if not isinstance(values, dict):
+        raise UserError(f"{source} is not a vaeflow engine manifest; re-export the engine")
+    version = values.get("version")
+    if version not in READABLE_VERSIONS:
+        raise UserError(
+            f"{source} has engine manifest version {version!r}, this vaeflow reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))}; re-export the engine with this "
+            "vaeflow's `genexport onnx` or use the vaeflow release that wrote it"
+        )
+    expected = ", ".join(f.name for f in fields(Manifest))
+    fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
+    malformed = f"{source} holds a malformed manifest"
+    manifest = parse(Manifest, values, malformed, fix)
+    try:
+        _check_values(manifest)
+    except Malformed as err:
+        raise UserError(f"{malformed}: {err}; {fix}") from None
+    return manifest
+
+
+DTYPES = ("float32", "float16", "uint8", "int64")
+
+
+def _check_values(manifest: Manifest) -> None:
+    """What types alone do not say: sizes are positive, the batch axis is "N",
+    dtypes are ones the runtime feeds (a Malformed naming the field)."""
+
+    def sizes(where: str, shape: list, batch: bool = False) -> None:
+        for i, size in enumerate(shape):
+            ok = size == BATCH if isinstance(size, str) else size >= 1
+            if not ok or (isinstance(size, str) and not batch):
+                raise Malformed(f"{where}[{i}] = {size!r} is not a size >= 1")
+
+    for group in ("inputs", "outputs"):
+        for spec in getattr(manifest, group):
+            where = f"{group}[{spec.name}]"
+            if spec.dtype not in DTYPES:
+                raise Malformed(f"{where}.dtype = {spec.dtype!r:.30} is not one of {DTYPES}")
+            sizes(f"{where}.shape", spec.shape, batch=True)
+    if len(manifest.data_shape) != 3:
+        raise Malformed(f"data_shape = {manifest.data_shape} is not [C, H, W]")
+    sizes("data_shape", manifest.data_shape)
+    for i, shape in enumerate(manifest.latent_shapes):
+        if not shape:
+            raise Malformed(f"latent_shapes[{i}] is empty")
+        sizes(f"latent_shapes[{i}]", shape)
+    digest = manifest.graph_sha256
+    if digest is not None and not re.fullmatch("[0-9a-f]{64}", digest):
+        raise Malformed(f"graph_sha256 = {digest!r:.30} is not 64 hex digits")
+    if manifest.classes is not None:
+        indices = [c.index for c in manifest.classes]
+        names = [c.name for c in manifest.classes if c.name is not None]
+        if len(indices) < 2 or indices != list(range(len(indices))):
+            raise Malformed(f"classes must be indices 0..K-1, K >= 2, got {indices[:10]}")
+        if len(set(names)) != len(names):
+            raise Malformed("classes has a name twice")
 
 
 def read_from_onnx(path: str | Path) -> Manifest:
@@ -46,21 +142,31 @@ def read_from_onnx(path: str | Path) -> Manifest:
     return manifest
 
 
-def manifest_in(path: Path) -> Manifest | None:
+class NotOnnx(UserError):
+    """A file that is not protobuf as ONNX writes it (genrun's ONNX loader
+    lets ONNX Runtime's own refusal speak first)."""
+
+
+def manifest_in(path: Path, verify_graph: bool = False) -> Manifest | None:
     """The manifest of an ONNX file, or None for a graph without one; a file
-    that is not protobuf as ONNX writes it is a UserError."""
+    that is not protobuf as ONNX writes it is a NotOnnx. `verify_graph`: also
+    refuse a file whose graph is not the one the manifest records (changed
+    since export; manifests before version 3 record none)."""
     if not path.is_file():
         raise UserError(f"engine {path} does not exist; export one with `genexport onnx CKPT`")
     try:
         with open(path, "rb") as handle:
             props = read_metadata(handle)
     except (_Malformed, OSError) as err:
-        raise UserError(
+        raise NotOnnx(
             f"{path} is not an ONNX model ({err}); pass an engine written by `genexport onnx`"
         ) from None
     if METADATA_KEY not in props:
         return None
-    return from_json(props[METADATA_KEY], source=str(path))
+    manifest = from_json(props[METADATA_KEY], source=str(path))
+    if verify_graph:
+        _check_graph_sha256(path, manifest)
+    return manifest
 
 
 def read_metadata(handle: BinaryIO) -> dict[str, str]:
@@ -91,7 +197,17 @@ def graph_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def check_graph_sha256(path: Path, manifest: Manifest) -> None:
+def file_sha256(path: Path) -> str:
+    """hex sha256 of a whole file (the checkpoint a manifest records, a plan
+    and its ONNX graph a sidecar records)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_graph_sha256(path: Path, manifest: Manifest) -> None:
     """A UserError unless the file's graph is the one genexport recorded in
     `manifest` (manifests from before version 3 record none: nothing to check)."""
     if manifest.graph_sha256 is None:

@@ -271,8 +271,7 @@ def cli_scores(
     at 0 on the actors; the count of floored values is not gathered)."""
     start(address)
     values = score(engine, images, **options)
-    nonfinite = int((~np.isfinite(values)).sum())
-    return Scores("nll", values, nonfinite, 0, options.get("iw_samples"), options.get("seed", 0))
+    return Scores("nll", values, 0, options.get("iw_samples"), options.get("seed", 0))
 
 
 def _in_order(dataset, column: str, n: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:

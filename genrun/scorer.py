@@ -59,7 +59,6 @@ class Scores:
 
     name: str  # the score, also the CSV column
     values: np.ndarray
-    nonfinite: int  # NaN or infinite values among `values`
     floored: int  # bound estimates below 0 raised to 0 (see the module doc)
     iw_samples: int | None  # draws K per image of the bound (None: no bound involved)
     seed: int | None  # and their seed
@@ -67,6 +66,11 @@ class Scores:
     @property
     def finite(self) -> np.ndarray:
         return self.values[np.isfinite(self.values)]
+
+    @property
+    def nonfinite(self) -> int:
+        """NaN or infinite values among `values`."""
+        return len(self.values) - len(self.finite)
 
 
 class Scorer:
@@ -241,7 +245,7 @@ class Scorer:
             raise UserError(f"unknown score {score!r}; use one of: {', '.join(SCORES)}")
         if score == "bpd_density_at_centers":
             values = self.bits_per_dim_density_at_centers(images, batch_size, labels)
-            return Scores(score, values, _nonfinite(values), 0, None, None)
+            return Scores(score, values, 0, None, None)
         stats = self.training_scores() if score == "typicality" else None
         if stats is not None:
             if iw_samples is not None and iw_samples != stats.iw_samples:
@@ -262,7 +266,7 @@ class Scorer:
             values = bpd - compressed_bits(np.asarray(images), n_bits) / self.dims
         else:
             values = typicality(bpd, stats.bpd_mean, stats.bpd_std, m)
-        return Scores(score, values, _nonfinite(values), floored, k, seed)
+        return Scores(score, values, floored, k, seed)
 
     def training_scores(self) -> TrainingScores:
         """The manifest's training bits/dim statistics, or a UserError saying
@@ -372,10 +376,6 @@ class _LogMeanExp:
         out[self.posinf] = np.inf
         out[self.nan] = np.nan
         return out
-
-
-def _nonfinite(values: np.ndarray) -> int:
-    return int((~np.isfinite(values)).sum())
 
 
 def _check_images(images: np.ndarray) -> None:

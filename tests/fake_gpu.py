@@ -45,7 +45,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from genrun.engine import ort_session
+from genrun.backends.onnxruntime import create_session
 
 HEADER = b"FAKEPLAN\n"
 ORT_DTYPES = {"tensor(float)": 0, "tensor(float16)": 1, "tensor(uint8)": 5, "tensor(int64)": 8}
@@ -356,7 +356,7 @@ class OnnxParser:
 
     def parse_from_file(self, model: str) -> bool:
         self.network.onnx = Path(model).read_bytes()
-        for arg in ort_session(self.network.onnx).get_inputs():
+        for arg in create_session(self.network.onnx).get_inputs():
             shape = tuple(d if isinstance(d, int) else -1 for d in arg.shape)
             self.network.inputs.append(ITensor(arg.name, shape))
         return True
@@ -450,7 +450,7 @@ class ICudaEngine:
     def __init__(self, trt, plan: bytes):
         self.trt = trt
         self.header = read_header(plan)
-        self.session = ort_session(plan[len(HEADER) :].split(b"\n", 1)[1])
+        self.session = create_session(plan[len(HEADER) :].split(b"\n", 1)[1])
         self.args = {a.name: (a, TensorIOMode.INPUT) for a in self.session.get_inputs()}
         self.args |= {a.name: (a, TensorIOMode.OUTPUT) for a in self.session.get_outputs()}
         self.names = list(self.args)

@@ -23,8 +23,7 @@ from genexport import verify
 from genexport.cli import main
 from genexport.export import export_checkpoint
 from genrun.errors import UserError
-from genrun.manifest import from_json
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest_io import from_json, read_from_onnx
 from gentrain.checkpoint import save_checkpoint
 from gentrain.models import Glow, GlowConfig
 from gentrain.models.quantization import dequantize

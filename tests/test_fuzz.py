@@ -27,7 +27,7 @@ from test_nonfinite import sqrt_generator
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import from_json, to_json
+from genrun.manifest_io import from_json, to_json
 from genrun.readers import load_data, read_idx, read_image_files
 
 FUZZ = settings(
@@ -284,7 +284,7 @@ def test_bench_options(engine_file, batch, seconds) -> None:
             seconds = "0.01"  # keep it quick: the budget itself is not under test here
     except ValueError:
         pass
-    with mock.patch("genrun.cli.matmul_peak_gflops", return_value=100.0):  # 2 s each: not here
+    with mock.patch("genrun.bench.matmul_peak_gflops", return_value=100.0):  # 2 s each: not here
         code, _, err = CLI.run(
             "bench", "--engine", engine_file, f"--batch={batch}", f"--seconds={seconds}"
         )

@@ -17,8 +17,8 @@ from cli_helpers import InProcessCli
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import METADATA_KEY, from_json, to_json
-from genrun.manifest_io import graph_sha256, read_from_onnx, write_to_onnx
+from genrun.manifest import METADATA_KEY
+from genrun.manifest_io import from_json, graph_sha256, read_from_onnx, to_json, write_to_onnx
 
 CLI = InProcessCli(main, "genrun")
 

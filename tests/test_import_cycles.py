@@ -116,5 +116,25 @@ def test_no_import_cycles_through_lazy_imports_either() -> None:
     assert not found, "import cycles: " + "; ".join(" <-> ".join(c) for c in found)
 
 
+def test_the_manifest_is_a_schema() -> None:
+    """genrun/manifest.py is the contract between the packages: it imports
+    nothing of genrun and nothing that does file or JSON I/O, which is
+    genrun/manifest_io.py's job."""
+    assert import_graph(lazy=True)["genrun.manifest"] == set()
+    tree = ast.parse((ROOT / "genrun" / "manifest.py").read_text())
+    imported = {
+        name.split(".")[0]
+        for node in _imports(tree, lazy=True)
+        for name in (
+            [alias.name for alias in node.names] if isinstance(node, ast.Import) else [node.module]
+        )
+        if name
+    }
+    io_modules = {"json", "pathlib", "os", "io", "shutil", "tempfile", "onnx", "onnxruntime"}
+    assert not imported & io_modules, f"genrun/manifest.py imports {imported & io_modules}"
+    calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and hasattr(n.func, "id")}
+    assert "open" not in calls
+
+
 def test_a_cycle_is_found() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]

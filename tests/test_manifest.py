@@ -6,6 +6,7 @@ files without one and files that are not protobuf. Torch-free, like genrun."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -23,10 +24,8 @@ from genrun.manifest import (
     Parity,
     PixelMapping,
     TensorSpec,
-    from_json,
-    to_json,
 )
-from genrun.manifest_io import read_from_onnx, write_to_onnx
+from genrun.manifest_io import from_json, read_from_onnx, to_json, write_to_onnx
 
 
 def _manifest() -> Manifest:
@@ -112,6 +111,36 @@ def test_malformed_manifests_are_one_line_errors() -> None:
         from_json("{")
     with pytest.raises(UserError, match="not a vaeflow engine manifest"):
         from_json("[1, 2]")
+
+
+def test_a_manifest_that_does_not_describe_its_graph_is_refused_at_load(tmp_path) -> None:
+    """genrun.engine holds the manifest to the graph the runtime reports:
+    dtypes, ranks, fixed sizes, and every input without a default present."""
+    from genrun import load
+
+    x = TensorSpec("x", "float32", ["N", 2], "input")
+    fits = replace(_manifest(), inputs=[x], outputs=[TensorSpec("y", "float32", ["N", 2], "y")])
+    cases = {
+        "fits": fits,
+        "is uint8": replace(fits, inputs=[replace(x, dtype="uint8")]),
+        "is float32 \\['N', 3\\]": replace(fits, inputs=[replace(x, shape=["N", 3])]),
+        "do not match": replace(fits, inputs=[x, TensorSpec("z", "float32", ["N"], "z")]),
+        "graph input 'x' is not in its manifest": replace(
+            fits, inputs=[TensorSpec("z", "float32", ["N"], "z", default=0.0)]
+        ),
+    }
+    for expected, manifest in cases.items():
+        model = _tiny_onnx()
+        write_to_onnx(model, manifest)
+        engine = tmp_path / "tiny.density.onnx"
+        engine.write_bytes(model.SerializeToString())
+        if expected == "fits":
+            got = load(engine, provider="cpu").run(x=np.array([[-1.0, 2.0]]))["y"]
+            assert got.tolist() == [[0.0, 2.0]]
+            continue
+        with pytest.raises(UserError, match=expected) as caught:
+            load(engine, provider="cpu")
+        assert "re-export the engine" in str(caught.value) and "\n" not in str(caught.value)
 
 
 def test_files_without_a_manifest_are_refused(tmp_path) -> None:

@@ -26,8 +26,8 @@ from test_genrun_graphs import _save, _value
 from genrun.cli import main
 from genrun.engine import load
 from genrun.errors import UserError
-from genrun.manifest import MANIFEST_VERSION, TrainingScores, from_json, to_json
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest import MANIFEST_VERSION, TrainingScores
+from genrun.manifest_io import from_json, read_from_onnx, to_json
 from genrun.ood import auroc, compressed_bits, fpr_at_95_tpr, typicality
 from genrun.sampler import BlockNoise
 from genrun.scorer import Scorer

@@ -4,6 +4,7 @@ server runs here; serving itself is not tested."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -12,9 +13,10 @@ import pytest
 from cli_helpers import InProcessCli
 
 from genexport.cli import main
+from genrun.backends.sidecar import PlanInfo, to_text
 from genrun.engine import load
-from genrun.manifest import METADATA_KEY, from_json, to_json
-from genrun.manifest_io import read_from_onnx
+from genrun.manifest import METADATA_KEY
+from genrun.manifest_io import from_json, read_from_onnx, to_json
 
 model_config_pb2 = pytest.importorskip(
     "tritonclient.grpc.model_config_pb2", reason="the triton extra is not installed"
@@ -74,11 +76,14 @@ def test_configs_parse_and_match_the_engines(glow_exported, vae_checkpoint, tmp_
 def test_a_tensorrt_plan_becomes_a_plan_model_with_its_profile_max(vae_exported, tmp_path) -> None:
     plan = tmp_path / "tiny.decode.plan"
     plan.write_bytes(b"not a real plan: Triton is not run here")
-    sidecar = {
-        METADATA_KEY: json.loads(to_json(read_from_onnx(vae_exported["decode"]))),
-        "vaeflow.plan": {"profile": {"min": 1, "opt": 32, "max": 64}, "tensorrt": "10.13.3.9"},
-    }
-    plan.with_name("tiny.decode.plan.json").write_text(json.dumps(sidecar))
+    info = PlanInfo(
+        tensorrt="10.13.3.9", gpu="NVIDIA H100", compute_capability="9.0",
+        hardware_compat="none", profile={"min": 1, "opt": 32, "max": 64}, precision="fp32",
+        plan_sha256=hashlib.sha256(plan.read_bytes()).hexdigest(),
+        onnx_file=vae_exported["decode"].name, onnx_sha256="0" * 64, workspace_gib=4.0,
+    )  # fmt: skip
+    sidecar = plan.with_name("tiny.decode.plan.json")
+    sidecar.write_text(to_text(read_from_onnx(vae_exported["decode"]), info))
     code, _, err = cli.run("triton", plan, "--out", tmp_path / "repo", "--instances", "2")
     assert code == 0, err
     config = _config(tmp_path / "repo" / "tiny-decode")
@@ -90,5 +95,10 @@ def test_a_tensorrt_plan_becomes_a_plan_model_with_its_profile_max(vae_exported,
         tmp_path / "repo" / "tiny-decode" / "1" / "model.plan"
     ).read_bytes() == plan.read_bytes()
     shutil.rmtree(tmp_path / "repo")
-    plan.with_name("tiny.decode.plan.json").unlink()
+    # A sidecar without the profile (or any other field) is one line, not a KeyError.
+    values = json.loads(sidecar.read_text())
+    del values["vaeflow.plan"]["profile"]
+    sidecar.write_text(json.dumps(values))
+    cli.assert_one_line_error(cli.run("triton", plan, "--out", tmp_path / "repo"), "profile")
+    sidecar.unlink()
     cli.assert_one_line_error(cli.run("triton", plan, "--out", tmp_path / "repo"), "sidecar")

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from genrun.manifest import BATCH, TensorSpec
+from genrun.manifest import BATCH, LABEL, TensorSpec
 
-__all__ = ["BATCH", "Builder", "Graph", "class_cycle", "nats_per_bpd"]
+__all__ = ["BATCH", "Builder", "Graph", "class_cycle", "label_feeds", "label_input", "nats_per_bpd"]
 
 
 @dataclass
@@ -51,3 +51,18 @@ def class_cycle(classes: int, n: int, generator: torch.Generator) -> torch.Tenso
     batch of `classes` or more)."""
     start = int(torch.randint(0, classes, (1,), generator=generator))
     return (torch.arange(n) + start) % classes
+
+
+def label_input(classes: int, what: str) -> list[TensorSpec]:
+    """A conditional graph's "label" input (of `classes` classes, one per
+    `what`: sample or image); none for an unconditional graph (0 classes)."""
+    if not classes:
+        return []
+    text = f"class of each {what}, 0..{classes - 1} (the manifest's classes)"
+    return [TensorSpec(LABEL, "int64", [BATCH], text)]
+
+
+def label_feeds(classes: int, n: int, generator: torch.Generator) -> tuple:
+    """A conditional graph's labels for n seeded inputs (`class_cycle`), ()
+    for an unconditional graph."""
+    return (class_cycle(classes, n, generator),) if classes else ()

@@ -25,7 +25,6 @@ from genrun.manifest import (
     DENSITY,
     GENERATE,
     IMAGES,
-    LABEL,
     LOG_LIKELIHOOD,
     OFFSET,
     PIXELS,
@@ -41,7 +40,7 @@ from gentrain.models.multiscale import MultiScaleFlow
 from gentrain.models.quantization import bits_per_dim, dequantize, discretization_nats, quantize
 from gentrain.models.transforms import Transform
 
-from .base import BATCH, Graph, class_cycle
+from .base import BATCH, Graph, label_feeds, label_input
 from .fused_coupling import fuse_couplings
 
 TEMPERATURE_EFFECT = (
@@ -206,28 +205,11 @@ def _latents(model: MultiScaleFlow) -> list[TensorSpec]:
     ]
 
 
-def _label(model: MultiScaleFlow, what: str) -> list[TensorSpec]:
-    """A conditional flow's label input (none for another flow)."""
-    if not model.num_classes:
-        return []
-    text = f"class of each {what}, 0..{model.num_classes - 1} (the manifest's classes)"
-    return [TensorSpec(LABEL, "int64", [BATCH], text)]
-
-
-def _labels(model: MultiScaleFlow, n: int, generator: torch.Generator) -> tuple:
-    """Labels for a conditional flow's inputs, () for another flow: every
-    class in turn from a seeded start, so parity's batch of 64 checks each of
-    up to 64 classes."""
-    if not model.num_classes:
-        return ()
-    return (class_cycle(model.num_classes, n, generator),)
-
-
 def _images(model: MultiScaleFlow, n: int, generator: torch.Generator) -> tuple:
     """(uint8 samples of the model, their labels if conditional): plausible
     inputs of a density graph."""
     noise = [torch.randn(n, *s, generator=generator) for s in model.config.latent_shapes()]
-    labels = _labels(model, n, generator)
+    labels = label_feeds(model.num_classes, n, generator)
     with torch.no_grad():
         temperature = torch.full((n,), model.default_temperature)
         _, pixels = FlowGenerate(model)(noise, temperature, *labels)
@@ -253,7 +235,11 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
 
     def generate_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         drawn = [torch.randn(n, *s, generator=generator) for s in config.latent_shapes()]
-        return drawn, torch.rand(n, generator=generator), *_labels(model, n, generator)
+        return (
+            drawn,
+            torch.rand(n, generator=generator),
+            *label_feeds(model.num_classes, n, generator),
+        )
 
     return Graph(
         role=GENERATE,
@@ -262,7 +248,7 @@ def generate_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         inputs=[
             *noise,
             TensorSpec(TEMPERATURE, "float32", [BATCH], "per-sample scale of the noise"),
-            *_label(model, "sample"),
+            *label_input(model.num_classes, "sample"),
         ],
         outputs=[
             TensorSpec(IMAGES, "float32", shape, "continuous images y, see pixels"),
@@ -295,7 +281,7 @@ def density_graph(model: MultiScaleFlow, fold: bool = True) -> Graph:
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
             TensorSpec(OFFSET, "float32", shape, OFFSET_SPEC, default=0.5),
-            *_label(model, "image"),
+            *label_input(model.num_classes, "image"),
         ],
         outputs=[
             TensorSpec(BITS_PER_DIM, "float32", [BATCH], f"bits/dim incl. discretisation{of}"),

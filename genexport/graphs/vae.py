@@ -14,7 +14,6 @@ from genrun.manifest import (
     ENCODE,
     EPS,
     IMAGES,
-    LABEL,
     LOG_WEIGHT,
     LOGVAR,
     MU,
@@ -26,7 +25,7 @@ from genrun.manifest import (
 from gentrain.models import VAE
 from gentrain.models.quantization import means_to_uint8
 
-from .base import BATCH, Graph, class_cycle
+from .base import BATCH, Graph, label_feeds, label_input
 
 TEMPERATURE_EFFECT = (
     "the runtime multiplies the N(0, I) noise by the temperature and feeds it as z: "
@@ -104,23 +103,10 @@ def _graph(model: VAE, role: str, module: nn.Module, **fields) -> Graph:
     )
 
 
-def _labels(model: VAE, n: int, generator: torch.Generator) -> tuple:
-    """A conditional VAE's labels (every class in turn), () for another."""
-    return (class_cycle(model.num_classes, n, generator),) if model.num_classes else ()
-
-
-def _label(model: VAE, what: str) -> list[TensorSpec]:
-    """A conditional VAE's label input, none for another."""
-    if not model.num_classes:
-        return []
-    text = f"class of each {what}, 0..{model.num_classes - 1} (the manifest's classes)"
-    return [TensorSpec(LABEL, "int64", [BATCH], text)]
-
-
 def _images(model: VAE, n: int, generator: torch.Generator) -> tuple:
     """Plausible uint8 inputs: decoded prior draws (and their labels, if conditional)."""
     z = torch.randn(n, model.config.latent_dim, generator=generator)
-    labels = _labels(model, n, generator)
+    labels = label_feeds(model.num_classes, n, generator)
     with torch.no_grad():
         return VAEDecode(model)(z, *labels)[1], labels
 
@@ -133,7 +119,7 @@ def decode_graph(model: VAE, fold: bool = True) -> Graph:
     def sample_inputs(n: int, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
         return (
             torch.randn(n, config.latent_dim, generator=generator),
-            *_labels(model, n, generator),
+            *label_feeds(model.num_classes, n, generator),
         )
 
     return _graph(
@@ -142,7 +128,7 @@ def decode_graph(model: VAE, fold: bool = True) -> Graph:
         VAEDecode(model),
         inputs=[
             TensorSpec(Z, "float32", code, "latent code; N(0, T^2 I) samples"),
-            *_label(model, "sample"),
+            *label_input(model.num_classes, "sample"),
         ],
         outputs=[
             TensorSpec(IMAGES, "float32", shape, "pixel means or probabilities in [0, 1]"),
@@ -164,7 +150,7 @@ def encode_graph(model: VAE, fold: bool = True) -> Graph:
         VAEEncode(model),
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to encode"),
-            *_label(model, "image"),
+            *label_input(model.num_classes, "image"),
         ],
         outputs=[
             TensorSpec(MU, "float32", code, "mean of q(z|x) (of q_0 with a posterior flow)"),
@@ -195,7 +181,7 @@ def elbo_graph(model: VAE, fold: bool = True) -> Graph:
         inputs=[
             TensorSpec(IMAGES, "uint8", shape, "images to score"),
             TensorSpec(EPS, "float32", code, "N(0, I) noise of the reparameterisation"),
-            *_label(model, "image"),
+            *label_input(model.num_classes, "image"),
         ],
         outputs=[
             TensorSpec(LOG_WEIGHT, "float32", [BATCH], "log p(x|z) + log p(z) - log q(z|x) in nats")

@@ -26,21 +26,8 @@ that installs it.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 # The one dispatch table: an engine file's suffix -> the module of this
-# package that loads it (anything else is tried as ONNX).
+# package that loads it (anything else is tried as ONNX). An ONNX file whose
+# manifest says bf16 is handed on by onnxruntime.load to openvino.load (ONNX
+# Runtime's CPU provider has no bfloat16 convolution), with the manifest it read.
 BACKENDS = {".onnx": "onnxruntime", ".plan": "tensorrt"}
-
-
-def backend_of(path: Path) -> str:
-    """The module of this package that loads `path`: by its suffix, except
-    that an ONNX file whose manifest says bf16 runs on OpenVINO (openvino.py;
-    ONNX Runtime's CPU provider has no bfloat16 convolution)."""
-    name = BACKENDS.get(path.suffix, "onnxruntime")
-    if name == "onnxruntime":
-        from .openvino import is_bf16_engine
-
-        if is_bf16_engine(path):
-            return "openvino"
-    return name

@@ -43,6 +43,9 @@ class Runner:
     manifest: Manifest | None  # None for a foreign ONNX graph
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # The graph's inputs and outputs as the runtime reports them, which
+    # genrun.engine holds the manifest to (None: the runtime reports none).
+    graph: tuple[list[TensorSpec], list[TensorSpec]] | None = None
     # Settings a number depends on, for `genrun info` and benchmark tables
     # (e.g. {"tf32": "off"}).
     settings: dict[str, str]

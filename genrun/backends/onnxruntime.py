@@ -49,9 +49,9 @@ from pathlib import Path
 import onnxruntime
 
 from ..errors import UserError
-from ..manifest import BATCH, METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
-from ..manifest_io import check_graph_sha256, manifest_in
-from . import nvidia
+from ..manifest import BATCH, Manifest, TensorSpec
+from ..manifest_io import NotOnnx, manifest_in
+from . import nvidia, openvino
 from .base import Feeds, LoadOptions, Runner, log
 
 # Our names for ONNX Runtime's execution providers, best first: "auto" takes
@@ -109,15 +109,6 @@ def check_one_onnxruntime() -> None:
         )
 
 
-def default_threads() -> int:
-    """The CPUs this process may run on (its affinity mask, which containers
-    and taskset shrink; os.cpu_count() does not see that)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS, Windows
-        return os.cpu_count() or 1
-
-
 def session_options(threads: int | None = None, spin: bool = True) -> onnxruntime.SessionOptions:
     """genrun's ONNX Runtime settings. Measured on Glow generate (L=2, K=8,
     128 hidden) at batch 1 and 256, side by side in one process
@@ -158,9 +149,11 @@ def create_session(
         )
 
 
-def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
+def load(path: Path, options: LoadOptions | None = None) -> Runner:
     """The runner of an `.onnx` file on `options.provider` (see the module
-    doc); a file ONNX Runtime cannot parse is a UserError naming it."""
+    doc); a file ONNX Runtime cannot parse is a UserError naming it. The
+    manifest is read once, here, before any session (a graph changed since
+    export is refused by manifest_in); a bf16 engine goes on to OpenVINO."""
     options = options or LoadOptions()
     if options.cuda_graphs:
         raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
@@ -168,13 +161,11 @@ def load(path: Path, options: LoadOptions | None = None) -> OnnxRuntimeRunner:
     # refusal below names it, or, if ONNX Runtime opens it anyway, this one.
     unreadable = None
     try:
-        manifest = manifest_in(path)
-    except UserError as err:
-        if not path.is_file():
-            raise
+        manifest = manifest_in(path, verify_graph=True)
+    except NotOnnx as err:
         manifest, unreadable = None, err
-    if manifest is not None:  # changed since export (weights overwritten): refuse it
-        check_graph_sha256(path, manifest)
+    if manifest is not None and manifest.precision == openvino.PRECISION:
+        return openvino.load(path, options, manifest)
     provider = resolve_provider(options.provider)
     chosen = [provider, *[p for p in PROVIDERS if p != provider and _is_slower(p, provider)]]
     chosen = [p for p in chosen if p in available_providers()]
@@ -348,9 +339,8 @@ class OnnxRuntimeRunner(Runner):
     """Runs one session: `run(feeds)` -> every output by name. On a GPU
     provider the outputs are bound with IO binding (allocated on the device
     by ONNX Runtime, one copy to the host per call). `manifest` as read from
-    the file (None: read from the session's metadata, as for an in-memory
-    model); `specs` (inputs, outputs) instead for a graph being exported,
-    which has no manifest yet."""
+    the file (None: a foreign graph, run by its own specs); `specs` (inputs,
+    outputs) instead for a graph being exported, which has no manifest yet."""
 
     def __init__(
         self,
@@ -370,30 +360,15 @@ class OnnxRuntimeRunner(Runner):
         if specs is not None:
             self.manifest, (self.inputs, self.outputs) = None, specs
             return
-        if manifest is None:
-            try:
-                metadata = session.get_modelmeta().custom_metadata_map
-            except UnicodeDecodeError:
-                raise UserError(f"{path} has metadata that is not UTF-8; re-export it") from None
-            if METADATA_KEY in metadata:
-                manifest = from_json(metadata[METADATA_KEY], source=str(path))
         self.manifest = manifest
         if manifest is None:  # a foreign graph: its own specs
             self.inputs = graph_specs(session.get_inputs(), path)
             self.outputs = graph_specs(session.get_outputs())
             return
+        # What must be fed comes from the manifest (ONNX Runtime hides inputs
+        # that have a default), held to the session's graph by genrun.engine.
         self.inputs, self.outputs = manifest.inputs, manifest.outputs
-        graph = graph_specs(session.get_inputs()), graph_specs(session.get_outputs())
-        check_graph(manifest, *graph, path)
-        # ONNX Runtime hides inputs that have a default (initialisers), so what
-        # must be fed comes from the manifest, checked against the session's.
-        graph_inputs = {i.name for i in session.get_inputs()}
-        missing = {s.name for s in manifest.inputs if s.default is None} - graph_inputs
-        if missing or not graph_inputs <= {s.name for s in manifest.inputs}:
-            raise UserError(
-                f"{path}: graph inputs {sorted(graph_inputs)} do not match its manifest's "
-                f"{[s.name for s in manifest.inputs]}; re-export the engine"
-            )
+        self.graph = graph_specs(session.get_inputs()), graph_specs(session.get_outputs())
 
     def _run(self, feeds: Feeds) -> Feeds:
         names = [spec.name for spec in self.outputs]

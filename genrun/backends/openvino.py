@@ -11,7 +11,8 @@ bf16 hint would lower every node, which is what fails parity:
 benchmarks/results/precision-cpu.md). ONNX Runtime's CPU provider has no
 bfloat16 convolution, so these engines load here.
 
-Loader: `load_openvino(path, threads)`; runner: `OpenVinoRunner`. The
+Loader: `load_openvino(path, threads)` (genrun.load reaches it through
+`load`, which ONNX Runtime's loader calls for a bf16 manifest); runner: `OpenVinoRunner`. The
 `openvino` package is the extra "openvino" (`pip install 'vaeflow[openvino]'`),
 imported only here; a CPU without bfloat16 instructions gets a one-line
 UserError (OpenVINO would emulate them, slower than the float32 engine).
@@ -20,6 +21,7 @@ UserError (OpenVINO would emulate them, slower than the float32 engine).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -27,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import UserError
-from ..manifest import METADATA_KEY, Manifest, TensorSpec, check_graph, from_json
+from ..manifest import METADATA_KEY, Manifest, TensorSpec
+from ..manifest_io import from_json
 from .base import Feeds, LoadOptions, Runner
 
 # /proc/cpuinfo flags that mean native bfloat16 arithmetic (AVX512-BF16 dot
@@ -65,18 +68,6 @@ def bf16_support(flags: set[str] | None = None) -> str | None:
     )
 
 
-def is_bf16_engine(path: Path) -> bool:
-    """Whether an .onnx file carries a vaeflow manifest of precision bf16 (read
-    without a runtime: none can open the file before knowing)."""
-    from ..manifest_io import manifest_in
-
-    try:
-        manifest = manifest_in(path)
-    except UserError:  # not protobuf as ONNX writes it: ONNX Runtime's loader says so
-        return False
-    return manifest is not None and manifest.precision == PRECISION
-
-
 def import_openvino() -> Any:
     try:
         import openvino
@@ -93,20 +84,22 @@ def _core() -> Any:
     return import_openvino().Core()
 
 
-def compile_onnx(source: bytes | str | Path, threads: int) -> Any:
+def compile_onnx(source: bytes | str | Path, threads: int | None) -> Any:
     """An OpenVINO CompiledModel of an ONNX model (file or bytes) that runs
-    the graph's own precisions (hint f32) on `threads` CPU threads."""
+    the graph's own precisions (hint f32) on `threads` CPU threads (None:
+    OpenVINO's own count)."""
     ov = import_openvino()
     core = _core()
     if isinstance(source, bytes):
         model = core.read_model(model=source, weights=ov.Tensor(np.empty(0, np.uint8)))
     else:
         model = core.read_model(str(source))
-    config = {
+    config: dict[str, Any] = {
         "INFERENCE_PRECISION_HINT": "f32",  # the graph's own precisions, nothing lowered
-        "INFERENCE_NUM_THREADS": threads,
         "PERFORMANCE_HINT": "LATENCY",  # one request at a time uses every thread
     }
+    if threads is not None:
+        config["INFERENCE_NUM_THREADS"] = threads
     return core.compile_model(model, "CPU", config), model
 
 
@@ -125,10 +118,10 @@ class OpenVinoRunner(Runner):
         )
         graph_inputs = [_spec(port, declared) for port in compiled.inputs]
         graph_outputs = [_spec(port, declared) for port in compiled.outputs]
+        self.graph = graph_inputs, graph_outputs  # held to the manifest by genrun.engine
         if manifest is None:
             self.inputs, self.outputs = graph_inputs, graph_outputs
         else:
-            check_graph(manifest, graph_inputs, graph_outputs, path)
             self.inputs, self.outputs = manifest.inputs, manifest.outputs
         # A graph input may carry several names (the exporter's and ours).
         self._input_port = {name: port for port in compiled.inputs for name in port.get_names()}
@@ -160,36 +153,28 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled = None
 
 
-def load(path: Path, options: LoadOptions | None = None) -> OpenVinoRunner:
-    """The runner of a bf16 `.onnx` engine on the CPU (genrun.load's entry)."""
-    from ..manifest_io import check_graph_sha256, manifest_in
-
-    options = options or LoadOptions()
+def load(path: Path, options: LoadOptions, manifest: Manifest) -> OpenVinoRunner:
+    """The runner of a bf16 `.onnx` engine on the CPU: genrun.backends.onnxruntime.load
+    hands it on here with the manifest it read (and checked against the file)."""
     if options.provider not in ("auto", "cpu"):
         raise UserError(f"{path.name} is a bf16 engine, which runs on the CPU; use --provider cpu")
-    if options.cuda_graphs:
-        raise UserError("--cuda-graphs applies to TensorRT .plan engines; drop it for .onnx")
-    manifest = manifest_in(path)
-    if manifest is not None:
-        check_graph_sha256(path, manifest)
-    threads = options.threads or _default_threads()
-    return load_openvino(path, threads)
-
-
-def _default_threads() -> int:
-    from .onnxruntime import default_threads
-
-    return default_threads()
+    return load_openvino(path, options.threads, manifest=manifest)
 
 
 def openvino_version() -> str:
     return import_openvino().__version__.split("-")[0]
 
 
-def load_openvino(source: Path | bytes, threads: int, path: Path | None = None) -> OpenVinoRunner:
+def load_openvino(
+    source: Path | bytes,
+    threads: int | None,
+    path: Path | None = None,
+    manifest: Manifest | None = None,
+) -> OpenVinoRunner:
     """Loader: an OpenVinoRunner of a bf16 engine (a file, or its bytes with
-    `path` naming it), refusing in one line where OpenVINO is missing or the
-    CPU lacks bfloat16 instructions."""
+    `path` naming it) on `threads` CPU threads (None: OpenVINO's own count),
+    refusing in one line where OpenVINO is missing or the CPU lacks bfloat16
+    instructions. `manifest`: as already read (else read from the model)."""
     if path is None:  # bytes come with the path that names them
         path = source if isinstance(source, Path) else Path("<bf16 engine>")
     why_not = bf16_support()
@@ -210,19 +195,18 @@ def load_openvino(source: Path | bytes, threads: int, path: Path | None = None) 
             "engine written by `genexport onnx --precision bf16`"
         ) from None
     key = ["framework", METADATA_KEY]
-    manifest = (
-        from_json(model.get_rt_info(key).astype(str), source=str(path))
-        if model.has_rt_info(key)
-        else None
-    )
+    if manifest is None and model.has_rt_info(key):
+        manifest = from_json(model.get_rt_info(key).astype(str), source=str(path))
     return OpenVinoRunner(compiled, path, manifest)
 
 
-def bf16_matmul_peak_gflops(threads: int, size: int = 2048, calls: int = 5) -> float:
+def bf16_matmul_peak_gflops(
+    threads: int, size: int = 2048, calls: int = 5, clock: Callable[[], float] = time.perf_counter
+) -> float:
     """The machine's bfloat16 matrix-multiply rate in GFLOP/s, measured as
     genrun.flops measures the float32 one (median of `calls` timed size^3
-    products after a warm-up), here with OpenVINO's bf16 MatMul (AMX or
-    AVX512-BF16 through oneDNN) on `threads` threads."""
+    products after a warm-up, by `clock`), here with OpenVINO's bf16 MatMul
+    (AMX or AVX512-BF16 through oneDNN) on `threads` threads."""
     ov = import_openvino()
     from openvino import opset13 as ops
 
@@ -238,9 +222,9 @@ def bf16_matmul_peak_gflops(threads: int, size: int = 2048, calls: int = 5) -> f
     request.infer(feeds)  # warm-up: kernel selection, thread start, page faults
     times = []
     for _ in range(calls):
-        started = time.perf_counter()
+        started = clock()
         request.infer(feeds)
-        times.append(time.perf_counter() - started)
+        times.append(clock() - started)
     return 2 * size**3 / float(np.median(times)) / 1e9
 
 

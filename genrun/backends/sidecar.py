@@ -38,7 +38,6 @@ tf32               whether float32 layers may use TF32 (false: vaeflow clears
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from dataclasses import asdict, dataclass, field
@@ -46,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..manifest import METADATA_KEY, Manifest, from_json, to_json
+from ..manifest import METADATA_KEY, Manifest
+from ..manifest_io import file_sha256, from_values, to_values
 from ..typed_json import Malformed, parse
 
 PLAN_VERSION = 1
@@ -77,7 +77,7 @@ def sidecar_path(plan: Path) -> Path:
 
 def to_text(manifest: Manifest, info: PlanInfo) -> str:
     return json.dumps(
-        {METADATA_KEY: json.loads(to_json(manifest)), PLAN_KEY: asdict(info)},
+        {METADATA_KEY: to_values(manifest), PLAN_KEY: asdict(info)},
         indent=1,
         sort_keys=True,
     )
@@ -100,9 +100,9 @@ def read_sidecar(plan: Path, check_sha256: bool = True) -> tuple[Manifest, PlanI
             f"{path} is not a vaeflow plan sidecar (keys {METADATA_KEY!r} and {PLAN_KEY!r}); "
             "rebuild the plan with `genexport tensorrt`"
         )
-    manifest = from_json(json.dumps(values[METADATA_KEY]), source=str(path))
+    manifest = from_values(values[METADATA_KEY], source=str(path))
     info = _plan_info(values[PLAN_KEY], path)
-    if check_sha256 and sha256(plan) != info.plan_sha256:
+    if check_sha256 and file_sha256(plan) != info.plan_sha256:
         raise UserError(
             f"{plan}'s sha256 is not the one its sidecar {path.name} records "
             f"({info.plan_sha256[:12]}...): the two files do not belong together; rebuild the "
@@ -135,14 +135,6 @@ def check_compatible(
             f"({info.gpu}), this GPU is {here}; rebuild it here with `genexport tensorrt`, or "
             "build with --hardware-compat ampere+ to run on every Ampere or newer GPU"
         )
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _release(version: str) -> tuple[str, ...]:
