@@ -105,6 +105,8 @@ def readme() -> str:
         "Made by `scripts/builtin_engines.py` with the project's own commands; each engine's",
         "manifest records the same (`genrun info --engine builtin:NAME.GRAPH`, `genrun models`).",
         "Training ran on a shared, loaded 2-core CPU machine (training_minutes says so).",
+        "Every setting not in the commands is gentrain's default for a conditional Glow",
+        "(class couplings on, class ActNorm off, `--class-weight 0`; docs/conditional.md).",
         "",
     ]
     for path in sorted(BUILTIN.glob("*.generate.onnx")):
