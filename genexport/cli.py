@@ -24,6 +24,7 @@ from genrun.manifest_io import read_from_onnx, to_json
 from .export import ExportedGraph, export_checkpoint, verify_engine
 from .graphs import exportable, roles
 from .onnx import OPSETS
+from .precision import MIN_SPEEDUP
 from .tensorrt import PlanOptions, export_plans
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
@@ -81,6 +82,14 @@ def onnx_command(
             "doubles the export time."
         ),
     ] = False,
+    bf16_min_speedup: Annotated[
+        float,
+        typer.Option(
+            help="bf16: write an engine only if it runs at least this many times the fp32 "
+            "engine's speed on this CPU (measured at export; 0: whatever its speed, e.g. "
+            "exported here for a CPU with AMX)."
+        ),
+    ] = MIN_SPEEDUP,
 ) -> None:
     """Export NAME.ROLE.onnx engines, verified in ONNX Runtime against PyTorch
     at batch sizes 1, 7 and 64 before anything is written (a conditional
@@ -95,6 +104,7 @@ def onnx_command(
         data,
         marginal=marginal,
         count_unfolded=count_unfolded,
+        bf16_min_speedup=bf16_min_speedup,
     )
     header = ["engine", "size", "nodes", "export"]
     rows = [

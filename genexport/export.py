@@ -54,7 +54,7 @@ from .graphs import (
     roles,
 )
 from .onnx import DYNAMO, OPSETS, check_standard, opset_of, session, to_onnx, write_atomically
-from .precision import BF16, reduce_to_bf16, verify_bf16
+from .precision import BF16, MIN_SPEEDUP, reduce_to_bf16, verify_bf16
 from .training_scores import measure, training_data
 from .verify import merge, parity, round_trip
 
@@ -133,6 +133,7 @@ def export_checkpoint(
     data: str | None = None,
     marginal: bool = False,
     count_unfolded: bool = False,
+    bf16_min_speedup: float = MIN_SPEEDUP,
 ) -> list[ExportedGraph]:
     """Export, verify and write the engines of a checkpoint; returns them.
     Density and elbo engines also carry the training split's bits/dim
@@ -142,7 +143,9 @@ def export_checkpoint(
     every class). With `count_unfolded` a Glow's graphs are also exported
     unfolded (ActNorm apart from the 1x1 convolutions, couplings unfused),
     only to record that graph's node count in the manifest (nodes_unfolded):
-    it doubles the export time, so it is asked for, not done by default."""
+    it doubles the export time, so it is asked for, not done by default.
+    `bf16_min_speedup`: a bf16 engine slower than that times the fp32 one on
+    this CPU is refused (0: written whatever its speed)."""
     if opset not in OPSETS:
         raise UserError(f"--opset {opset} is not supported; use one of: {_join(OPSETS)}")
     if precision not in PRECISIONS:
@@ -162,6 +165,7 @@ def export_checkpoint(
             out / f"{name}.{role}{suffix}.onnx",
             images=images,
             count_unfolded=count_unfolded,
+            min_speedup=bf16_min_speedup,
         )
         for role in chosen
     ]
@@ -227,6 +231,7 @@ def _export_role(
     build: Callable[[bool], Graph] | None = None,
     images: tuple[np.ndarray, np.ndarray] | None = None,
     count_unfolded: bool = False,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> ExportedGraph:
     """One graph exported and checked; `build(fold)` makes it (default: the
     family's builder of `role`). `count_unfolded`: see export_checkpoint."""
@@ -248,7 +253,7 @@ def _export_role(
         checks.append(parity(graph, session(exported), "fp16", reference=float32))
     plan = None
     if precision == BF16 and not checks[0].failures():  # only a faithful fp32 graph is reduced
-        reduced = reduce_to_bf16(graph, exported, images, default_threads())
+        reduced = reduce_to_bf16(graph, exported, images, default_threads(), min_speedup)
         exported, plan = reduced.model, reduced.plan
         checks.append(reduced.parity)
     seconds = time.perf_counter() - started

@@ -44,7 +44,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from genrun.backends.openvino import bf16_support, load_openvino
+from genrun.backends.openvino import bf16_support, cpu_flags, load_openvino
+from genrun.bench import time_calls
 from genrun.errors import UserError
 from genrun.flops import node_flops
 from genrun.manifest import (
@@ -81,6 +82,8 @@ AUROC_BOUND = 0.005
 OOD_IMAGES = 250  # per synthetic out-of-distribution set
 SCREEN = 4  # a region's own effect is measured on 1 / SCREEN of the inputs
 MIN_REDUCED_SHARE = 0.5
+MIN_SPEEDUP = 1.0  # a bf16 engine slower than the fp32 one on this CPU is not written
+SPEED_ROUNDS = 3  # interleaved rounds of the speed check, 0.5 s of calls each per engine
 SPLIT_LIMIT = 2.0  # a region alone within 2x of a bound is retried layer by layer
 CHUNK = 256  # rows per call
 SEED = 0
@@ -113,11 +116,14 @@ def reduce_to_bf16(
     fp32: onnx.ModelProto,
     data: tuple[np.ndarray, np.ndarray] | None,
     threads: int,
+    min_speedup: float = MIN_SPEEDUP,
 ) -> Reduced:
     """The bf16 engine of a verified float32 graph, with its parity figures
     and plan; a UserError (nothing to write) where parity cannot be met with
-    at least MIN_REDUCED_SHARE of the FLOPs in bfloat16. `data`: (training,
-    test) uint8 images, which density graphs need."""
+    at least MIN_REDUCED_SHARE of the FLOPs in bfloat16, or where the engine
+    runs under `min_speedup` times the float32 one's speed on this CPU (0:
+    written whatever its speed). `data`: (training, test) uint8 images, which
+    density graphs need."""
     why_not = bf16_support()
     if why_not:
         raise UserError(f"--precision bf16 is measured at export on this CPU, and {why_not}")
@@ -167,6 +173,14 @@ def reduce_to_bf16(
             )
         model, figures = best
     check_standard(model)
+    speedup = measure_speedup(fp32, model, judge.speed_feeds, threads)
+    if speedup < min_speedup:
+        amx = "with" if "amx_bf16" in cpu_flags() else "without"
+        raise UserError(
+            f"the bf16 {graph.role} graph meets parity but runs at {speedup:.2f}x the fp32 "
+            f"engine's speed on this CPU ({amx} AMX), nothing written: export --precision fp32 "
+            "(or --bf16-min-speedup 0 to write it for a CPU where it pays)"
+        )
     kept = [r for r in regions if r not in chosen]
     parity = Parity(
         precision=BF16,
@@ -181,8 +195,29 @@ def reduce_to_bf16(
         float32_layers=[r.name for r in kept],
         reduced_flop_share=sum(r.flops for r in chosen) / total,
         layer_effects=effects,
+        speedup=speedup,
     )
     return Reduced(model, parity, plan)
+
+
+def measure_speedup(
+    fp32: onnx.ModelProto, bf16: onnx.ModelProto, feeds: dict[str, np.ndarray], threads: int
+) -> float:
+    """The bf16 engine's speed on OpenVINO over the float32 engine's on ONNX
+    Runtime (what genrun runs for each), on this CPU, at CHUNK rows: the
+    median of per-round ratios of the median call, rounds interleaved so a
+    load that comes and goes hits both alike (genrun.bench.time_calls)."""
+    reference = _ort_run(fp32)
+    runner = load_openvino(bf16.SerializeToString(), threads, path=_Named("speed"))
+    try:
+        ratios = []
+        for _ in range(SPEED_ROUNDS):
+            fp32_s = float(np.median(time_calls(lambda: reference(feeds), 0.5)))
+            bf16_s = float(np.median(time_calls(lambda: runner.run(feeds), 0.5)))
+            ratios.append(fp32_s / bf16_s)
+    finally:
+        runner.close()
+    return float(np.median(ratios))
 
 
 def choose_regions(
@@ -429,6 +464,7 @@ class PixelJudge:
                     feeds[spec.name] = (scale * rng.standard_normal(shape)).astype(np.float32)
             images, pixels = _run_chunks(_ort_run(fp32), feeds, [IMAGES, PIXELS])
             self.cases.append((t, feeds, np.isfinite(images), pixels.astype(np.int16)))
+        self.speed_feeds = {k: v[:CHUNK] for k, v in self.cases[0][1].items()}
         self.bounds = {}
         for t in TEMPERATURES:
             self.bounds[f"pixels_beyond_one_level_share@T={t:g}"] = PIXEL_SHARE
@@ -483,6 +519,9 @@ class DensityJudge:
             name: rng.random(images.shape, dtype=np.float32) for name, images in self.sets.items()
         }
         self.has_offset = any(spec.name == OFFSET for spec in graph.inputs)
+        self.speed_feeds = {IMAGES: test[:CHUNK]}
+        if self.has_offset:
+            self.speed_feeds[OFFSET] = self.offsets["test"][:CHUNK]
         self.want = self._bits(_ort_run(fp32), screen=False)
         self.bounds = {"bits_per_dim_max_abs_error@test": BPD_BOUND, "bits_per_dim_nonfinite": 0.0}
         self.bounds.update({f"typicality_auroc_change@{name}": AUROC_BOUND for name in self._ood})

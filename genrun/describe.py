@@ -131,6 +131,7 @@ def _precision_plan(plan) -> str:
         f"FLOPs), {len(plan.float32_layers)} kept float32"
         + (f" ({', '.join(plan.float32_layers[:4])}...)" if plan.float32_layers else "")
         + f"; runs on {plan.runtime}"
+        + ("" if plan.speedup is None else f", {plan.speedup:.2f}x fp32's speed at export")
     )
 
 

@@ -120,6 +120,8 @@ precision_plan  PrecisionPlan or null (bf16 engines):
                 moved a user-terms figure past its bound.
   reduced_flop_share  share of the counted FLOPs in bf16.
   layer_effects per region, its worst figure alone in bf16 / that bound.
+  speedup       its speed over the fp32 engine's at export, on the exporting
+                CPU (null in engines written before it was measured).
                 The parity entry of precision "bf16" holds the user-terms
                 figures against the float32 graph (genexport.precision).
 """
@@ -273,6 +275,9 @@ class PrecisionPlan:
     reduced_flop_share: float  # share of the counted FLOPs that run in bf16
     # Per region, its effect alone in bf16: the worst figure / its bound.
     layer_effects: dict[str, float] = field(default_factory=dict)
+    # Its speed over the fp32 engine's, measured at export on the exporting
+    # CPU (genexport.precision.measure_speedup); null in engines from before.
+    speedup: float | None = None
 
 
 @dataclass

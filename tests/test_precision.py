@@ -26,7 +26,11 @@ def vae_bf16(vae_checkpoint, tmp_path_factory):
     from genexport.export import export_checkpoint
 
     out = tmp_path_factory.mktemp("vae-bf16")
-    (engine,) = export_checkpoint(vae_checkpoint, out, "decode", precision="bf16", name="tiny")
+    # Tiny models are slower in bf16 than in fp32 (casts, OpenVINO's call
+    # cost): the speed check is tested on its own below.
+    (engine,) = export_checkpoint(
+        vae_checkpoint, out, "decode", precision="bf16", name="tiny", bf16_min_speedup=0
+    )
     fp32 = export_checkpoint(vae_checkpoint, out, "decode", name="tiny")[0]
     return engine.path, fp32.path
 
@@ -87,6 +91,24 @@ def test_bf16_export_stores_user_terms_figures_and_plan(vae_bf16) -> None:
     plan = manifest.precision_plan
     assert plan.runtime == "openvino" and plan.reduced_layers
     assert 0.5 <= plan.reduced_flop_share <= 1.0
+    assert plan.speedup is not None and plan.speedup > 0  # measured at export, stored
+
+
+@needs_bf16
+def test_a_bf16_engine_slower_than_fp32_is_not_written(vae_checkpoint, tmp_path) -> None:
+    """Nothing silently slower than fp32: an engine that meets parity but runs
+    under --bf16-min-speedup times the fp32 engine's speed is one line, and
+    nothing is written."""
+    from genexport.export import export_checkpoint
+
+    with pytest.raises(UserError, match="meets parity but runs at") as err:
+        export_checkpoint(
+            vae_checkpoint, tmp_path, "decode", precision="bf16", bf16_min_speedup=1e6
+        )
+    message = str(err.value)
+    assert "x the fp32 engine's speed on this CPU" in message and "AMX" in message
+    assert "--precision fp32" in message and "\n" not in message
+    assert list(tmp_path.iterdir()) == []
 
 
 @needs_bf16
@@ -110,7 +132,9 @@ def test_bf16_density_checks_bits_per_dim_and_auroc(glow_checkpoint, tmp_path) -
     from genexport.export import export_checkpoint
     from genrun.manifest_io import read_from_onnx
 
-    (engine,) = export_checkpoint(glow_checkpoint, tmp_path, "density", precision="bf16")
+    (engine,) = export_checkpoint(
+        glow_checkpoint, tmp_path, "density", precision="bf16", bf16_min_speedup=0
+    )
     check = read_from_onnx(engine.path).parity[-1]
     assert check.tolerance["bits_per_dim_max_abs_error@test"] == 0.01
     assert {"noise", "inverted", "black", "grey"} == {
