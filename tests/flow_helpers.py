@@ -56,3 +56,33 @@ def assert_invertible(
     assert sign != 0, "the Jacobian is singular: the map is not invertible here"
     logdet_one = transform(one, first)[1]
     assert abs(logdet_one.item() - expected.item()) < logdet_tol, (logdet_one, expected)
+
+
+def assert_marginal_matches_pytorch(
+    marginal_path: Any, checkpoint: Any, images: Any, atol: float = 5e-3
+) -> tuple[Any, Any, Any]:
+    """A conditional flow's marginal engine: log P(x) is the logsumexp of its
+    log P(x|y) + log p(y) columns, and each column is PyTorch's
+    `class_log_probs` (bin centres, in nats per image). Returns (the engine,
+    its log P(x|y) columns, PyTorch's) for further checks."""
+    import math
+
+    import numpy as np
+
+    from genrun.engine import load
+    from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
+    from gentrain.models.quantization import dequantize
+
+    marginal = load(marginal_path, threads=1)
+    out = marginal.run(images=images)
+    log_prior = np.array([c.log_prior for c in marginal.manifest.classes])
+    by_class = out["class_log_likelihood"].astype(np.float64)
+    expected = np.logaddexp.reduce(by_class + log_prior, axis=1)
+    np.testing.assert_allclose(out["log_likelihood"], expected, rtol=1e-5)
+    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
+    n_bits = model.config.n_bits
+    with torch.no_grad():
+        reference = model.class_log_probs(dequantize(torch.from_numpy(images), n_bits)).numpy()
+    nats = int(np.prod(images.shape[1:])) * n_bits * math.log(2)
+    np.testing.assert_allclose(by_class, reference - nats, atol=atol)
+    return marginal, by_class, reference

@@ -13,14 +13,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from flow_helpers import assert_marginal_matches_pytorch
 
 from genrun.engine import load
 from genrun.errors import UserError
 from genrun.manifest_io import read_from_onnx
 from genrun.sampler import Sampler
-from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
 from gentrain.models import Glow, GlowConfig, build_model, new_model
-from gentrain.models.quantization import dequantize
 
 CLASSES = (3, 4, 5)
 
@@ -140,18 +139,7 @@ def test_coupled_engines_pass_parity_and_match_pytorch(coupled_engines, digits) 
         manifest = read_from_onnx(path)
         assert manifest.parity and not any(check.failures() for check in manifest.parity)
     images = digits.test.images[:30]
-    marginal = load(engines["marginal"], threads=1)
-    out = marginal.run(images=images)
-    log_prior = np.array([c.log_prior for c in marginal.manifest.classes])
-    by_class = out["class_log_likelihood"].astype(np.float64)
-    expected = np.logaddexp.reduce(by_class + log_prior, axis=1)
-    np.testing.assert_allclose(out["log_likelihood"], expected, rtol=1e-5)
-    model = model_from_checkpoint(load_checkpoint(checkpoint))
-    n_bits = model.config.n_bits
-    with torch.no_grad():
-        reference = model.class_log_probs(dequantize(torch.from_numpy(images), n_bits)).numpy()
-    nats = 64 * n_bits * math.log(2)
-    np.testing.assert_allclose(by_class, reference - nats, atol=5e-3)
+    _, by_class, _ = assert_marginal_matches_pytorch(engines["marginal"], checkpoint, images)
     # The density engine's log P(x|y) for a label is the marginal's column.
     density = load(engines["density"], threads=1)
     labels = digits.test.labels[:30].astype(np.int64)

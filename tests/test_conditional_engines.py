@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 from cli_helpers import InProcessCli
+from flow_helpers import assert_marginal_matches_pytorch
 
 from genexport.graphs import build_graph
 from genrun.cli import main
@@ -23,7 +24,6 @@ from genrun.manifest_io import read_from_onnx
 from genrun.sampler import Sampler
 from genrun.scorer import Scorer
 from gentrain.checkpoint import load_checkpoint, model_from_checkpoint
-from gentrain.models.quantization import dequantize
 
 GENRUN = InProcessCli(main, "genrun")
 
@@ -87,19 +87,10 @@ def test_the_marginal_is_the_logsumexp_of_the_classes_and_matches_pytorch(
 ) -> None:
     checkpoint, engines = conditional
     images, labels = digits.test.images[:40], digits.test.labels[:40]
-    marginal = load(engines["marginal"], threads=1)
-    out = marginal.run(images=images)
+    marginal, _, reference = assert_marginal_matches_pytorch(
+        engines["marginal"], checkpoint, images
+    )
     log_prior = np.array([c.log_prior for c in marginal.manifest.classes])
-    by_class = out["class_log_likelihood"].astype(np.float64)
-    expected = np.logaddexp.reduce(by_class + log_prior, axis=1)
-    np.testing.assert_allclose(out["log_likelihood"], expected, rtol=1e-5)
-
-    model = model_from_checkpoint(load_checkpoint(checkpoint)).eval()
-    n_bits = model.config.n_bits
-    with torch.no_grad():
-        reference = model.class_log_probs(dequantize(torch.from_numpy(images), n_bits)).numpy()
-    nats = 64 * n_bits * math.log(2)
-    np.testing.assert_allclose(by_class, reference - nats, atol=5e-3)
 
     # log P(x|y): the density engine (label input) and the marginal's column agree.
     density = Scorer(load(engines["density"], threads=1))
