@@ -114,8 +114,10 @@ class ClassStandardize(Transform):
     the per-class mean and log-scale of Kingma & Dhariwal 2018 (section 3,
     openai/glow's `ycond`), for the top latent and every factored-out one.
 
-    It sits outside the flow so that log p(x|y) for every class costs one flow
-    pass and one of these per class (the generative classifier, p(x))."""
+    It sits outside the flow so that, without class couplings, log p(x|y) for
+    every class costs one flow pass and one of these per class (the generative
+    classifier, p(x)); a flow with class couplings depends on y itself and
+    takes one pass per class."""
 
     def __init__(self, num_classes: int, shape: Sequence[int]) -> None:
         super().__init__()

@@ -1,6 +1,7 @@
 """A class-conditional model's pictures: samples of every class across
-temperatures (one row per class), and interpolation between two classes in
-the conditional prior."""
+temperatures (one row per class), and interpolation between two classes: every
+class parameter (the conditional prior's and, with class couplings, the
+coupling networks' biases) mixed by a soft one-hot label."""
 
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def class_interpolation(inputs: PlotInputs):
     title = "rows: " + ", ".join(f"{names[a]} -> {names[b]}" for a, b in pairs)
     show_images(axes[0, 0], images.cpu().numpy(), STEPS, title)
     fig.suptitle(
-        f"{label}: interpolation between classes in the conditional prior "
+        f"{label}: interpolation between classes (their parameters mixed) "
         f"(T = {model.default_temperature}, one noise draw per row)"
     )
     return fig
