@@ -44,6 +44,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from genrun.backends.onnxruntime import create_session, session_options
 from genrun.backends.openvino import bf16_support, cpu_flags, load_openvino
 from genrun.bench import time_calls
 from genrun.errors import UserError
@@ -207,12 +208,14 @@ def measure_speedup(
     Runtime (what genrun runs for each), on this CPU, at CHUNK rows: the
     median of per-round ratios of the median call, rounds interleaved so a
     load that comes and goes hits both alike (genrun.bench.time_calls)."""
-    reference = _ort_run(fp32)
+    # Both on the same threads (ONNX Runtime's own default is the machine's
+    # cores, whatever this process may run on).
+    reference = create_session(fp32.SerializeToString(), options=session_options(threads))
     runner = load_openvino(bf16.SerializeToString(), threads, path=_Named("speed"))
     try:
         ratios = []
         for _ in range(SPEED_ROUNDS):
-            fp32_s = float(np.median(time_calls(lambda: reference(feeds), 0.5)))
+            fp32_s = float(np.median(time_calls(lambda: reference.run(None, feeds), 0.5)))
             bf16_s = float(np.median(time_calls(lambda: runner.run(feeds), 0.5)))
             ratios.append(fp32_s / bf16_s)
     finally:
