@@ -3,7 +3,10 @@ train / 1,000 test) and the embedded digits, for the engines that ship
 (genrun/builtin, made by scripts/builtin_engines.py with gentrain's default
 budget).
 
-    python benchmarks/conditional.py --mnist ../shared/data/mnist [--work runs/builtin]
+    python benchmarks/conditional.py --mnist DIR [--work runs/builtin]
+
+DIR: the folder of the MNIST IDX files the MNIST engine was trained on (the
+8,000 / 1,000-image subset; scripts/builtin_engines.py's --mnist).
 
 For each shipped model:
 - the generative classifier argmax_y P(x|y) p(y) on the test split, through

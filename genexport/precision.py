@@ -194,7 +194,7 @@ def reduce_to_bf16(
         runtime=RUNTIME,
         reduced_layers=[r.name for r in chosen],
         float32_layers=[r.name for r in kept],
-        reduced_flop_share=sum(r.flops for r in chosen) / total,
+        reduced_flop_share=_share(chosen, total),
         layer_effects=effects,
         speedup=speedup,
     )

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .compare import random_feeds
+from .describe import precision_plan_text
 from .engine import Engine
 from .errors import UserError
 from .flops import COUNTED_OPS, count_flops, matmul_peak_gflops
@@ -148,7 +149,7 @@ def bench_table(engine: Engine, rows: list[BenchRow]) -> list[str]:
     # The share of peak compares like with like only on the CPU, and with the
     # matmul of the engine's precision (bf16 engines: OpenVINO's bf16 MatMul).
     manifest = engine.manifest
-    reduced = manifest is not None and manifest.precision == "bf16"
+    reduced = engine.backend == "openvino"  # bf16 engines run there
     peak_name = "OpenVINO bfloat16" if reduced else "numpy float32"
     if engine.provider != "cpu":
         peak = None
@@ -167,10 +168,7 @@ def bench_table(engine: Engine, rows: list[BenchRow]) -> list[str]:
     lines = [f"{what} on {engine.provider}{runtime}, {engine.threads} threads"]
     plan = None if manifest is None else manifest.precision_plan
     if plan is not None:
-        lines.append(
-            f"precision bf16: {len(plan.reduced_layers)} layers in bfloat16 "
-            f"({plan.reduced_flop_share:.0%} of the FLOPs), {len(plan.float32_layers)} kept float32"
-        )
+        lines.append(f"precision bf16: {precision_plan_text(plan)}")
     lines.append(
         cost
         + ("" if peak is None else f"; {peak_name} matmul peak {peak:.1f} GFLOP/s, same threads")

@@ -118,14 +118,14 @@ def manifest_lines(manifest: Manifest) -> list[str]:
         *(labelled("parity", parity_text(check)) for check in manifest.parity),
         *([labelled("training", stats.summary())] if (stats := manifest.training_scores) else []),
         *(
-            [labelled("bf16 plan", _precision_plan(plan))]
+            [labelled("bf16 plan", precision_plan_text(plan))]
             if (plan := manifest.precision_plan)
             else []
         ),
     ]
 
 
-def _precision_plan(plan) -> str:
+def precision_plan_text(plan) -> str:
     return (
         f"{len(plan.reduced_layers)} layers in bfloat16 ({plan.reduced_flop_share:.0%} of the "
         f"FLOPs), {len(plan.float32_layers)} kept float32"

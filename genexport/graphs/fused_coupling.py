@@ -32,8 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gentrain.models.glow.layers import ActNorm, AffineCoupling, GaussianStandardize, ZeroConv2d
-from gentrain.models.transforms import Transform, class_rows
+from gentrain.models.glow.layers import (
+    ActNorm,
+    AffineCoupling,
+    GaussianStandardize,
+    ZeroConv2d,
+    add_class_bias,
+)
+from gentrain.models.transforms import Transform
 
 
 def fuse_couplings(module: nn.Module) -> nn.Module:
@@ -103,17 +109,12 @@ class FusedCoupling(Transform):
         self, x_a: torch.Tensor, label: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         h = F.conv2d(x_a, self.weight0, self.bias0, padding=self.paddings[0])
-        h = F.relu(self._class_bias(h, 0, label))
+        h = F.relu(add_class_bias(h, self.class_bias, 0, label))
         h = F.conv2d(h, self.weight1, self.bias1, padding=self.paddings[1])
-        h = F.relu(self._class_bias(h, 1, label))
+        h = F.relu(add_class_bias(h, self.class_bias, 1, label))
         h = F.conv2d(h, self.weight2, self.bias2, padding=self.paddings[2])
         shift, raw = h.chunk(2, dim=1)
         return shift, self.floor + (1.0 - self.floor) * torch.sigmoid(raw + 2.0)
-
-    def _class_bias(self, h: torch.Tensor, layer: int, label: torch.Tensor | None) -> torch.Tensor:
-        if self.class_bias is None:
-            return h
-        return h + class_rows(self.class_bias[layer], label)[:, :, None, None]
 
     def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         x_a, x_b = x[:, : self.split], x[:, self.split :]

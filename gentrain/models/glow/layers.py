@@ -168,16 +168,22 @@ class CouplingNet(nn.Module):
 
     def forward(self, x: torch.Tensor, label: torch.Tensor | None = None) -> torch.Tensor:
         h = self.norm1(self.conv1(x))[0]  # ActNorm's log-det is not needed here
-        h = F.relu(self._class_bias(h, 0, label))
+        h = F.relu(add_class_bias(h, self.class_bias, 0, label))
         h = self.norm2(self.conv2(h))[0]
-        return self.out(F.relu(self._class_bias(h, 1, label)))
+        return self.out(F.relu(add_class_bias(h, self.class_bias, 1, label)))
 
-    def _class_bias(self, h: torch.Tensor, layer: int, label: torch.Tensor | None) -> torch.Tensor:
-        if self.class_bias is None:
-            return h
-        if label is None:
-            raise ValueError("a coupling with class couplings needs the class label")
-        return h + class_rows(self.class_bias[layer], label)[:, :, None, None]
+
+def add_class_bias(
+    h: torch.Tensor, class_bias: torch.Tensor | None, layer: int, label: torch.Tensor | None
+) -> torch.Tensor:
+    """A coupling network's hidden layer `layer` plus its class's bias (class
+    couplings: `class_bias` (2, K, hidden)); h as it is without them. Shared
+    by CouplingNet and the exported FusedCoupling."""
+    if class_bias is None:
+        return h
+    if label is None:
+        raise ValueError("a coupling with class couplings needs the class label")
+    return h + class_rows(class_bias[layer], label)[:, :, None, None]
 
 
 # The least scale s an affine coupling can take (docs/training-safety.md). Without
