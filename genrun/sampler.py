@@ -75,7 +75,7 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        manifest = engine.manifest or engine.require_manifest("sampling")  # raises
+        manifest = engine.require_manifest("sampling")
         what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
         if manifest.role not in SAMPLING_ROLES or PIXELS not in _outputs(engine):
             raise UserError(
