@@ -68,7 +68,8 @@ class RealNVP(MultiScaleFlow):
     label = "RealNVP"
     description = "RealNVP (Dinh et al. 2017); reports test bits/dim"
     # Measured on the digits at equal CPU time (1 minute): 3e-3 beat 1e-3 and
-    # 2e-3, for batch norm too; Glow's other settings. Its 40 epochs were Glow's (Glow now trains 60), untested.
+    # 2e-3, for batch norm too; Glow's other settings. Its 40 epochs were Glow's
+    # (Glow now trains 60), untested.
     train_defaults: ClassVar = {
         "optimizer": "adam",
         "lr": 3e-3,
