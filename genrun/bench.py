@@ -164,7 +164,7 @@ def bench_table(engine: Engine, rows: list[BenchRow]) -> list[str]:
         if manifest is None
         else f"{manifest.family} {manifest.role} ({manifest.precision})"
     )
-    runtime = " (openvino)" if engine.backend == "openvino" else ""
+    runtime = " (openvino)" if reduced else ""
     lines = [f"{what} on {engine.provider}{runtime}, {engine.threads} threads"]
     plan = None if manifest is None else manifest.precision_plan
     if plan is not None:

@@ -7,7 +7,7 @@ fit FAMILY` (--field-name, or `flag`): its default and help live here only."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, field
+from dataclasses import asdict, field, fields
 from typing import Any, TypeVar
 
 from genrun.errors import UserError
@@ -49,15 +49,20 @@ def option(
     flag: str | None = None,
     from_data: str | None = None,
     conditional_default: Any = None,
+    conditional_only: bool = False,
 ) -> Any:
     """A dataclass field that the CLI offers as an option with `help`.
     `from_data` names a `DataSplit` attribute that gives the default when the
     option is not passed (the flows' n_bits: the data's own bit depth).
     `conditional_default` (if not None) is a new --conditional run's default;
-    `default` stays what a stored config without the field means."""
-    metadata = {"help": help, "flag": flag, "from_data": from_data}
+    `default` stays what a stored config without the field means.
+    `conditional_only`: set (truthy) only in a --conditional model's config
+    (`ModelConfig.check_classes` refuses it elsewhere)."""
+    metadata: dict[str, Any] = {"help": help, "flag": flag, "from_data": from_data}
     if conditional_default is not None:
         metadata["conditional_default"] = conditional_default
+    if conditional_only:
+        metadata["conditional_only"] = True
     return field(default=default, metadata=metadata)
 
 
@@ -79,6 +84,7 @@ def class_weight_option() -> Any:
         0.0,
         "Conditional flows: weight of the generative classifier's -log2 p(y|x) (bits per "
         "image) added to the bits/dim loss (openai/glow's weight_y; 0: p(x|y) alone).",
+        conditional_only=True,
     )
 
 
@@ -106,16 +112,16 @@ class ModelConfig:
         self.class_names = tuple(str(n) for n in self.class_names)
         count = len(self.class_counts)
         if not self.conditional:
-            if (
-                count
-                or self.class_names
-                or getattr(self, "class_weight", 0)
-                or getattr(self, "class_couplings", False)
-                or getattr(self, "class_actnorm", False)
-            ):
+            given = [name for name in ("class_counts", "class_names") if getattr(self, name)]
+            given += [
+                "--" + f.name.replace("_", "-")
+                for f in fields(self)
+                if f.metadata.get("conditional_only") and getattr(self, f.name)
+            ]
+            if given:
                 raise UserError(
-                    "class_counts, class_names, --class-weight, --class-couplings and "
-                    "--class-actnorm are for --conditional models"
+                    f"{', '.join(given)}: these are for --conditional models only; add "
+                    "--conditional (labelled data) or drop them"
                 )
             return
         if not 2 <= count <= MAX_CLASSES:

@@ -57,9 +57,9 @@ class MultiScaleFlow(GenerativeModel):
 
     @property
     def levels_take_label(self) -> bool:
-        """Whether the levels themselves depend on the class (not only the priors)."""
-        inside = ("class_couplings", "class_actnorm")  # Glow's; absent elsewhere
-        return bool(self.num_classes) and any(getattr(self.config, f, False) for f in inside)
+        """Whether the levels themselves depend on the class, not only the
+        priors (a family whose levels can take it says when: Glow)."""
+        return False
 
     def stack_levels(self, count: int, make: Callable[[int, tuple[int, int], bool], nn.Module]):
         """`self.levels` from `make(channels, (height, width), top)`: each level

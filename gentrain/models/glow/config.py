@@ -35,6 +35,7 @@ class GlowConfig(ModelConfig):
         "Conditional Glow: the label also enters every coupling network (learned biases per "
         "class on its hidden layers), not only the prior (default: on with --conditional).",
         conditional_default=True,
+        conditional_only=True,
     )
     # Off by default: on MNIST it lowered bits/dim but also the classifier's
     # accuracy and the samples' class agreement (docs/conditional.md).
@@ -42,6 +43,7 @@ class GlowConfig(ModelConfig):
         False,
         "Conditional Glow: each flow step's ActNorm also takes a learned shift and log-scale "
         "per class and channel.",
+        conditional_only=True,
     )
     class_counts: tuple[int, ...] = ()  # training images per class (from the data)
     class_names: tuple[str, ...] = ()  # by label index, where the data names them

@@ -71,6 +71,12 @@ class Glow(MultiScaleFlow):
     config_class = GlowConfig
     default_temperature = 0.7  # as in the Glow paper's samples
 
+    @property
+    def levels_take_label(self) -> bool:
+        """Class couplings and class ActNorm put the label inside the levels."""
+        config = self.config
+        return bool(self.num_classes) and (config.class_couplings or config.class_actnorm)
+
     def __init__(self, config: GlowConfig) -> None:
         super().__init__(config)
         self.stack_levels(config.levels, lambda c, hw, top: GlowLevel(c, hw, config, top))
