@@ -34,7 +34,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from genrun.builtin import resolve
 from genrun.engine import load
 from genrun.images import save_grid
 from genrun.readers import load_data
@@ -104,14 +103,14 @@ def predict(model: SmallCNN, images: np.ndarray) -> np.ndarray:
 def measure(name: str, spec: str) -> dict:
     data = load_data(spec)
     classes = len(data.class_counts())
-    marginal = Scorer(load(resolve(f"builtin:{name}", "density")))
+    marginal = Scorer(load(f"builtin:{name}", role="density"))
     made = marginal.engine.manifest.provenance
     started = time.perf_counter()
     picked = marginal.classify(data.test.images).argmax(1)
     classify_s = time.perf_counter() - started
     cnn, cnn_s = train_cnn(data.train.images, data.train.labels, classes)
     cnn_accuracy = float((predict(cnn, data.test.images) == data.test.labels).mean())
-    sampler = Sampler(load(resolve(f"builtin:{name}", "generate")))
+    sampler = Sampler(load(f"builtin:{name}", role="generate"))
     drawn_for = np.repeat(np.arange(classes), SAMPLES_PER_CLASS)
 
     def draw(seed: int) -> np.ndarray:

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-# `load` is genrun.engine.load that also takes builtin:NAME.GRAPH (genrun/builtin.py).
-_LAZY = {"load": "builtin", "Engine": "engine", "Sampler": "sampler", "Scorer": "scorer"}
+_LAZY = {"load": "engine", "Engine": "engine", "Sampler": "sampler", "Scorer": "scorer"}
 __all__ = list(_LAZY)
 
 

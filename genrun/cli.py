@@ -11,7 +11,6 @@ genrun info --engine runs/demo/demo.generate.onnx
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -20,17 +19,17 @@ import numpy as np
 import typer
 
 from .bench import bench, bench_table
-from .builtin import builtin_table, resolve
+from .builtin import builtin_table
 from .class_table import ClassTable
 from .describe import describe
 from .engine import PROVIDERS, load
 from .errors import UserError, run_cli
-from .labels import check_label_options, class_words, classes_for, image_labels
+from .labels import check_label_options, class_words, image_labels
 from .manifest import DENSITY, GENERATE
-from .nonfinite import check_policy
-from .outputs import SampleOutput, check_writable, is_stdout, write_csv
+from .nonfinite import NonFinite
+from .outputs import check_writable, is_stdout, write_csv, write_samples
 from .readers import DATA_SPECS_HELP
-from .sampler import SampleBatches, Sampler
+from .sampler import draw
 from .score_inputs import images_to_score
 from .score_table import ScoreTable
 from .scorer import Scorer, Scores
@@ -125,48 +124,29 @@ def sample_command(
 ) -> None:
     """Draw uint8 samples from a generate or decode engine (glow, vae, ...); of
     a class with --label where the engine is conditional."""
-    engine = resolve(engine, GENERATE)
-    sampler = Sampler(load(engine, provider, cuda_graphs=cuda_graphs))
-    classes = None if label is None else classes_for(sampler.engine.manifest, label)
-    # Checks the arguments and the output before anything is sampled or written.
-    if classes is not None and len(classes) > 1:  # --label all: N per class, a row each
-        batches = sampler.batches_by_class(
-            n, classes, temperature, seed, batch, fixed_levels, nonfinite
-        )
-    else:
-        one = None if classes is None else classes[0]
-        batches = sampler.batches(n, temperature, seed, batch, fixed_levels, nonfinite, label=one)
-    total, rows = batches.n, len(classes or [None])
-    row_shape = tuple(sampler.engine.manifest.data_shape)
-    nrow = n if rows > 1 else None
-    output = SampleOutput(out, total, row_shape, counted_at_end=nonfinite == "drop", nrow=nrow)
-    if ray or ray_address or output.kind == "parquet":  # the same samples, made by Ray actors
-        if nonfinite != "error" or rows > 1:
-            raise UserError(
-                f"--nonfinite {nonfinite} and --label all are not supported with Ray yet (its "
-                "actors refuse non-finite samples); drop --ray, or sample one --label at a "
-                "time with the default --nonfinite error"
-            )
+    loaded = load(engine, provider, cuda_graphs=cuda_graphs, role=GENERATE)
+    # Lazy: the arguments are checked now, and the output before anything is drawn.
+    batches = draw(loaded, n, temperature, seed, batch, fixed_levels, nonfinite, label)
+    if ray or ray_address or out.suffix.lower() == ".parquet":  # Ray shards: parquet
         from .ray_cluster import cli_samples
 
-        chunks = cli_samples(
-            engine, out, output.kind, ray_address, actors=actors, provider=provider, n=n,
-            temperature=temperature, seed=seed, batch_size=batch, fixed_levels=fixed_levels,
-            label=None if classes is None else classes[0],
+        output = cli_samples(
+            batches, out, ray_address, engine=loaded.path, n=n, temperature=temperature,
+            seed=seed, batch_size=batch, fixed_levels=fixed_levels, actors=actors,
+            provider=provider,
         )  # fmt: skip
-        if chunks is None:  # written as parquet shards
+        if output is None:
             typer.echo(f"{n} samples (Ray, T = {temperature:g}, seed {seed}) -> {out}")
             return
-        batches = SampleBatches.of_finite(chunks, n)
-    # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
-    calls = rows * math.ceil(n / batch)
-    with typer.progressbar(batches, length=calls, file=sys.stderr) as progress:
-        output.write(progress, batches.summary)
-    written = total - (batches.nonfinite if nonfinite == "drop" else 0)
-    of = "" if classes is None else class_words(sampler.engine.manifest, classes, n)
+    else:
+        # A bar on a terminal's stderr; click draws nothing when stderr is not a tty.
+        with typer.progressbar(length=batches.calls, file=sys.stderr) as bar:
+            output = write_samples(out, batches, bar.update)
+    written = batches.n - (batches.nonfinite if batches.policy == "drop" else 0)
+    classes = batches.classes
+    of = "" if classes is None else class_words(loaded.manifest, classes, n)
     typer.echo(
-        f"{written} samples{of} ({sampler.engine.provider}, T = {temperature:g}, seed {seed}) "
-        f"-> {out}",
+        f"{written} samples{of} ({loaded.provider}, T = {temperature:g}, seed {seed}) -> {out}",
         err=output.to_stdout,
     )
     if batches.nonfinite:
@@ -247,9 +227,8 @@ def likelihood_command(
     --label-from, or the marginal P(x) with --marginal."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
-    check_policy(nonfinite)
-    engine = resolve(engine, DENSITY)
-    scorer = Scorer(load(engine, provider))
+    NonFinite(nonfinite)  # a one-line error for a policy that is none
+    scorer = Scorer(load(engine, provider, role=DENSITY))
     check_label_options(scorer, label_from, marginal, data)
     expected = tuple(scorer.engine.manifest.data_shape)
     if out is not None:
@@ -264,7 +243,7 @@ def likelihood_command(
             from .ray_cluster import cli_scores
 
             return cli_scores(
-                engine, images, ray_address, iw_samples=iw_samples, seed=seed,
+                scorer.engine.path, images, ray_address, iw_samples=iw_samples, seed=seed,
                 batch_size=batch, actors=actors, provider=provider, labels=labels,
             )  # fmt: skip
         return scorer.score(images, score, iw_samples, seed, batch, m, labels=labels)
@@ -314,7 +293,7 @@ def classify_command(
     every class; with labelled --data, its accuracy."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to classify")
-    scorer = Scorer(load(resolve(engine, DENSITY), provider))
+    scorer = Scorer(load(engine, provider, role=DENSITY))
     expected = tuple(scorer.engine.manifest.data_shape)
     if out is not None:
         check_writable(out)
@@ -350,7 +329,7 @@ def bench_command(
     """Samples/s, per-call latency (p50/p90/p99), achieved GFLOP/s and its share
     of the machine's measured float32 matmul peak at each batch size, after a
     warm-up, on random inputs of the engine's shapes (medians of the calls)."""
-    loaded = load(resolve(engine), provider, cuda_graphs=cuda_graphs)
+    loaded = load(engine, provider, cuda_graphs=cuda_graphs)
     try:
         batch_sizes = [int(size) for size in batch.split(",")]
     except ValueError:
@@ -364,7 +343,7 @@ def bench_command(
 @app.command("info")
 def info_command(engine: EngineOption, provider: ProviderOption = "auto") -> None:
     """The engine's model, tensors, provenance and the providers present."""
-    loaded = load(resolve(engine), provider)
+    loaded = load(engine, provider)
     for line in describe(loaded.path, loaded.manifest, loaded):
         typer.echo(line)
 

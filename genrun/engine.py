@@ -5,6 +5,8 @@ stack trace), having held the manifest to the graph the runtime reports at
 load (`check_graph`). `load` picks the backend by the file's suffix
 (genrun/backends/: a loader and a runner per runtime); everything above it
 (Sampler, Scorer, the CLI) sees only `Engine.run(**numpy inputs) -> outputs`.
+`load` also opens the engines that ship with the runtime (`builtin:NAME`,
+genrun/builtin/; their catalogue is genrun/builtin.py).
 
 A foreign ONNX file (no vaeflow manifest) still loads when its inputs are
 unambiguous, each a float or uint8 tensor with one dynamic leading (batch)
@@ -24,7 +26,7 @@ from .backends import BACKENDS
 from .backends.base import LoadOptions, Runner
 from .backends.onnxruntime import PROVIDERS, available_providers, session_options
 from .errors import UserError
-from .manifest import BATCH, METADATA_KEY, Manifest, TensorSpec
+from .manifest import BATCH, DENSITY, GENERATE, Manifest, TensorSpec
 
 __all__ = [
     "BATCH",
@@ -100,20 +102,12 @@ class Engine:
     def role(self) -> str | None:
         return self.manifest and self.manifest.role
 
-    def require_manifest(self, purpose: str) -> Manifest:
-        """The manifest, or a UserError saying that `purpose` needs it."""
-        if self.manifest is None:
-            raise UserError(
-                f"{self.path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}), which "
-                f"{purpose} needs (family, role, data and latent shapes, pixel mapping); "
-                "re-export the model with `genexport onnx CKPT`"
-            )
-        return self.manifest
-
     def run(self, **inputs: np.ndarray | float) -> dict[str, np.ndarray]:
         """Run the graph on named inputs; returns every output by name. Inputs
         are checked against the manifest (names, dtypes, shapes, one batch
         size); float inputs are converted to float32, uint8 ones must be uint8."""
+        if self.runner.closed:
+            raise UserError(f"{self.path} was closed; load it again to run it")
         specs = {spec.name: spec for spec in self.inputs}
         unknown = sorted(set(inputs) - specs.keys())
         if unknown:
@@ -176,21 +170,58 @@ def load(
     threads: int | None = None,
     spin: bool = True,
     cuda_graphs: bool = False,
+    role: str | None = None,
 ) -> Engine:
     """Open an engine file with the backend of its suffix (genrun/backends/).
     `.onnx`: ONNX Runtime on `provider` ("auto", "cpu", "cuda" or "tensorrt";
     "auto" takes the best one that loads, see `Engine.provider`) with
     `threads` intra-op CPU threads (default: `default_threads()`); `spin` see
     `session_options`. `.plan`: TensorRT (provider "auto" or "tensorrt"),
-    replaying one CUDA graph per batch size with `cuda_graphs`. Close the
+    replaying one CUDA graph per batch size with `cuda_graphs`. `path` may
+    name a shipped engine, `builtin:NAME.GRAPH`, or with `role` ("generate"
+    or "density") `builtin:NAME`, the model's file for that role. Close the
     engine (or use it in a `with` block) to free what it holds at once."""
-    path = Path(path)
+    path = locate(path, role)
     threads = default_threads() if threads is None else threads
     if not isinstance(threads, int) or threads < 1:
         raise UserError(f"threads must be a whole number >= 1, got {threads!r}")
     backend = import_module(f"genrun.backends.{BACKENDS.get(path.suffix, 'onnxruntime')}")
     options = LoadOptions(provider, threads, spin, cuda_graphs)
     return Engine(backend.load(path, options), path, threads)
+
+
+BUILTIN_DIR = Path(__file__).parent / "builtin"
+BUILTIN = "builtin:"
+# The file a role is served from, in order of preference.
+BUILTIN_FILES = {GENERATE: ("generate",), DENSITY: ("marginal", "density")}
+
+
+def builtin_names() -> list[str]:
+    """The shipped models, by name."""
+    return sorted({path.name.split(".")[0] for path in BUILTIN_DIR.glob("*.onnx")})
+
+
+def locate(engine: str | Path, role: str | None = None) -> Path:
+    """`builtin:NAME` (or `builtin:NAME.GRAPH`) -> the shipped file that
+    serves `role` ("generate" or "density"); any other path as it is."""
+    if not str(engine).startswith(BUILTIN):
+        return Path(engine)
+    name, _, graph = str(engine)[len(BUILTIN) :].partition(".")
+    shipped = builtin_names()
+    if name not in shipped:
+        have = ", ".join(f"{BUILTIN}{n}" for n in shipped) or "none"
+        raise UserError(f"no builtin engine {name!r}; the runtime ships: {have} (genrun models)")
+    graphs = [graph] if graph else list(BUILTIN_FILES.get(role or "", ()))
+    for candidate in graphs:
+        path = BUILTIN_DIR / f"{name}.{candidate}.onnx"
+        if path.is_file():
+            return path
+    have = [p.name.split(".")[1] for p in sorted(BUILTIN_DIR.glob(f"{name}.*.onnx"))]
+    choices = ", ".join(f"{BUILTIN}{name}.{g}" for g in have)
+    if not graph and role is None:
+        raise UserError(f"{BUILTIN}{name} names a model; load one of its engines: {choices}")
+    want = f"'{graph}'" if graph else f"a {role} engine"
+    raise UserError(f"{BUILTIN}{name} has no {want}; it ships: {choices}")
 
 
 def default_threads() -> int:

@@ -167,6 +167,16 @@ LABEL = "label"  # class labels int64 (N,) of a conditional engine
 CLASS_LOG_LIKELIHOOD = "class_log_likelihood"  # log P(x|y) (N, K) (marginal density)
 
 
+def missing_manifest(path: object, purpose: str) -> str:
+    """The refusal of a graph without a manifest (a foreign ONNX file) for a
+    `purpose` that needs one, such as "sampling"."""
+    return (
+        f"{path} holds no vaeflow manifest (metadata key {METADATA_KEY!r}), which {purpose} "
+        "needs (family, role, data and latent shapes, pixel mapping); re-export the model "
+        "with `genexport onnx CKPT`"
+    )
+
+
 def noise_name(i: int) -> str:
     """Input i of the per-level (flows) or per-group (hvae) noise of generate."""
     return f"noise_{i}"

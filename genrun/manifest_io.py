@@ -83,7 +83,12 @@ def from_values(values: Any, source: str = "the manifest") -> Manifest:
     expected = ", ".join(f.name for f in fields(Manifest))
     fix = f"re-export the engine (a version {MANIFEST_VERSION} manifest has: {expected})"
     malformed = f"{source} holds a malformed manifest"
-    return parse(Manifest, values, malformed, fix, check=_check_values)
+    manifest = parse(Manifest, values, malformed, fix)
+    try:  # what types alone do not say
+        _check_values(manifest)
+    except Malformed as err:
+        raise UserError(f"{malformed}: {err}; {fix}") from None
+    return manifest
 
 
 DTYPES = ("float32", "float16", "uint8", "int64")

@@ -1,6 +1,6 @@
 """What a sample or a score holding NaN or inf becomes: one policy, named
-once, for `genrun sample` (Sampler.batches) and `genrun likelihood` (the
-score rows).
+once, for `genrun sample` (Sampler.batches, which finds the rows) and
+`genrun likelihood` (the score rows).
 
 - "error": count them all, then refuse (exit 2, nothing written);
 - "drop": leave them out (counted, and said);
@@ -11,29 +11,28 @@ score rows).
 from __future__ import annotations
 
 import math
-
-import numpy as np
+from enum import Enum
 
 from .errors import UserError
 
-NONFINITE = ("error", "drop", "keep")
 
+class NonFinite(str, Enum):
+    """The policy, by name: `NonFinite("drop")` is NonFinite.DROP, and a name
+    that is none of them is a one-line UserError (enum's `_missing_`)."""
 
-def check_policy(policy: str) -> str:
-    """`policy` if it is one of NONFINITE, else a one-line UserError."""
-    if policy not in NONFINITE:
-        raise UserError(
-            f"unknown --nonfinite {policy!r}; nonfinite must be one of: {', '.join(NONFINITE)}"
-        )
-    return policy
+    ERROR = "error"
+    DROP = "drop"
+    KEEP = "keep"
 
+    def __str__(self) -> str:  # "drop", not "NonFinite.DROP", in messages (enum.StrEnum is 3.11+)
+        return self.value
 
-def nonfinite_rows(values: np.ndarray | None, rows: int) -> np.ndarray:
-    """Per row of a batch: True where any value is NaN or inf (all False
-    when there is nothing to check: no float output)."""
-    if values is None or not np.issubdtype(values.dtype, np.floating):
-        return np.zeros(rows, bool)
-    return ~np.isfinite(values.reshape(len(values), -1)).all(axis=1)
+    __format__ = str.__format__
+
+    @classmethod
+    def _missing_(cls, value: object) -> NonFinite:
+        choices = ", ".join(policy.value for policy in cls)
+        raise UserError(f"unknown --nonfinite {value!r}; nonfinite must be one of: {choices}")
 
 
 def score_rows(rows: list[tuple], policy: str, score: str) -> tuple[list[tuple], int]:

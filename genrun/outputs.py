@@ -13,8 +13,9 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
@@ -23,6 +24,11 @@ from .atomic import atomic_folder, is_stream, target_folder, write_atomic
 from .errors import UserError
 from .images import save_grid, write_npz_stream
 from .manifest import IMAGES
+
+if TYPE_CHECKING:
+    from .sampler import SampleBatches
+
+Progress = Callable[[int], object] | None  # called with 1 after each batch (a progress bar)
 
 # A grid is built in memory and one PNG; beyond this many tiles it is neither
 # viewable nor small, so larger runs go to an .npz or a folder (both stream).
@@ -44,6 +50,14 @@ def sample_kind(out: Path) -> str:
             f"--out {out}: use a .png grid, an .npz file, a folder or (with --ray) DIR.parquet"
         )
     return "dir"
+
+
+def write_samples(out: Path, batches: SampleBatches, progress: Progress = None) -> SampleOutput:
+    """Check `out` for the samples (`SampleOutput`), then draw and write them:
+    the batches are lazy, so a bad --out costs no sampling."""
+    output = SampleOutput.of(out, batches)
+    output.write(batches, progress)
+    return output
 
 
 class SampleOutput:
@@ -75,6 +89,13 @@ class SampleOutput:
             self._check_space()
         self.to_stdout = is_stdout(out)  # the summary then goes to stderr
 
+    @classmethod
+    def of(cls, out: Path, batches: SampleBatches) -> SampleOutput:
+        """Where `batches` go: one grid row per class when they hold several."""
+        rows = len(batches.classes or [None])
+        nrow = batches.n // rows if rows > 1 else None
+        return cls(out, batches.n, batches.shape, batches.policy == "drop", nrow)
+
     def _check_space(self) -> None:
         """An npz's size is known before the first sample: refuse one the
         disk cannot hold (spooled, the rows are on disk twice at the end)."""
@@ -91,22 +112,31 @@ class SampleOutput:
                 "stream them (--out /dev/stdout)"
             )
 
-    def write(self, batches: Iterable[np.ndarray], why_empty: Callable[[], str]) -> None:
-        """Write the sample batches; a grid with no sample left (all dropped)
-        says `why_empty()`."""
+    def write(self, batches: SampleBatches, progress: Progress = None) -> None:
+        """Draw and write the sample batches; a grid with no sample left (all
+        dropped) is a UserError saying why."""
         out, kind = self.out, self.kind
+        if kind == "png":
+            kept = batches.collect(progress)
+            if not len(kept):
+                raise UserError(f"{batches.summary()}: no sample left to write to {out}")
+            writing(out, lambda: save_grid(kept, out, nrow=self.nrow))
+            return
+        counted = _counted(batches, progress)
         if kind == "dir":
-            _write_dir(out, batches)
-        elif kind == "npz" and self.counted_at_end:
-            writing(out, lambda: _write_npz_spooled(out, batches, self.row_shape))
-        elif kind == "npz":
-            shape = (self.n, *self.row_shape)
-            writing(out, lambda: write_npz_stream(out, IMAGES, batches, shape))
+            _write_dir(out, counted)
+        elif self.counted_at_end:
+            writing(out, lambda: _write_npz_spooled(out, counted, self.row_shape))
         else:
-            kept = list(batches)
-            if not kept:
-                raise UserError(f"{why_empty()}: no sample left to write to {out}")
-            writing(out, lambda: save_grid(np.concatenate(kept), out, nrow=self.nrow))
+            shape = (self.n, *self.row_shape)
+            writing(out, lambda: write_npz_stream(out, IMAGES, counted, shape))
+
+
+def _counted(batches: Iterable[np.ndarray], progress: Progress) -> Iterator[np.ndarray]:
+    for batch in batches:
+        yield batch
+        if progress is not None:
+            progress(1)
 
 
 def check_writable(out: Path) -> None:

@@ -28,8 +28,10 @@ import numpy as np
 from .engine import load
 from .errors import UserError
 from .manifest import BITS_PER_DIM, IMAGES, PIXELS
+from .nonfinite import NonFinite
+from .outputs import SampleOutput, check_writable
 from .readers import read_image_files
-from .sampler import BLOCK, Sampler, check_count
+from .sampler import BLOCK, SampleBatches, Sampler, check_count
 from .scorer import Scorer, Scores
 
 RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run in one process)"
@@ -252,16 +254,28 @@ def score(
 
 
 def cli_samples(
-    engine: Path, out: Path, kind: str, address: str | None, **options: Any
-) -> Iterator[np.ndarray] | None:
-    """`genrun sample --ray`: on the Ray at `address` (see `start`), a
-    parquet `out` written as shards (returns None), else the samples as
-    chunks in index order for the caller to write."""
+    batches: SampleBatches, out: Path, address: str | None, **options: Any
+) -> SampleOutput | None:
+    """`genrun sample --ray`: the samples of `batches` (as `sampler.draw` made
+    them from `options`: engine, n, temperature, ...) from Ray actors on the
+    Ray at `address` (see `start`): a parquet `out` written as shards (returns
+    None), else checked first and written as one process writes them."""
+    if batches.policy != NonFinite.ERROR or len(batches.classes or []) > 1:
+        raise UserError(
+            f"--nonfinite {batches.policy} and --label all are not supported with Ray yet (its "
+            "actors refuse non-finite samples); drop --ray, or sample one --label at a "
+            "time with the default --nonfinite error"
+        )
+    label = None if batches.classes is None else batches.classes[0]
+    if out.suffix.lower() == ".parquet":
+        check_writable(out)
+        start(address)
+        write_parquet(sample_dataset(**options, label=label), out)
+        return None
+    output = SampleOutput.of(out, batches)
     start(address)
-    if kind != "parquet":
-        return sample_batches(engine, **options)
-    write_parquet(sample_dataset(engine, **options), out)
-    return None
+    output.write(batches.of_finite(sample_batches(**options, label=label)))
+    return output
 
 
 def cli_scores(

@@ -9,15 +9,16 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
 from .engine import Engine
 from .errors import UserError
-from .manifest import IMAGES, LABEL, PIXELS, SAMPLING_ROLES, TEMPERATURE
-from .nonfinite import check_policy, nonfinite_rows
+from .labels import classes_for
+from .manifest import IMAGES, LABEL, PIXELS, SAMPLING_ROLES, TEMPERATURE, missing_manifest
+from .nonfinite import NonFinite
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
 
@@ -75,7 +76,9 @@ class Sampler:
     and the "pixels" output is the sample."""
 
     def __init__(self, engine: Engine):
-        manifest = engine.require_manifest("sampling")
+        manifest = engine.manifest
+        if manifest is None:  # a foreign graph: nothing says which inputs are noise
+            raise UserError(missing_manifest(engine.path, "sampling"))
         what = f"{engine.path} is a {manifest.family} {manifest.role} engine"
         if manifest.role not in SAMPLING_ROLES or PIXELS not in _outputs(engine):
             raise UserError(
@@ -131,12 +134,7 @@ class Sampler:
         batches = self.batches(
             n, temperature, seed, batch_size, fixed_levels, nonfinite, label=label
         )
-        out = np.empty((n, *self.engine.manifest.data_shape), np.uint8)
-        start = 0
-        for batch in batches:
-            out[start : start + len(batch)] = batch
-            start += len(batch)
-        return out[:start]
+        return batches.collect()
 
     def batches(
         self,
@@ -145,7 +143,7 @@ class Sampler:
         seed: int = 0,
         batch_size: int = 256,
         fixed_levels: int = 0,
-        nonfinite: str = "error",
+        nonfinite: str | NonFinite = "error",
         first: int = 0,
         label: int | np.ndarray | None = None,
     ) -> SampleBatches:
@@ -167,7 +165,7 @@ class Sampler:
         check_count("batch size", batch_size)
         if not isinstance(first, (int, np.integer)) or not 0 <= first <= n:
             raise UserError(f"first must be a whole number in [0, n], got {first!r}")
-        check_policy(nonfinite)
+        policy = NonFinite(nonfinite)
         scale = self._checked_temperature(temperature)
         levels = len(self.noise_inputs)
         if (
@@ -184,7 +182,8 @@ class Sampler:
         pipeline = self._batches(
             n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first, labels
         )
-        return SampleBatches(pipeline, n - first, nonfinite)
+        shape, calls = tuple(self.engine.manifest.data_shape), math.ceil((n - first) / batch_size)
+        return SampleBatches(pipeline, n - first, policy, shape, calls)
 
     def batches_by_class(
         self,
@@ -212,7 +211,8 @@ class Sampler:
                 for start, pixels, bad in part._pipeline:
                     yield row * n + start, pixels, bad
 
-        return SampleBatches(pipeline(), n * len(classes), nonfinite)
+        calls = sum(part.calls for part in parts)
+        return SampleBatches(pipeline(), n * len(classes), parts[0].policy, parts[0].shape, calls)
 
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
@@ -288,28 +288,65 @@ class Sampler:
         if labels is not None:
             feeds[LABEL] = labels
         outputs = self.engine.run(**feeds)
-        pixels = outputs[PIXELS]
-        return pixels, nonfinite_rows(outputs.get(IMAGES), len(pixels))
+        pixels, images = outputs[PIXELS], outputs.get(IMAGES)
+        if images is None or not np.issubdtype(images.dtype, np.floating):
+            return pixels, np.zeros(len(pixels), bool)  # nothing to check: no float output
+        return pixels, ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
+
+
+def draw(
+    engine: Engine,
+    n: int,
+    temperature: float = 0.7,
+    seed: int = 0,
+    batch_size: int = 256,
+    fixed_levels: int = 0,
+    nonfinite: str | NonFinite = "error",
+    label: str | None = None,
+) -> SampleBatches:
+    """`genrun sample`'s batches, as users name classes: `label` a class name
+    or index for every sample, or 'all' for n samples of each class, class
+    after class with the same noise (a grid row each); None: class i mod K.
+    The batches' `classes` says which were drawn."""
+    sampler = Sampler(engine)
+    classes = None if label is None else classes_for(engine.manifest, label)
+    options = (temperature, seed, batch_size, fixed_levels, nonfinite)
+    if classes is not None and len(classes) > 1:
+        batches = sampler.batches_by_class(n, classes, *options)
+    else:
+        batches = sampler.batches(n, *options, label=None if classes is None else classes[0])
+    batches.classes = classes
+    return batches
 
 
 class SampleBatches(Iterator[np.ndarray]):
-    """The iterator `Sampler.batches` returns: uint8 batches, and the count of
-    non-finite samples seen so far (`nonfinite`, of `produced` drawn)."""
+    """The iterator `Sampler.batches` returns: uint8 batches of images of
+    `shape`, lazily (nothing is drawn before the first is asked for), from
+    `calls` engine calls, and the count of non-finite samples seen so far
+    (`nonfinite`, of `produced` drawn). `classes`: the class of each grid row
+    (`draw` with a label), else None."""
 
     MAX_INDICES = 100  # sample indices kept for the message and the caller
 
-    def __init__(self, pipeline: Iterator[tuple[int, np.ndarray, np.ndarray]], n: int, policy: str):
-        self.n, self.policy = n, policy
+    def __init__(
+        self,
+        pipeline: Iterator[tuple[int, np.ndarray, np.ndarray]],
+        n: int,
+        policy: NonFinite,
+        shape: tuple[int, ...],
+        calls: int,
+    ):
+        self.n, self.policy, self.shape, self.calls = n, NonFinite(policy), shape, calls
+        self.classes: list[int] | None = None
         self.produced = 0  # samples drawn (kept or not)
         self.nonfinite = 0
         self.nonfinite_indices: list[int] = []
         self._pipeline = pipeline
         self._iterator = self._run(pipeline)
 
-    @classmethod
-    def of_finite(cls, chunks: Iterator[np.ndarray], n: int) -> SampleBatches:
-        """Batches already checked finite elsewhere (Ray actors refuse
-        non-finite samples themselves), counted the same way."""
+    def of_finite(self, chunks: Iterator[np.ndarray]) -> SampleBatches:
+        """The same samples as these, made elsewhere and already checked finite
+        (Ray actors refuse non-finite samples themselves), counted the same way."""
 
         def pipeline() -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
             start = 0
@@ -317,7 +354,19 @@ class SampleBatches(Iterator[np.ndarray]):
                 yield start, pixels, np.zeros(len(pixels), bool)
                 start += len(pixels)
 
-        return cls(pipeline(), n, "error")
+        return SampleBatches(pipeline(), self.n, NonFinite.ERROR, self.shape, self.calls)
+
+    def collect(self, progress: Callable[[int], object] | None = None) -> np.ndarray:
+        """Every sample as one uint8 array (n, C, H, W), filled batch by batch
+        (with "drop", the finite ones only); `progress(1)` after each batch."""
+        out = np.empty((self.n, *self.shape), np.uint8)
+        start = 0
+        for batch in self:
+            out[start : start + len(batch)] = batch
+            start += len(batch)
+            if progress is not None:
+                progress(1)
+        return out[:start]
 
     def close(self) -> None:
         """Stop early: the pipeline's worker finishes its batch and stops."""

@@ -40,6 +40,7 @@ from .manifest import (
     LOG_WEIGHT,
     OFFSET,
     TrainingScores,
+    missing_manifest,
 )
 from .ood import compressed_bits, typicality
 from .sampler import BlockNoise, _noise_inputs, _outputs, check_count
@@ -85,7 +86,8 @@ class Scorer:
     `labels`. Either classifies (`classify`)."""
 
     def __init__(self, engine: Engine):
-        engine.require_manifest("scoring")
+        if engine.manifest is None:
+            raise UserError(missing_manifest(engine.path, "scoring"))
         outputs = _outputs(engine)
         self.exact = LOG_LIKELIHOOD in outputs
         inputs = {spec.name for spec in engine.manifest.inputs}

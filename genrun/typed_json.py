@@ -13,6 +13,9 @@ union (`X | None`: the first that fits), `int` (never a bool), `float` (an
 int too: JSON writes 1.0 as 1), `str`, `bool`, `Any` (taken as it is).
 `ranges` bounds numeric top-level fields by name (each item of a list).
 A value that does not fit is one line naming the file, the field and the fix.
+What types alone do not say, each reader checks after `parse`, raising
+Malformed into the same one line (manifest_io, backends/sidecar), or the
+dataclass in its `__post_init__` (gentrain's configs).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ import dataclasses
 import numbers
 import types
 import typing
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from .errors import UserError
@@ -39,18 +42,13 @@ def parse(
     source: str,
     fix: str,
     ranges: Mapping[str, tuple[float, float]] | None = None,
-    check: Callable[[T], None] | None = None,
 ) -> T:
-    """`value` (parsed JSON) as the dataclass `kind`, then `check`ed (what
-    types alone do not say; it raises Malformed), or a one-line UserError
+    """`value` (parsed JSON) as the dataclass `kind`, or a one-line UserError
     '{source}: {field and problem}; {fix}'."""
     try:
-        built = build(kind, value, ranges=ranges)
-        if check is not None:
-            check(built)
+        return build(kind, value, ranges=ranges)
     except Malformed as err:
         raise UserError(f"{source}: {err}; {fix}") from None
-    return built
 
 
 def build(

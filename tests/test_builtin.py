@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from test_packaging import RUNTIME_ONLY, _python
 
-from genrun.builtin import BUILTIN_DIR, engines, names, resolve
+from genrun.builtin import engines
+from genrun.engine import BUILTIN_DIR, builtin_names, locate
 
 ROOT = Path(__file__).resolve().parents[1]
 MNIST_MINI = ROOT / "tests" / "data" / "mnist-mini"
@@ -62,7 +63,7 @@ def test_the_shipped_engines_sample_score_and_classify_without_torch(tmp_path) -
 
 
 def test_each_manifest_says_how_it_was_made() -> None:
-    assert set(SHIPPED) <= set(names())
+    assert set(SHIPPED) <= set(builtin_names())
     for engine in engines():
         made = engine.manifest.provenance
         assert made is not None and made.script == "scripts/builtin_engines.py"
@@ -72,7 +73,7 @@ def test_each_manifest_says_how_it_was_made() -> None:
         assert "CC BY" in made.data
         assert engine.manifest.conditional and engine.manifest.parity
     assert (BUILTIN_DIR / "README.md").is_file() and (BUILTIN_DIR / "DIGITS.md").is_file()
-    assert resolve("builtin:mnist-glow", "density").name == "mnist-glow.marginal.onnx"
+    assert locate("builtin:mnist-glow", "density").name == "mnist-glow.marginal.onnx"
 
 
 @pytest.mark.skipif(sys.version_info < (3, 11), reason="tomllib is Python 3.11's")

@@ -2,8 +2,10 @@
 options)`, then `run(feeds)` as often as wanted, then `close()`, which frees
 everything the runner holds (sessions, device buffers, pinned memory,
 streams, CUDA graphs). A runner is a context manager; closing twice is a
-no-op and running a closed runner is a UserError. This is Polygraphy's
-activate / infer / deactivate, with the loader doing the activation."""
+no-op. This is Polygraphy's activate / infer / deactivate, with the loader
+doing the activation. Runners are driven through `genrun.engine.Engine`,
+whose `run` checks the inputs and refuses a closed runner, so a runner's
+own `run` is the backend's work and nothing else."""
 
 from __future__ import annotations
 
@@ -14,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import UserError
 from ..manifest import Manifest, TensorSpec
 
 Feeds = dict[str, np.ndarray]
@@ -36,7 +37,7 @@ class LoadOptions:
 
 class Runner:
     """One engine file, opened. Subclasses set the attributes below in their
-    constructor and implement `_run` and `_close`."""
+    constructor and implement `run` and `_close`."""
 
     provider: str  # what runs the graph: "cpu", "cuda" or "tensorrt"
     path: Path
@@ -53,9 +54,7 @@ class Runner:
 
     def run(self, feeds: Feeds) -> Feeds:
         """Every output by name, as host numpy arrays the caller owns."""
-        if self.closed:
-            raise UserError(f"{self.path} was closed; load it again to run it")
-        return self._run(feeds)
+        raise NotImplementedError
 
     def close(self) -> None:
         """Free what the runner holds; later calls do nothing."""
@@ -68,9 +67,6 @@ class Runner:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
-
-    def _run(self, feeds: Feeds) -> Feeds:
-        raise NotImplementedError
 
     def _close(self) -> None:
         raise NotImplementedError

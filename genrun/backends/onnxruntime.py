@@ -370,7 +370,7 @@ class OnnxRuntimeRunner(Runner):
         self.inputs, self.outputs = manifest.inputs, manifest.outputs
         self.graph = graph_specs(session.get_inputs()), graph_specs(session.get_outputs())
 
-    def _run(self, feeds: Feeds) -> Feeds:
+    def run(self, feeds: Feeds) -> Feeds:
         names = [spec.name for spec in self.outputs]
         if not self.io_binding:
             return dict(zip(names, self.session.run(names, feeds), strict=True))

@@ -136,7 +136,7 @@ class OpenVinoRunner(Runner):
             if spec.default is not None and spec.name in self._input_port
         }
 
-    def _run(self, feeds: Feeds) -> Feeds:
+    def run(self, feeds: Feeds) -> Feeds:
         batch = len(next(iter(feeds.values())))
         filled = {
             name: np.full([batch, *map(int, spec.shape[1:])], spec.default, spec.dtype)

@@ -149,13 +149,13 @@ def _plan_info(values: Any, path: Path) -> PlanInfo:
             f"{path} has plan info version {version!r}, this vaeflow reads version "
             f"{PLAN_VERSION}; rebuild the plan with this vaeflow's `genexport tensorrt`"
         )
-    return parse(
-        PlanInfo,
-        values,
-        f"{path} holds malformed plan info",
-        "rebuild the plan",
-        check=_check_plan_info,
-    )
+    malformed, fix = f"{path} holds malformed plan info", "rebuild the plan"
+    info = parse(PlanInfo, values, malformed, fix)
+    try:  # what types alone do not say
+        _check_plan_info(info)
+    except Malformed as err:
+        raise UserError(f"{malformed}: {err}; {fix}") from None
+    return info
 
 
 def _check_plan_info(info: PlanInfo) -> None:

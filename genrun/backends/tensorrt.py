@@ -203,7 +203,7 @@ class PlanRunner(Runner):
                     "that covers it"
                 )
 
-    def _run(self, feeds: Feeds) -> Feeds:
+    def run(self, feeds: Feeds) -> Feeds:
         batch = len(next(iter(feeds.values())))
         if batch <= self.max_batch:
             return self._run_batch(feeds, batch)
