@@ -15,7 +15,7 @@ from PIL import Image
 from genrun.atomic import AtomicFile, write_atomic
 from genrun.errors import UserError
 
-__all__ = ["make_grid", "save_grid", "write_atomic", "write_npz_stream"]
+__all__ = ["make_grid", "save_grid", "write_npz_stream"]
 
 
 def make_grid(

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genrun.atomic import write_atomic
 from genrun.errors import UserError
-from genrun.images import write_atomic
 from genrun.readers import DataSplit, ImageSet, load_data
 
 from .evaluate import evaluate_images

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from genrun.images import make_grid, write_atomic
+from genrun.atomic import write_atomic
+from genrun.images import make_grid
 
 DPI = 100
 
