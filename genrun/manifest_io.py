@@ -31,7 +31,7 @@ from .manifest import (
     READABLE_VERSIONS,
     Manifest,
 )
-from .typed_json import Malformed, parse
+from .typed_json import Malformed, parse, refusal
 
 # ModelProto's field numbers (onnx.proto): metadata_props, and the
 # StringStringEntryProto's key and value.
@@ -87,7 +87,7 @@ def from_values(values: Any, source: str = "the manifest") -> Manifest:
     try:  # what types alone do not say
         _check_values(manifest)
     except Malformed as err:
-        raise UserError(f"{malformed}: {err}; {fix}") from None
+        raise refusal(malformed, err, fix) from None
     return manifest
 
 

@@ -55,29 +55,23 @@ def sample_kind(out: Path) -> str:
 def write_samples(out: Path, batches: SampleBatches, progress: Progress = None) -> SampleOutput:
     """Check `out` for the samples (`SampleOutput`), then draw and write them:
     the batches are lazy, so a bad --out costs no sampling."""
-    output = SampleOutput.of(out, batches)
+    output = SampleOutput(out, batches)
     output.write(batches, progress)
     return output
 
 
 class SampleOutput:
-    """Where `genrun sample` writes `n` uint8 images of `row_shape`, checked
-    when made, before anything is sampled: the kind (`sample_kind`), a grid
-    small enough to view, a writable folder. `counted_at_end`: non-finite
-    samples are dropped, so an npz learns its row count only at the end.
-    `nrow`: images per row of a grid (one class per row)."""
+    """Where `genrun sample` writes the samples of `batches`, checked when
+    made, before anything is drawn: the kind (`sample_kind`), a grid small
+    enough to view, a writable folder, an npz's size."""
 
-    def __init__(
-        self,
-        out: Path,
-        n: int,
-        row_shape: tuple[int, ...],
-        counted_at_end: bool,
-        nrow: int | None = None,
-    ):
-        self.out, self.n, self.row_shape = out, n, row_shape
-        self.counted_at_end = counted_at_end
-        self.nrow = nrow  # images per grid row (default: a square grid)
+    def __init__(self, out: Path, batches: SampleBatches):
+        n = batches.n
+        self.out, self.n, self.row_shape = out, n, batches.shape
+        # Non-finite samples are dropped, so an npz learns its row count only at the end.
+        self.counted_at_end = batches.policy == "drop"
+        rows = len(batches.classes or [None])  # several classes: a grid row each
+        self.nrow = n // rows if rows > 1 else None  # None: a square grid
         self.kind = sample_kind(out)
         if self.kind == "png" and n > MAX_GRID:
             raise UserError(
@@ -88,13 +82,6 @@ class SampleOutput:
         if self.kind == "npz":
             self._check_space()
         self.to_stdout = is_stdout(out)  # the summary then goes to stderr
-
-    @classmethod
-    def of(cls, out: Path, batches: SampleBatches) -> SampleOutput:
-        """Where `batches` go: one grid row per class when they hold several."""
-        rows = len(batches.classes or [None])
-        nrow = batches.n // rows if rows > 1 else None
-        return cls(out, batches.n, batches.shape, batches.policy == "drop", nrow)
 
     def _check_space(self) -> None:
         """An npz's size is known before the first sample: refuse one the

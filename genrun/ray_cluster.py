@@ -272,7 +272,7 @@ def cli_samples(
         start(address)
         write_parquet(sample_dataset(**options, label=label), out)
         return None
-    output = SampleOutput.of(out, batches)
+    output = SampleOutput(out, batches)
     start(address)
     output.write(batches.of_finite(sample_batches(**options, label=label)))
     return output

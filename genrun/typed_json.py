@@ -48,7 +48,13 @@ def parse(
     try:
         return build(kind, value, ranges=ranges)
     except Malformed as err:
-        raise UserError(f"{source}: {err}; {fix}") from None
+        raise refusal(source, err, fix) from None
+
+
+def refusal(source: str, problem: Malformed, fix: str) -> UserError:
+    """The one line for a value that does not fit: '{source}: {problem}; {fix}'
+    (`parse`'s, and a reader's for what it checks after `parse`)."""
+    return UserError(f"{source}: {problem}; {fix}")
 
 
 def build(

@@ -47,7 +47,7 @@ from typing import Any
 from ..errors import UserError
 from ..manifest import METADATA_KEY, Manifest
 from ..manifest_io import file_sha256, from_values, to_values
-from ..typed_json import Malformed, parse
+from ..typed_json import Malformed, parse, refusal
 
 PLAN_VERSION = 1
 PLAN_KEY = "vaeflow.plan"
@@ -154,7 +154,7 @@ def _plan_info(values: Any, path: Path) -> PlanInfo:
     try:  # what types alone do not say
         _check_plan_info(info)
     except Malformed as err:
-        raise UserError(f"{malformed}: {err}; {fix}") from None
+        raise refusal(malformed, err, fix) from None
     return info
 
 
