@@ -98,8 +98,8 @@ class _SampleActor(_EngineActor):
         options = {k: v for k, v in self.options.items() if k not in ("unit", "n")}
         if isinstance(options.get("label"), np.ndarray):  # one per sample: the first `stop`
             options["label"] = options["label"][:stop]
-        batches = list(self.sampler.batches(stop, first=first, **options))
-        return {"index": np.arange(first, stop), PIXELS: np.concatenate(batches)}
+        pixels = self.sampler.batches(stop, first=first, **options).collect()
+        return {"index": np.arange(first, stop), PIXELS: pixels}
 
 
 class _ScoreActor(_EngineActor):
