@@ -28,6 +28,7 @@ from .labels import check_label_options, class_words, image_labels
 from .manifest import DENSITY, GENERATE
 from .nonfinite import NonFinite
 from .outputs import check_writable, is_stdout, write_csv, write_samples
+from .ray_cluster import PARQUET, cli_samples, cli_scores
 from .readers import DATA_SPECS_HELP
 from .sampler import draw
 from .score_inputs import images_to_score
@@ -127,9 +128,7 @@ def sample_command(
     loaded = load(engine, provider, cuda_graphs=cuda_graphs, role=GENERATE)
     # Lazy: the arguments are checked now, and the output before anything is drawn.
     batches = draw(loaded, n, temperature, seed, batch, fixed_levels, nonfinite, label)
-    if ray or ray_address or out.suffix.lower() == ".parquet":  # Ray shards: parquet
-        from .ray_cluster import cli_samples
-
+    if ray or ray_address or out.suffix.lower() == PARQUET:
         output = cli_samples(
             batches, out, ray_address, engine=loaded.path, n=n, temperature=temperature,
             seed=seed, batch_size=batch, fixed_levels=fixed_levels, actors=actors,
@@ -240,8 +239,6 @@ def likelihood_command(
 
     def scored(images: np.ndarray | list[Path], labels: np.ndarray | None) -> Scores:
         if on_ray:  # the same bound from Ray actors (FILES are read there)
-            from .ray_cluster import cli_scores
-
             return cli_scores(
                 scorer.engine.path, images, ray_address, iw_samples=iw_samples, seed=seed,
                 batch_size=batch, actors=actors, provider=provider, labels=labels,

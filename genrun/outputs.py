@@ -38,9 +38,8 @@ NPZ_OVERHEAD = 4096
 
 
 def sample_kind(out: Path) -> str:
-    """'png' (a grid), 'npz', 'dir' (one PNG each) or 'parquet' (Ray shards)."""
-    if out.suffix.lower() == ".parquet":
-        return "parquet"
+    """'png' (a grid), 'npz' or 'dir' (one PNG each); DIR.parquet is Ray's
+    (genrun.ray_cluster writes its shards)."""
     if out.suffix.lower() in (".png", ".npz"):
         return out.suffix.lower()[1:]
     if is_stream(out):

@@ -39,6 +39,7 @@ RAY_MISSING = "--ray needs Ray: pip install 'vaeflow[ray]' (or drop --ray to run
 # Ray Data's own tasks (a parquet write): an actor pool that holds every CPU
 # starves them (ray-project/ray issue 44687) and the pipeline waits forever.
 ACTOR_CPUS = 0.9  # at most, per actor
+PARQUET = ".parquet"  # genrun sample --out DIR.parquet: shards written by the actors
 
 
 def _ray():
@@ -267,7 +268,7 @@ def cli_samples(
             "time with the default --nonfinite error"
         )
     label = None if batches.classes is None else batches.classes[0]
-    if out.suffix.lower() == ".parquet":
+    if out.suffix.lower() == PARQUET:
         check_writable(out)
         start(address)
         write_parquet(sample_dataset(**options, label=label), out)
