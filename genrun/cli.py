@@ -226,7 +226,7 @@ def likelihood_command(
     --label-from, or the marginal P(x) with --marginal."""
     if (data is None) == (not files):
         raise UserError("pass either image FILES or --data SPEC (one of the two) to score")
-    NonFinite(nonfinite)  # a one-line error for a policy that is none
+    nonfinite = NonFinite(nonfinite)  # before any work: a one-line error for another name
     scorer = Scorer(load(engine, provider, role=DENSITY))
     check_label_options(scorer, label_from, marginal, data)
     expected = tuple(scorer.engine.manifest.data_shape)
