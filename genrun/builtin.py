@@ -22,6 +22,7 @@ from pathlib import Path
 
 from .describe import file_size
 from .engine import BUILTIN, BUILTIN_DIR
+from .errors import UserError
 from .manifest import Manifest
 from .manifest_io import manifest_in
 
@@ -44,8 +45,11 @@ def engines() -> list[BuiltinEngine]:
     for path in sorted(BUILTIN_DIR.glob("*.onnx")):
         name, graph = path.name.split(".")[:2]
         manifest = manifest_in(path)  # the manifest only: no session is opened
-        if manifest is not None:
-            found.append(BuiltinEngine(name, graph, path, manifest))
+        if manifest is None:
+            raise UserError(
+                f"{path} holds no vaeflow manifest; the install is damaged: reinstall vaeflow"
+            )
+        found.append(BuiltinEngine(name, graph, path, manifest))
     return found
 
 

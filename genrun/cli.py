@@ -127,7 +127,10 @@ def sample_command(
     a class with --label where the engine is conditional."""
     loaded = load(engine, provider, cuda_graphs=cuda_graphs, role=GENERATE)
     # Lazy: the arguments are checked now, and the output before anything is drawn.
-    batches = draw(loaded, n, temperature, seed, batch, fixed_levels, nonfinite, label)
+    batches = draw(
+        loaded, n, label, temperature=temperature, seed=seed, batch_size=batch,
+        fixed_levels=fixed_levels, nonfinite=nonfinite,
+    )  # fmt: skip
     if ray or ray_address or out.suffix.lower() == PARQUET:
         output = cli_samples(
             batches, out, ray_address, engine=loaded.path, n=n, temperature=temperature,

@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,9 +26,7 @@ from .images import save_grid, write_npz_stream
 from .manifest import IMAGES
 
 if TYPE_CHECKING:
-    from .sampler import SampleBatches
-
-Progress = Callable[[int], object] | None  # called with 1 after each batch (a progress bar)
+    from .sampler import Progress, SampleBatches
 
 # A grid is built in memory and one PNG; beyond this many tiles it is neither
 # viewable nor small, so larger runs go to an .npz or a folder (both stream).
@@ -108,7 +106,7 @@ class SampleOutput:
                 raise UserError(f"{batches.summary()}: no sample left to write to {out}")
             writing(out, lambda: save_grid(kept, out, nrow=self.nrow))
             return
-        counted = _counted(batches, progress)
+        counted = batches.counted(progress)
         if kind == "dir":
             _write_dir(out, counted)
         elif self.counted_at_end:
@@ -116,13 +114,6 @@ class SampleOutput:
         else:
             shape = (self.n, *self.row_shape)
             writing(out, lambda: write_npz_stream(out, IMAGES, counted, shape))
-
-
-def _counted(batches: Iterable[np.ndarray], progress: Progress) -> Iterator[np.ndarray]:
-    for batch in batches:
-        yield batch
-        if progress is not None:
-            progress(1)
 
 
 def check_writable(out: Path) -> None:

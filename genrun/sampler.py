@@ -11,6 +11,7 @@ import itertools
 import math
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from .manifest import IMAGES, LABEL, PIXELS, SAMPLING_ROLES, TEMPERATURE, missin
 from .nonfinite import NonFinite
 
 BLOCK = 256  # items per noise stream: a batch of any size slices these
+Progress = Callable[[int], object] | None  # called with 1 after each batch (a progress bar)
 
 
 class BlockNoise:
@@ -183,7 +185,8 @@ class Sampler:
             n, scale, BlockNoise(seed, shapes), batch_size, fixed_levels, first, labels
         )
         shape, calls = tuple(self.engine.manifest.data_shape), math.ceil((n - first) / batch_size)
-        return SampleBatches(pipeline, n - first, policy, shape, calls)
+        one_class = None if label is None or np.ndim(label) else [int(label)]
+        return SampleBatches(pipeline, n - first, policy, shape, calls, one_class)
 
     def batches_by_class(
         self,
@@ -211,8 +214,9 @@ class Sampler:
                 for start, pixels, bad in part._pipeline:
                     yield row * n + start, pixels, bad
 
+        policy, shape = parts[0].policy, parts[0].shape
         calls = sum(part.calls for part in parts)
-        return SampleBatches(pipeline(), n * len(classes), parts[0].policy, parts[0].shape, calls)
+        return SampleBatches(pipeline(), n * len(classes), policy, shape, calls, classes)
 
     def _checked_temperature(self, temperature: float) -> np.floating:
         """The temperature in the dtype the graph computes with (the
@@ -294,29 +298,16 @@ class Sampler:
         return pixels, ~np.isfinite(images.reshape(len(images), -1)).all(axis=1)
 
 
-def draw(
-    engine: Engine,
-    n: int,
-    temperature: float = 0.7,
-    seed: int = 0,
-    batch_size: int = 256,
-    fixed_levels: int = 0,
-    nonfinite: str | NonFinite = "error",
-    label: str | None = None,
-) -> SampleBatches:
+def draw(engine: Engine, n: int, label: str | None = None, **options: Any) -> SampleBatches:
     """`genrun sample`'s batches, as users name classes: `label` a class name
     or index for every sample, or 'all' for n samples of each class, class
     after class with the same noise (a grid row each); None: class i mod K.
-    The batches' `classes` says which were drawn."""
+    `options`: those of `Sampler.batches` (temperature, seed, ...)."""
     sampler = Sampler(engine)
     classes = None if label is None else classes_for(engine.manifest, label)
-    options = (temperature, seed, batch_size, fixed_levels, nonfinite)
     if classes is not None and len(classes) > 1:
-        batches = sampler.batches_by_class(n, classes, *options)
-    else:
-        batches = sampler.batches(n, *options, label=None if classes is None else classes[0])
-    batches.classes = classes
-    return batches
+        return sampler.batches_by_class(n, classes, **options)
+    return sampler.batches(n, label=None if classes is None else classes[0], **options)
 
 
 class SampleBatches(Iterator[np.ndarray]):
@@ -324,7 +315,8 @@ class SampleBatches(Iterator[np.ndarray]):
     `shape`, lazily (nothing is drawn before the first is asked for), from
     `calls` engine calls, and the count of non-finite samples seen so far
     (`nonfinite`, of `produced` drawn). `classes`: the class of each grid row
-    (`draw` with a label), else None."""
+    where one class per row was asked for (one label, or `batches_by_class`),
+    else None."""
 
     MAX_INDICES = 100  # sample indices kept for the message and the caller
 
@@ -335,9 +327,10 @@ class SampleBatches(Iterator[np.ndarray]):
         policy: NonFinite,
         shape: tuple[int, ...],
         calls: int,
+        classes: list[int] | None = None,
     ):
-        self.n, self.policy, self.shape, self.calls = n, NonFinite(policy), shape, calls
-        self.classes: list[int] | None = None
+        self.n, self.policy, self.shape, self.calls = n, policy, shape, calls
+        self.classes = classes
         self.produced = 0  # samples drawn (kept or not)
         self.nonfinite = 0
         self.nonfinite_indices: list[int] = []
@@ -354,18 +347,25 @@ class SampleBatches(Iterator[np.ndarray]):
                 yield start, pixels, np.zeros(len(pixels), bool)
                 start += len(pixels)
 
-        return SampleBatches(pipeline(), self.n, NonFinite.ERROR, self.shape, self.calls)
+        return SampleBatches(
+            pipeline(), self.n, NonFinite.ERROR, self.shape, self.calls, self.classes
+        )
 
-    def collect(self, progress: Callable[[int], object] | None = None) -> np.ndarray:
-        """Every sample as one uint8 array (n, C, H, W), filled batch by batch
-        (with "drop", the finite ones only); `progress(1)` after each batch."""
-        out = np.empty((self.n, *self.shape), np.uint8)
-        start = 0
+    def counted(self, progress: Progress = None) -> Iterator[np.ndarray]:
+        """The batches, calling `progress(1)` after each (a progress bar's update)."""
         for batch in self:
-            out[start : start + len(batch)] = batch
-            start += len(batch)
+            yield batch
             if progress is not None:
                 progress(1)
+
+    def collect(self, progress: Progress = None) -> np.ndarray:
+        """Every sample as one uint8 array (n, C, H, W), filled batch by batch
+        (with "drop", the finite ones only)."""
+        out = np.empty((self.n, *self.shape), np.uint8)
+        start = 0
+        for batch in self.counted(progress):
+            out[start : start + len(batch)] = batch
+            start += len(batch)
         return out[:start]
 
     def close(self) -> None:

@@ -40,16 +40,21 @@ class ActNorm(Transform):
         self.logs.copy_(torch.log(self.scale / (std + 1e-6)))
         self.initialized.fill_(True)
 
-    def _logabsdet(self, x: torch.Tensor) -> torch.Tensor:
-        return per_item(x.shape[2] * x.shape[3] * self.logs.sum(), x)
+    def _params(
+        self, x: torch.Tensor, context=None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(shift, log-scale, log|det| (N,)) for the items of x."""
+        return self.bias, self.logs, per_item(x.shape[2] * x.shape[3] * self.logs.sum(), x)
 
     def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.initialized and self.training:
             self.initialize(x)
-        return (x + self.bias) * torch.exp(self.logs), self._logabsdet(x)
+        bias, logs, logabsdet = self._params(x, context)
+        return (x + bias) * torch.exp(logs), logabsdet
 
     def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        return y * torch.exp(-self.logs) - self.bias, -self._logabsdet(y)
+        bias, logs, logabsdet = self._params(y, context)
+        return y * torch.exp(-logs) - bias, -logabsdet
 
 
 class ClassActNorm(ActNorm):
@@ -64,25 +69,15 @@ class ClassActNorm(ActNorm):
         self.class_bias = nn.Parameter(torch.zeros(num_classes, channels))
         self.class_logs = nn.Parameter(torch.zeros(num_classes, channels))
 
-    def _of(
-        self, x: torch.Tensor, label: torch.Tensor | None
+    def _params(
+        self, x: torch.Tensor, context=None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(shift, log-scale) of each item's class and the log-det (N,)."""
-        if label is None:
+        """(shift, log-scale) of each item's class and the log|det| (N,)."""
+        if context is None:
             raise ValueError("a class ActNorm needs the class label")
-        bias = self.bias + class_rows(self.class_bias, label)[:, :, None, None]
-        logs = self.logs + class_rows(self.class_logs, label)[:, :, None, None]
+        bias = self.bias + class_rows(self.class_bias, context)[:, :, None, None]
+        logs = self.logs + class_rows(self.class_logs, context)[:, :, None, None]
         return bias, logs, x.shape[2] * x.shape[3] * logs.flatten(1).sum(1)
-
-    def forward(self, x: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        if not self.initialized and self.training:
-            self.initialize(x)
-        bias, logs, logabsdet = self._of(x, context)
-        return (x + bias) * torch.exp(logs), logabsdet
-
-    def inverse(self, y: torch.Tensor, context=None) -> tuple[torch.Tensor, torch.Tensor]:
-        bias, logs, logabsdet = self._of(y, context)
-        return y * torch.exp(-logs) - bias, -logabsdet
 
 
 class InvConv1x1(Transform):
